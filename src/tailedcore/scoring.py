@@ -1,0 +1,136 @@
+"""Nearest-neighbour search in a memory bank, patch scores and anomaly maps.
+
+Search backends (``SEARCHES``):
+- ``exact``: blocked float32 matrix products in torch (the fastest exact path
+  on a CPU: distance = |q|^2 + |m|^2 - 2 q.m, reduced block by block);
+- ``flat``: faiss ``IndexFlatL2`` (exact, slower, kept as a cross-check);
+- ``ivf`` / ``hnsw``: faiss approximate indexes for fast test time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import faiss
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+
+SearchResult = tuple[np.ndarray, np.ndarray]  # squared distances (Q, k) float32, indices (Q, k) int64
+
+
+class ExactSearch:
+    """Exact k-NN by blocked matrix products. memory: (M, D) float32."""
+
+    def __init__(self, memory: np.ndarray, memory_block: int = 8192, query_block: int = 8192):
+        self.memory = torch.from_numpy(np.ascontiguousarray(memory, dtype=np.float32))
+        self.norms = (self.memory * self.memory).sum(dim=1)
+        self.memory_block, self.query_block = memory_block, query_block
+
+    def _search_block(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        best_d = torch.full((len(queries), k), float("inf"))
+        best_i = torch.zeros((len(queries), k), dtype=torch.int64)
+        for start in range(0, len(self.memory), self.memory_block):
+            block = self.memory[start : start + self.memory_block]
+            partial = torch.addmm(self.norms[start : start + len(block)], queries, block.T, alpha=-2.0)
+            if k == 1:
+                d, i = partial.min(dim=1, keepdim=True)
+            else:
+                d, i = partial.topk(min(k, partial.shape[1]), dim=1, largest=False)
+            d_all = torch.cat([best_d, d], dim=1)
+            i_all = torch.cat([best_i, i + start], dim=1)
+            best_d, pos = d_all.topk(k, dim=1, largest=False) if k > 1 else d_all.min(dim=1, keepdim=True)
+            best_i = i_all.gather(1, pos)
+        return best_d, best_i
+
+    @torch.inference_mode()
+    def search(self, queries: np.ndarray, k: int = 1) -> SearchResult:
+        queries_t = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        dists, indices = [], []
+        for start in range(0, len(queries_t), self.query_block):
+            q = queries_t[start : start + self.query_block]
+            d, i = self._search_block(q, k)
+            dists.append((d + (q * q).sum(dim=1, keepdim=True)).clamp_(min=0.0))
+            indices.append(i)
+        return torch.cat(dists).numpy(), torch.cat(indices).numpy()
+
+
+class FaissSearch:
+    """A faiss index over the memory; ``kind`` is flat, ivf or hnsw."""
+
+    def __init__(self, memory: np.ndarray, kind: str = "flat", nlist: int | None = None, nprobe: int = 8,
+                 hnsw_m: int = 32, ef_search: int = 64, seed: int = 0):
+        memory = np.ascontiguousarray(memory, dtype=np.float32)
+        dim = memory.shape[1]
+        if kind == "flat":
+            index = faiss.IndexFlatL2(dim)
+        elif kind == "ivf":
+            nlist = nlist or max(1, min(4096, int(4 * np.sqrt(len(memory)))))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
+            index.cp.seed = seed
+            index.train(memory)
+            index.nprobe = nprobe
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, hnsw_m)
+            index.hnsw.efSearch = ef_search
+        else:
+            raise ValueError(f"search='{kind}': unknown faiss index")
+        index.add(memory)
+        self.index = index
+
+    def search(self, queries: np.ndarray, k: int = 1) -> SearchResult:
+        d, i = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return d, i.astype(np.int64)
+
+
+SEARCHES: dict[str, Callable[..., ExactSearch | FaissSearch]] = {
+    "exact": ExactSearch,
+    "flat": lambda memory, **kw: FaissSearch(memory, "flat", **kw),
+    "ivf": lambda memory, **kw: FaissSearch(memory, "ivf", **kw),
+    "hnsw": lambda memory, **kw: FaissSearch(memory, "hnsw", **kw),
+}
+
+
+def build_search(memory: np.ndarray, search: str = "exact", **options) -> ExactSearch | FaissSearch:
+    if search not in SEARCHES:
+        raise ValueError(f"search='{search}': choose from {', '.join(SEARCHES)}")
+    return SEARCHES[search](memory, **options)
+
+
+class PatchScorer:
+    """Score patches against a memory bank (thread-safe: one search at a time).
+
+    memory: (M, D) float32; weights: (M,) float32 or None (SoftPatch).
+    """
+
+    def __init__(self, memory: np.ndarray, weights: np.ndarray | None = None, num_neighbors: int = 1,
+                 squared: bool = True, search: str = "exact", **search_options):
+        if len(memory) == 0:
+            raise ValueError("memory bank is empty")
+        self.weights = weights
+        self.num_neighbors = min(num_neighbors, len(memory))
+        self.squared = squared
+        self.index = build_search(memory, search, **search_options)
+        self._lock = threading.Lock()
+
+    def score(self, patches: np.ndarray) -> np.ndarray:
+        """(..., D) patch features -> (...) float32 patch scores."""
+        flat = patches.reshape(-1, patches.shape[-1])
+        with self._lock:
+            distances, indices = self.index.search(flat, self.num_neighbors)
+        if not self.squared:
+            distances = np.sqrt(distances)
+        if self.weights is not None:
+            distances = distances * self.weights[indices]
+        return distances.mean(axis=1).astype(np.float32).reshape(patches.shape[:-1])
+
+
+def anomaly_maps(patch_scores: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray:
+    """(m, h, w) patch scores -> (m, size, size) float32: bilinear upsampling, then Gaussian blur."""
+    grid = torch.from_numpy(np.ascontiguousarray(patch_scores, dtype=np.float32))[:, None]
+    maps = F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    if sigma > 0:
+        maps = np.stack([gaussian_filter(m, sigma=sigma) for m in maps]) if len(maps) else maps
+    return maps.astype(np.float32)
