@@ -1,22 +1,24 @@
 """Random projection and exact greedy coreset (k-center greedy) selection.
 
 ``greedy_coreset`` returns exactly the picks of the straightforward loop
-(``greedy_coreset_reference``) but skips most distance computations with
-triangle-inequality bounds: the rows are partitioned once into blocks around
-pivots, and a row can only move closer to a new centre ``c`` if
-``|d(c, pivot) - d(row, pivot)|`` is below its current distance to the
-selected set. Both functions compute every distance with the same routine, so
-the picks agree bit for bit.
+(``greedy_coreset_reference``), which makes one memory-bound pass over all rows
+per pick. It instead updates blocks of rows lazily, many centres at a time,
+with matrix products, and recomputes with the reference routine every pair
+the product cannot rule out, so the picks agree bit for bit.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-# Relative and absolute slack on a lower bound before a row is skipped; far
-# above the float32 rounding error of a 128-term sum of squares.
-_BOUND_SLACK = 1e-4
-_BOUND_FLOOR = 1e-12
+# A pair is ruled out by the fast product only if it clears the stored distance
+# by this share of |a|^2 + |b|^2 (per 128 dims): over five times the worst-case
+# float32 error of the product plus that of the reference's own sum of squares.
+_TOLERANCE_PER_128_DIMS = 2e-4
+_TOLERANCE_FLOOR = 1e-30
+# Beyond this squared norm the float32 product could overflow; use the reference loop.
+_LARGEST_SAFE_NORM = 1e30
 
 
 def random_projection(in_dim: int, out_dim: int = 128, seed: int = 0) -> np.ndarray:
@@ -28,6 +30,15 @@ def random_projection(in_dim: int, out_dim: int = 128, seed: int = 0) -> np.ndar
 def squared_distances(rows: np.ndarray, center: np.ndarray) -> np.ndarray:
     """Squared L2 distance of each row to ``center``: (n, d), (d,) -> (n,) float32."""
     diff = rows - center
+    return np.einsum("ij,ij->i", diff, diff)
+
+
+def squared_distances_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared L2 distance of row i of ``a`` to row i of ``b``: (n, d), (n, d) -> (n,) float32.
+
+    The same arithmetic as ``squared_distances``, row by row.
+    """
+    diff = a - b
     return np.einsum("ij,ij->i", diff, diff)
 
 
@@ -68,83 +79,69 @@ def greedy_coreset_reference(x: np.ndarray, n: int, start: int = 0) -> np.ndarra
     return picks
 
 
-def _partition(x: np.ndarray, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
-    """Nearest-pivot assignment to ``n_blocks`` random rows: (N,) block id per row."""
-    pivots = x[rng.choice(len(x), size=n_blocks, replace=False)]
-    pivot_sq = np.einsum("ij,ij->i", pivots, pivots)
-    labels = np.empty(len(x), dtype=np.int64)
-    step = 65536
-    for lo in range(0, len(x), step):
-        block = x[lo : lo + step]
-        labels[lo : lo + step] = np.argmin(pivot_sq[None, :] - 2.0 * block @ pivots.T, axis=1)
-    return labels
-
-
-class _Blocks:
-    """Rows regrouped by block, with pivot distances kept in float64."""
-
-    def __init__(self, x: np.ndarray, n_blocks: int, seed: int):
-        labels = _partition(x, n_blocks, np.random.default_rng(seed))
-        self.order = np.argsort(labels, kind="stable")  # position -> original row
-        self.rows = x[self.order]
-        counts = np.bincount(labels, minlength=n_blocks)
-        keep = counts > 0
-        self.starts = np.concatenate([[0], np.cumsum(counts)])[:-1][keep]
-        self.sizes = counts[keep]
-        self.block_of = np.repeat(np.arange(len(self.sizes)), self.sizes)
-        sums = np.add.reduceat(self.rows.astype(np.float64), self.starts, axis=0)
-        self.pivots = sums / self.sizes[:, None]
-        offsets = self.rows - self.pivots[self.block_of]
-        self.pivot_dist = np.sqrt(np.einsum("ij,ij->i", offsets, offsets))
-        self.radius = np.maximum.reduceat(self.pivot_dist, self.starts)
-
-    def positions(self, blocks: np.ndarray) -> np.ndarray:
-        """Positions of all rows of ``blocks`` (sorted block ids), concatenated."""
-        sizes = self.sizes[blocks]
-        shift = np.repeat(self.starts[blocks] - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
-        return np.arange(int(sizes.sum())) + shift
-
-
-def greedy_coreset(x: np.ndarray, n: int, start: int = 0, block_size: int = 256, seed: int = 0) -> np.ndarray:
+def greedy_coreset(x: np.ndarray, n: int, start: int = 0, block_rows: int = 4096) -> np.ndarray:
     """Exact k-center greedy selection of ``n`` rows of ``x``, starting at ``start``.
 
     x: (N, d) float32 (already projected; the projection is the caller's step).
-    Returns (n,) int64 row indices in selection order; identical to
-    ``greedy_coreset_reference``. ``block_size`` (rows per pivot block) and
-    ``seed`` (pivot choice) change the speed only, never the picks.
+    Returns (n,) int64 row indices in selection order, identical to
+    ``greedy_coreset_reference``. ``block_rows`` changes the speed only.
+
+    How: rows are split into blocks, each with an upper bound of its largest
+    distance to the selected set. Only the block with the largest bound is
+    brought up to date, with all centres it has not seen yet in one matrix
+    product (||a||^2 + ||b||^2 - 2ab on mean-centred rows). Pairs that product
+    cannot rule out (within a tolerance far above float32 rounding) are
+    recomputed with the reference routine, so stored distances are bitwise
+    those of the reference loop.
     """
     x = _check(x, n, start)
     picks = np.empty(n, dtype=np.int64)
     if n == 0:
         return picks
-    n_rows = len(x)
-    blocks = _Blocks(x, max(1, min(n_rows, n_rows // max(1, block_size))), seed)
-    rows, order = blocks.rows, blocks.order
-    position_of = np.empty(n_rows, dtype=np.int64)
-    position_of[order] = np.arange(n_rows)
-
+    n_rows, dim = x.shape
+    centred = torch.from_numpy(x - x.mean(axis=0, dtype=np.float64).astype(np.float32))
+    norms = (centred * centred).sum(dim=1)
+    if not bool(torch.isfinite(norms).all()) or float(norms.max()) > _LARGEST_SAFE_NORM:
+        return greedy_coreset_reference(x, n, start)
+    tolerance = _TOLERANCE_PER_128_DIMS * max(1.0, dim / 128)
+    # approx - slack < stored  <=>  (1 - tol) |c|^2 - 2 r.c  <  stored - (1 - tol) |r|^2 + floor
+    centre_terms = (1.0 - tolerance) * norms
+    row_terms = (1.0 - tolerance) * norms.numpy() - _TOLERANCE_FLOOR
+    bounds = np.unique(np.arange(0, n_rows + block_rows, block_rows).clip(max=n_rows))
+    n_blocks = len(bounds) - 1
     min_dist = np.full(n_rows, np.inf, dtype=np.float32)
-    block_max = np.full(len(blocks.sizes), np.inf, dtype=np.float32)
+    block_max = np.full(n_blocks, np.inf, dtype=np.float32)
+    seen = np.zeros(n_blocks, dtype=np.int64)  # centres already applied to each block
+
+    def refresh(block: int, n_centres: int) -> None:
+        lo, hi = bounds[block], bounds[block + 1]
+        centres = picks[seen[block] : n_centres]
+        index = torch.from_numpy(centres)
+        scores = torch.addmm(centre_terms[index], centred[lo:hi], centred[index].T, alpha=-2.0)
+        limit = torch.from_numpy(min_dist[lo:hi] - row_terms[lo:hi])
+        rows, cols = (scores < limit[:, None]).nonzero(as_tuple=True)
+        if len(rows):
+            rows, cols = rows.numpy(), cols.numpy()
+            exact = squared_distances_pairs(x[lo + rows], x[centres[cols]])
+            np.minimum.at(min_dist, lo + rows, exact)
+        seen[block] = n_centres
+        block_max[block] = min_dist[lo:hi].max()
+
     picks[0] = start
     for i in range(1, n):
-        last_position = position_of[picks[i - 1]]
-        center = rows[last_position]
-        center_to_pivot = np.sqrt(((blocks.pivots - center) ** 2).sum(axis=1))
-        reach = np.sqrt(np.maximum(block_max.astype(np.float64), 0.0)) * (1 + _BOUND_SLACK) + _BOUND_FLOOR
-        candidates = np.flatnonzero(center_to_pivot - blocks.radius < reach)
-        positions = blocks.positions(candidates)
-        lower = np.abs(center_to_pivot[blocks.block_of[positions]] - blocks.pivot_dist[positions])
-        current = min_dist[positions].astype(np.float64)
-        active = positions[lower * lower < current * (1 + _BOUND_SLACK) + _BOUND_FLOOR]
-        if active.size:
-            min_dist[active] = np.minimum(min_dist[active], squared_distances(rows[active], center))
-        min_dist[last_position] = -1.0
-        if candidates.size:
-            segment_starts = np.concatenate([[0], np.cumsum(blocks.sizes[candidates])[:-1]])
-            block_max[candidates] = np.maximum.reduceat(min_dist[positions], segment_starts)
-        best = block_max.max()
-        tied_blocks = np.flatnonzero(block_max == best)
-        tied = blocks.positions(tied_blocks)
-        tied = tied[min_dist[tied] == best]
-        picks[i] = order[tied].min()
+        min_dist[picks[i - 1]] = -1.0
+        while True:
+            top = int(np.argmax(block_max))
+            if seen[top] < i:
+                refresh(top, i)
+                continue
+            best = block_max[top]
+            stale_ties = np.flatnonzero((block_max == best) & (seen < i))
+            if stale_ties.size == 0:
+                break
+            for block in stale_ties:
+                refresh(int(block), i)
+        first = int(np.flatnonzero(block_max == best)[0])
+        lo, hi = bounds[first], bounds[first + 1]
+        picks[i] = lo + int(np.argmax(min_dist[lo:hi] == best))
     return picks
