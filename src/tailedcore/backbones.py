@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneError(RuntimeError):
+class BackboneError(ValueError):
     """A backbone cannot be built (unknown name, missing package or weights)."""
 
 
@@ -111,7 +112,7 @@ def _load_state_dict(path: str | os.PathLike) -> dict:
         raise BackboneError(f"{path}: weights file not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError) as error:
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError, EOFError) as error:
         raise BackboneError(f"{path}: not a readable weights file ({error})") from error
 
 
@@ -137,8 +138,9 @@ def _build_lite(variant: int) -> Callable[[int, str | None], Backbone]:
                 "lite",
             )
         net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=image_size)
+        state = _load_state_dict(weights)
         try:
-            net.load_state_dict(_load_state_dict(weights))
+            net.load_state_dict(state)
         except RuntimeError as error:
             raise BackboneError(f"{weights}: does not fit efficientnet-lite{variant}") from error
         return EfficientNetLite(net)
@@ -154,8 +156,9 @@ def _build_wide_resnet50(image_size: int, weights: str | None) -> Backbone:
     except ImportError as error:
         raise BackboneError("wide_resnet50_2 needs torchvision, which is not installed") from error
     net = wide_resnet50_2(weights=None)
+    state = _load_state_dict(weights)
     try:
-        net.load_state_dict(_load_state_dict(weights))
+        net.load_state_dict(state)
     except RuntimeError as error:
         raise BackboneError(f"{weights}: does not fit wide_resnet50_2") from error
     return WideResNet50(net)

@@ -1,0 +1,27 @@
+# Set-up and everyday commands. `make demo` and `make test` create or refresh .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data/real-ad
+OUT ?= demo-output
+# torch is pinned in the same install command as everything else, so no dependency
+# can pull a different (CUDA) build.
+INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[lite,test]"
+
+.PHONY: install demo test clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(INSTALL)
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/tailedcore demo --data "$(DATA)" --out "$(OUT)"
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -1,0 +1,177 @@
+"""Command line: ``tailedcore fit | predict | evaluate | demo``.
+
+A thin shell over the Python API. Errors are one line on stderr (``--debug``
+shows the traceback); exit codes: 0 success, 1 failure, 2 usage error,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .detector import METHODS, load
+from .evaluation import evaluate
+from .report import write_evaluation, write_predictions
+
+log = logging.getLogger("tailedcore")
+
+# Method parameters the CLI exposes: option name -> (parameter, type, help).
+METHOD_OPTIONS = {
+    "--lof-k": ("lof_k", int, "LOF neighbours (softpatch, tailedcore; default 6)"),
+    "--lof-drop": ("lof_drop", float, "share of patches dropped by LOF (default 0.15)"),
+    "--tail-keep": ("tail_keep", float, "TailSampler trim share (tailedcore; default 0.85)"),
+    "--tail-share": ("tail_share", float, "15%% rule of max K (tailedcore; default 0.15)"),
+    "--view-step": ("view_step_degrees", float, "rotation step of tail views in degrees (default 15)"),
+}
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--backbone", default="efficientnet-lite0", help="backbone name (default efficientnet-lite0)")
+    group.add_argument("--weights", help="local backbone weights file (default: the packaged weights)")
+    group.add_argument("--resize", type=int, default=256, help="shorter side before cropping (default 256)")
+    group.add_argument("--crop", type=int, default=224, help="center crop size, a multiple of 16 (default 224)")
+    group.add_argument("--coreset-ratio", type=float, default=0.1, help="share of patches in memory (default 0.1)")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    for option, (_, kind, text) in METHOD_OPTIONS.items():
+        group.add_argument(option, type=kind, help=text)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=16, help="images per backbone batch (default 16)")
+    parser.add_argument("--search", choices=["exact", "flat", "ivf", "hnsw"], default=None,
+                        help="nearest-neighbour search (default: exact)")
+
+
+def _detector_params(args: argparse.Namespace) -> dict:
+    cls = METHODS[args.method]
+    params = {
+        "backbone": args.backbone, "weights": args.weights, "resize": args.resize, "crop": args.crop,
+        "coreset_ratio": args.coreset_ratio, "seed": args.seed, "batch_size": args.batch_size,
+        "progress": not args.quiet,
+    }
+    if args.search:
+        params["search"] = args.search
+    accepted = cls._param_names()
+    for option, (name, _, _) in METHOD_OPTIONS.items():
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if name not in accepted:
+            raise UsageError(f"{option} does not apply to --method {args.method}")
+        params[name] = value
+    return params
+
+
+class UsageError(ValueError):
+    """A combination of options that does not make sense."""
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    detector = METHODS[args.method](**_detector_params(args))
+    detector.fit(args.data, cache_dir=args.cache)
+    detector.save(args.out)
+    print(f"{args.method}: {len(detector.memory_)} memory features from {len(detector.training_paths_)} "
+          f"training images -> {args.out}")
+
+
+def _load(args: argparse.Namespace):
+    overrides = {"progress": not args.quiet, "batch_size": args.batch_size}
+    if args.search:
+        overrides["search"] = args.search
+    return load(args.model, **overrides)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    detector = _load(args)
+    predictions = detector.predict(args.inputs)
+    records = write_predictions(predictions, Path(args.out), detector.resize, detector.crop)
+    for record in records:
+        print(f"{record['score']:.6g}\t{record['image']}")
+    print(f"{len(records)} images scored -> {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    detector = _load(args)
+    evaluation = evaluate(detector, args.data)
+    print(write_evaluation(evaluation, Path(args.out)))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    data = args.data
+    if data is not None and not Path(data).is_dir():
+        log.warning("%s: not found; using procedurally generated images instead", data)
+        data = None
+    print(run_demo(data, args.out, resize=args.resize, crop=args.crop, seed=args.seed, progress=not args.quiet))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tailedcore", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"tailedcore {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fit = commands.add_parser("fit", help="fit a model on a dataset root or image folder")
+    fit.add_argument("data", help="MVTec-layout root (all train/good merged) or a folder of images")
+    fit.add_argument("--method", choices=sorted(METHODS), default="tailedcore", help="(default tailedcore)")
+    fit.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    fit.add_argument("--cache", help="folder for temporary feature files (default: system temp)")
+    _add_model_options(fit)
+    _add_run_options(fit)
+    fit.set_defaults(run=cmd_fit)
+
+    predict = commands.add_parser("predict", help="score images; write scores and heatmap overlays")
+    predict.add_argument("model", help="model file")
+    predict.add_argument("inputs", nargs="+", help="image files or folders")
+    predict.add_argument("--out", required=True, help="output folder")
+    _add_run_options(predict)
+    predict.set_defaults(run=cmd_predict)
+
+    evaluate_cmd = commands.add_parser("evaluate", help="per-class metrics on an MVTec-layout test split")
+    evaluate_cmd.add_argument("model", help="model file")
+    evaluate_cmd.add_argument("data", help="MVTec-layout root")
+    evaluate_cmd.add_argument("--out", required=True, help="output folder")
+    _add_run_options(evaluate_cmd)
+    evaluate_cmd.set_defaults(run=cmd_evaluate)
+
+    demo = commands.add_parser("demo", help="fit all three methods on a small noisy long-tail set")
+    demo.add_argument("--data", help="MVTec-layout root (default: generated textures)")
+    demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
+    demo.add_argument("--resize", type=int, default=256)
+    demo.add_argument("--crop", type=int, default=224)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    try:
+        args.run(args)
+    except UsageError as error:
+        parser.error(str(error))
+    except KeyboardInterrupt:
+        print("tailedcore: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the CLI turns any failure into one line
+        if args.debug:
+            traceback.print_exc()
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"tailedcore: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

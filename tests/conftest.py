@@ -1,0 +1,24 @@
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from tailedcore.synthetic import make_dataset  # noqa: E402
+
+# Reduced input for fast tests: 80 px resized, 64 px crop -> an 8 x 8 patch grid.
+SMALL = {"resize": 80, "crop": 64, "progress": False, "batch_size": 8}
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A small MVTec-layout set: two head classes, two tail classes, masks for defects."""
+    root = tmp_path_factory.mktemp("synthetic")
+    return make_dataset(root, {"stripes": 12, "checker": 10, "dots": 2, "grain": 1}, test_good=3, test_defect=3,
+                        size=96, seed=0)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,92 @@
+"""fit -> predict -> evaluate with the real Lite0 weights at a reduced input size."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tailedcore import PatchCore, SoftPatch, TailedCore, load
+from tailedcore.cli import main
+from tailedcore.evaluation import evaluate
+
+from .conftest import SMALL
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ad"
+
+
+@pytest.mark.parametrize("cls", [PatchCore, SoftPatch, TailedCore])
+def test_fit_predict_evaluate(cls, synthetic_root):
+    detector = cls(**SMALL).fit(synthetic_root)
+    n_train = 12 + 10 + 2 + 1
+    assert len(detector.training_paths_) == n_train
+    assert 0 < len(detector.memory_) <= n_train * 64 * 48
+    evaluation = evaluate(detector, synthetic_root)
+    report = evaluation.metrics_json()
+    assert report["method"] == cls.method and set(report["classes"]) == {"stripes", "checker", "dots", "grain"}
+    for values in [*report["classes"].values(), report["mean"]]:
+        for value in values.values():
+            assert value is None or 0.0 <= value <= 1.0
+    # Painted defects on regular textures are easy: the detector must see them.
+    assert report["mean"]["image_auroc"] > 0.8
+    assert report["mean"]["pixel_auroc"] > 0.8
+
+
+def test_tailedcore_keeps_tail_images_whole(synthetic_root):
+    detector = TailedCore(**SMALL).fit(synthetic_root)
+    tail = set(detector.diagnostics_["tail_indices"].tolist())
+    names = [p.parts[-4] for p in detector.training_paths_]
+    # The three images of the two smallest classes are found as tail ...
+    assert {i for i, n in enumerate(names) if n in ("dots", "grain")} <= tail
+    # ... and their 47 views made the tail memory large.
+    assert detector.memory_.info["tail_memory"] >= int(0.1 * len(tail) * 48 * 64)
+
+
+def test_cli_fit_predict_evaluate(synthetic_root, tmp_path, capsys):
+    model = tmp_path / "model.safetensors"
+    small = ["--resize", "80", "--crop", "64"]
+    assert main(["--quiet", "fit", str(synthetic_root), "--method", "patchcore", "--out", str(model), *small]) == 0
+    test_dir = synthetic_root / "checker" / "test" / "defect"
+    out = tmp_path / "pred"
+    assert main(["--quiet", "predict", str(model), str(test_dir), "--out", str(out)]) == 0
+    records = json.loads((out / "scores.json").read_text())
+    assert len(records) == 3 and all((out / r["overlay"]).is_file() for r in records)
+    assert (out / "scores.csv").read_text().startswith("image,score,overlay")
+    evaluation_dir = tmp_path / "eval"
+    assert main(["--quiet", "evaluate", str(model), str(synthetic_root), "--out", str(evaluation_dir)]) == 0
+    metrics = json.loads((evaluation_dir / "metrics.json").read_text())
+    assert metrics["method"] == "patchcore" and set(metrics["mean"]) == {"image_auroc", "pixel_auroc", "aupro",
+                                                                           "image_f1_max"}
+    printed = capsys.readouterr().out
+    assert "| checker |" in printed and (evaluation_dir / "metrics.md").is_file()
+    assert (evaluation_dir / "metrics.csv").is_file()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "missing.safetensors"), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tailedcore: error:") and "missing.safetensors" in err[0]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", str(tmp_path), "--method", "patchcore", "--out", "m", "--lof-k", "3"])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="real images (../shared/data/real-ad) not present")
+def test_real_images_small_subset(tmp_path):
+    """Two real classes, a few images each, at a reduced input size."""
+    root = tmp_path / "real"
+    for name in ("bottle", "solar_mono"):
+        for sub in ("train/good", "test/good", "test/" + ("broken_large" if name == "bottle" else "defective")):
+            (root / name / sub).mkdir(parents=True)
+            for image in sorted((REAL / name / sub).iterdir())[:6]:
+                shutil.copy(image, root / name / sub / image.name)
+    detector = PatchCore(resize=128, crop=112, progress=False).fit(root)
+    evaluation = evaluate(detector, root)
+    for name, result in evaluation.classes.items():
+        assert result.metrics["pixel_auroc"] is None  # these classes have no masks
+        assert result.metrics["image_auroc"] >= 0.75, name
+    path = tmp_path / "m.safetensors"
+    detector.save(path)
+    reloaded = load(path).predict([root / "bottle" / "test" / "good"])
+    np.testing.assert_array_equal(reloaded.image_scores, detector.predict([root / "bottle" / "test" / "good"]).image_scores)

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tailedcore.backbones import BackboneError, build_backbone
+from tailedcore.features import aggregate_patches
+
+
+def naive_patch_feature(map8, map16, y, x, layer_dim, feature_dim):
+    """One location's feature, step by step as PatchCore describes it."""
+    vectors = []
+    for layer in (map8, map16):
+        padded = F.pad(layer, (1, 1, 1, 1))
+        neighbourhoods = padded.unfold(2, 3, 1).unfold(3, 3, 1)  # (B, C, h, w, 3, 3)
+        grid = neighbourhoods.reshape(*neighbourhoods.shape[:4], 9).permute(0, 1, 4, 2, 3)
+        grid = grid.reshape(grid.shape[0], -1, *grid.shape[3:])  # (B, C*9, h, w), channel-major
+        if grid.shape[2:] != map8.shape[2:]:
+            grid = F.interpolate(grid, size=map8.shape[2:], mode="bilinear", align_corners=False)
+        v = grid[0, :, y, x]
+        vectors.append(F.adaptive_avg_pool1d(v[None, None], layer_dim)[0, 0])
+    return F.adaptive_avg_pool1d(torch.cat(vectors)[None, None], feature_dim)[0, 0]
+
+
+def test_aggregation_matches_definition():
+    torch.manual_seed(0)
+    map8, map16 = torch.randn(1, 5, 6, 6), torch.randn(1, 7, 3, 3)
+    features = aggregate_patches(map8, map16, 3, 32, 16)
+    assert features.shape == (1, 36, 16)
+    for y, x in [(0, 0), (2, 3), (5, 5)]:
+        torch.testing.assert_close(features[0, y * 6 + x], naive_patch_feature(map8, map16, y, x, 32, 16))
+
+
+@pytest.mark.parametrize("name,channels", [("efficientnet-lite0", (40, 112)), ("efficientnet-lite1", (40, 112)),
+                                           ("efficientnet-lite2", (48, 120))])
+def test_lite_backbones(name, channels):
+    backbone = build_backbone(name, image_size=64)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        map8, map16, embedding = backbone.embed(x)
+        only8, only16 = backbone(x)
+    assert map8.shape == (2, channels[0], 8, 8) and map16.shape == (2, channels[1], 4, 4)
+    assert embedding.shape == (2, 1280)
+    torch.testing.assert_close(only8, map8)
+    torch.testing.assert_close(only16, map16)
+
+
+def test_lite0_weights_are_pretrained():
+    backbone = build_backbone("efficientnet-lite0", image_size=224)
+    stats = backbone.net._bn0.running_var
+    assert not torch.allclose(stats, torch.ones_like(stats))  # ImageNet statistics, not a fresh init
+
+
+def test_backbone_errors(tmp_path):
+    with pytest.raises(BackboneError, match="unknown backbone"):
+        build_backbone("resnet9000")
+    with pytest.raises(BackboneError, match="weights file"):
+        build_backbone("wide_resnet50_2")
+    with pytest.raises(BackboneError, match="not found"):
+        build_backbone("efficientnet-lite0", weights=str(tmp_path / "missing.pth"))
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(BackboneError, match="bad.pth"):
+        build_backbone("efficientnet-lite0", weights=str(bad))

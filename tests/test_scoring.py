@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from tailedcore.scoring import PatchScorer, anomaly_maps, build_search
+
+
+def brute(memory, queries, k):
+    d = ((queries[:, None, :].astype(np.float64) - memory[None]) ** 2).sum(-1)
+    order = np.argsort(d, axis=1)[:, :k]
+    return np.take_along_axis(d, order, 1), order
+
+
+@pytest.mark.parametrize("search", ["exact", "flat"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_exact_searches_match_brute_force(search, k):
+    rng = np.random.default_rng(0)
+    memory = rng.standard_normal((700, 24)).astype(np.float32)
+    queries = rng.standard_normal((50, 24)).astype(np.float32)
+    index = build_search(memory, search, **({"memory_block": 64, "query_block": 16} if search == "exact" else {}))
+    d, i = index.search(queries, k)
+    d_ref, i_ref = brute(memory, queries, k)
+    np.testing.assert_array_equal(i, i_ref)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_approximate_indexes_find_most_neighbours():
+    rng = np.random.default_rng(1)
+    memory = rng.standard_normal((3000, 16)).astype(np.float32)
+    queries = memory[:200] + 0.01 * rng.standard_normal((200, 16)).astype(np.float32)
+    for search in ("ivf", "hnsw"):
+        _, i = build_search(memory, search).search(queries, 1)
+        assert (i[:, 0] == np.arange(200)).mean() > 0.9
+
+
+def test_patch_scorer_weights_and_distance_kind():
+    memory = np.array([[0.0, 0.0], [10.0, 0.0]], dtype=np.float32)
+    patches = np.array([[[1.0, 0.0], [9.0, 0.0]]], dtype=np.float32)  # (1, 2, 2)
+    np.testing.assert_allclose(PatchScorer(memory).score(patches), [[1.0, 1.0]])
+    np.testing.assert_allclose(PatchScorer(memory, squared=False).score(patches * 2), [[2.0, 8.0]])
+    weighted = PatchScorer(memory, weights=np.array([2.0, 0.5], dtype=np.float32))
+    np.testing.assert_allclose(weighted.score(patches), [[2.0, 0.5]])
+    with pytest.raises(ValueError, match="empty"):
+        PatchScorer(np.empty((0, 2), np.float32))
+
+
+def test_anomaly_maps_upsample_and_blur():
+    scores = np.zeros((2, 4, 4), dtype=np.float32)
+    scores[1, 1, 2] = 1.0
+    maps = anomaly_maps(scores, 32, sigma=4)
+    assert maps.shape == (2, 32, 32) and maps.dtype == np.float32
+    assert maps[0].max() == 0
+    peak = np.unravel_index(np.argmax(maps[1]), maps[1].shape)
+    assert abs(peak[0] - 12) <= 2 and abs(peak[1] - 20) <= 2  # patch (1, 2) of a 4x4 grid at 32 px
+    assert maps[1].max() < 1.0  # blurred
