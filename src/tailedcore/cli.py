@@ -112,6 +112,21 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(run_demo(data, args.out, resize=args.resize, crop=args.crop, seed=args.seed, progress=not args.quiet))
 
 
+def cmd_make_nlt(args: argparse.Namespace) -> None:
+    from .nlt import build, plan_from_manifests, plan_profile
+
+    if args.from_manifests:
+        plan = plan_from_manifests(args.source, args.from_manifests)
+    else:
+        plan = plan_profile(args.source, args.profile, args.noise, args.seed)
+    info = build(args.source, args.dest, plan, link=not args.copy, keep_injected_in_test=args.keep_injected_in_test,
+                 overwrite=args.overwrite)
+    for name, item in info["classes"].items():
+        print(f"{name:20s} {item['role']:4s} kept {item['kept']:4d} of {item['train_available']:4d}  "
+              f"injected {item['injected']:3d}")
+    print(f"{info['protocol']} protocol -> {args.dest}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailedcore", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"tailedcore {__version__}")
@@ -141,6 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_cmd.add_argument("--out", required=True, help="output folder")
     _add_run_options(evaluate_cmd)
     evaluate_cmd.set_defaults(run=cmd_evaluate)
+
+    nlt = commands.add_parser("make-nlt", help="build a noisy long-tail training set from an MVTec-layout root")
+    nlt.add_argument("source", help="MVTec-layout root (never modified)")
+    nlt.add_argument("--dest", required=True, help="destination folder (must not exist unless --overwrite)")
+    nlt.add_argument("--profile", default="pareto", help="step-k1, step-k4 (any step-kK) or pareto (default)")
+    nlt.add_argument("--noise", type=float, default=0.1, help="defective share injected into head classes (0.1)")
+    nlt.add_argument("--seed", type=int, default=0)
+    nlt.add_argument("--from-manifests", metavar="DIR", help="rebuild from prune_good.txt + inject_defects.txt")
+    files = nlt.add_mutually_exclusive_group()
+    files.add_argument("--link", action="store_true", help="hard-link files (default; copies across filesystems)")
+    files.add_argument("--copy", action="store_true", help="copy files")
+    nlt.add_argument("--keep-injected-in-test", action="store_true",
+                     help="leave injected images in the test split (the reference benchmark's leaky variant)")
+    nlt.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    nlt.set_defaults(run=cmd_make_nlt)
 
     demo = commands.add_parser("demo", help="fit all three methods on a small noisy long-tail set")
     demo.add_argument("--data", help="MVTec-layout root (default: generated textures)")

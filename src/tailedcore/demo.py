@@ -62,7 +62,8 @@ def demo_split(root: str | os.PathLike, head_train: int = 40, tail_train: int = 
 
 
 def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tuple[str, ...] = tuple(METHODS),
-             resize: int = 256, crop: int = 224, seed: int = 0, progress: bool = True) -> str:
+             resize: int = 256, crop: int = 224, head_train: int = 40, tail_train: int = 3,
+             test_per_label: int = 15, seed: int = 0, progress: bool = True) -> str:
     """Fit each method on the demo split, evaluate, write tables and heatmaps; return the summary text."""
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="tailedcore-demo-") as scratch:
@@ -72,7 +73,7 @@ def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tu
                                 test_good=10, test_defect=10, seed=seed)
         else:
             source = str(data)
-        split = demo_split(data, seed=seed)
+        split = demo_split(data, head_train, tail_train, test_per_label=test_per_label, seed=seed)
         lines = [
             f"Data: {source}",
             f"Train: {len(split.train)} images in one unlabeled set (head classes {', '.join(split.head)}; "
@@ -96,7 +97,8 @@ def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tu
             table = write_evaluation(evaluation, out / method)
             write_heatmaps(heatmaps, out / method / "heatmaps", resize, crop)
             lines += [f"## {method}  (fit {fit_seconds:.0f} s, fit + test {total_seconds:.0f} s, "
-                      f"memory bank {len(detector.memory_)} features)", "", table]
+                      f"memory bank {len(detector.memory_)} features)", "", table,
+                      markdown_table(["stage", "seconds", "peak RSS MiB"], detector.profile_.table(), percent=False)]
             mean = evaluation.mean
             head = [classes[c].metrics["image_auroc"] for c in split.head if classes[c].metrics["image_auroc"] is not None]
             tail = [classes[c].metrics["image_auroc"] for c in split.tail if classes[c].metrics["image_auroc"] is not None]

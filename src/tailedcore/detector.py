@@ -24,6 +24,7 @@ from .data import collect_images, training_images
 from .features import FeatureExtractor
 from .memory import MemoryBank, ModelFileError, read_model, write_model
 from .policies import FeatureSet, PolicyResult, TrainingFeatures
+from .profiling import Profiler
 from .sampling import random_projection
 from .scoring import PatchScorer, anomaly_maps
 from .store import FeatureStore
@@ -111,6 +112,7 @@ class Detector:
         self.memory_: MemoryBank | None = None
         self.diagnostics_: dict = {}
         self.training_paths_: list[Path] = []
+        self.profile_ = Profiler()
         self._extractor: FeatureExtractor | None = None
         self._scorer: PatchScorer | None = None
 
@@ -188,11 +190,14 @@ class Detector:
             raise ValueError("no training images")
         rng = np.random.default_rng(self.seed)
         projection = random_projection(self.feature_dim, self.projection_dim, self.seed)
+        self.profile_ = Profiler()
         with tempfile.TemporaryDirectory(prefix="tailedcore-", dir=cache_dir) as work:
             folder = Path(work)
-            features, embeddings = self._extract(paths, folder, "patches", projection, with_embeddings=True)
+            with self.profile_.stage("features"):
+                features, embeddings = self._extract(paths, folder, "patches", projection, with_embeddings=True)
             train = TrainingFeatures(
-                features.patches, features.projected, embeddings, self._view_features(paths, folder, projection)
+                features.patches, features.projected, embeddings, self._view_features(paths, folder, projection),
+                self.profile_,
             )
             result = self._policy(train, rng)
             features.patches.close()
@@ -219,10 +224,16 @@ class Detector:
         scorer = self.scorer
         grid = self.extractor.grid_shape
         patch_scores, maps = [], []
-        for _, batch in self.extractor.iter_batches(paths, desc="predict"):
-            scores = scorer.score(batch.patches).reshape(-1, *grid)
-            patch_scores.append(scores)
-            maps.append(anomaly_maps(scores, self.crop, self.blur_sigma))
+        batches = self.extractor.iter_batches(paths, desc="predict")
+        while True:
+            with self.profile_.stage("test features"):
+                item = next(batches, None)
+            if item is None:
+                break
+            with self.profile_.stage("test scoring"):
+                scores = scorer.score(item[1].patches).reshape(-1, *grid)
+                patch_scores.append(scores)
+                maps.append(anomaly_maps(scores, self.crop, self.blur_sigma))
         if not paths:
             empty = np.empty((0, *grid), dtype=np.float32)
             return Predictions([], np.empty(0, dtype=np.float32), empty, np.empty((0, self.crop, self.crop), np.float32))

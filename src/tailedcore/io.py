@@ -74,9 +74,10 @@ def format_cell(value, percent: bool = True) -> str:
     return str(value)
 
 
-def markdown_table(header: list[str], rows: list[list]) -> str:
+def markdown_table(header: list[str], rows: list[list], percent: bool = True) -> str:
+    """A Markdown table; floats as percentages (one decimal) unless ``percent`` is False."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(format_cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_cell(v, percent) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 

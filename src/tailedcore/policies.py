@@ -8,12 +8,13 @@ blocks: ``coreset`` (sampling), ``patchwise_lof_scores`` / ``inlier_mask``
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .lof import inlier_mask, patchwise_lof_scores
 from .memory import MemoryBank
+from .profiling import Profiler
 from .sampling import greedy_coreset
 from .store import FeatureStore
 from .tail import tail_sampler
@@ -37,11 +38,12 @@ class TrainingFeatures(FeatureSet):
     """The training set: patch features, image embeddings (n_images, E) and a view maker.
 
     ``views(indices)`` returns the FeatureSet of all rotated/flipped views of
-    the given training images.
+    the given training images; ``profiler`` times the policy's stages.
     """
 
     embeddings: np.ndarray
     views: Callable[[np.ndarray], FeatureSet]
+    profiler: Profiler = field(default_factory=Profiler)
 
 
 @dataclass
@@ -50,29 +52,36 @@ class PolicyResult:
     diagnostics: dict
 
 
-def coreset(rows: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
+def coreset(rows: np.ndarray, ratio: float, rng: np.random.Generator, profiler: Profiler) -> np.ndarray:
     """Greedy coreset of ``ratio`` x len(rows) projected rows (at least one), from a random start."""
     if len(rows) == 0:
         return np.empty(0, dtype=np.int64)
     count = max(1, int(len(rows) * ratio))
-    return greedy_coreset(rows, count, start=int(rng.integers(len(rows))))
+    with profiler.stage("coreset"):
+        return greedy_coreset(rows, count, start=int(rng.integers(len(rows))))
 
 
-def _denoised_coreset(train: FeatureSet, ratio: float, lof_k: int, lof_drop: float, rng: np.random.Generator,
-                      progress: bool):
+def _gather(store: FeatureStore, rows: np.ndarray, profiler: Profiler) -> np.ndarray:
+    with profiler.stage("memory gather"):
+        return store.gather(rows)
+
+
+def _denoised_coreset(train: TrainingFeatures, ratio: float, lof_k: int, lof_drop: float,
+                      rng: np.random.Generator, progress: bool):
     """LOF-filter all patches, then coreset the inliers -> (row indices, LOF scores (n, P), inlier mask)."""
-    scores = patchwise_lof_scores(train.projected, lof_k, progress)
-    keep = inlier_mask(scores, lof_drop)
+    with train.profiler.stage("lof"):
+        scores = patchwise_lof_scores(train.projected, lof_k, progress)
+        keep = inlier_mask(scores, lof_drop)
     inliers = np.flatnonzero(keep.ravel())
     rows = train.projected.reshape(-1, train.projected.shape[-1])
-    return inliers[coreset(rows[inliers], ratio, rng)], scores, keep
+    return inliers[coreset(rows[inliers], ratio, rng, train.profiler)], scores, keep
 
 
 def patchcore(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: float = 0.1) -> PolicyResult:
     """Memory = greedy coreset of all training patches."""
     rows = train.projected.reshape(-1, train.projected.shape[-1])
-    picks = coreset(rows, coreset_ratio, rng)
-    memory = MemoryBank(train.patches.gather(picks), info={"coreset": len(picks), "patches": len(rows)})
+    picks = coreset(rows, coreset_ratio, rng, train.profiler)
+    memory = MemoryBank(_gather(train.patches, picks, train.profiler), info={"coreset": len(picks), "patches": len(rows)})
     return PolicyResult(memory, {})
 
 
@@ -81,7 +90,7 @@ def softpatch(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: 
     """Memory = coreset of LOF inliers; each memory feature is weighted by its LOF score."""
     picks, scores, keep = _denoised_coreset(train, coreset_ratio, lof_k, lof_drop, rng, progress)
     memory = MemoryBank(
-        train.patches.gather(picks),
+        _gather(train.patches, picks, train.profiler),
         weights=scores.ravel()[picks],
         info={"coreset": len(picks), "inliers": int(keep.sum()), "patches": keep.size},
     )
@@ -92,22 +101,25 @@ def tailedcore(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio:
                lof_drop: float = 0.15, tail_keep: float = 0.85, tail_share: float = 0.15,
                progress: bool = False) -> PolicyResult:
     """Memory = coreset(tail images + their views) followed by coreset(LOF inliers of all images)."""
-    estimate = tail_sampler(train.embeddings, tail_keep, tail_share)
+    with train.profiler.stage("tail sampler"):
+        estimate = tail_sampler(train.embeddings, tail_keep, tail_share)
     tail = estimate.tail_indices
     parts, info = [], {"tail_images": len(tail), "max_k": estimate.max_k}
     if len(tail):
-        views = train.views(tail)
+        with train.profiler.stage("tail views"):
+            views = train.views(tail)
         dim = train.projected.shape[-1]
         tail_rows = np.concatenate([train.projected[tail].reshape(-1, dim), views.projected.reshape(-1, dim)])
-        picks = coreset(tail_rows, coreset_ratio, rng)
+        picks = coreset(tail_rows, coreset_ratio, rng, train.profiler)
         n_own = train.projected[tail].shape[0] * train.projected.shape[1]
         patches_per_image = train.projected.shape[1]
         own = picks[picks < n_own]
         own_rows = tail[own // patches_per_image] * patches_per_image + own % patches_per_image
-        parts += [train.patches.gather(own_rows), views.patches.gather(picks[picks >= n_own] - n_own)]
+        parts += [_gather(train.patches, own_rows, train.profiler),
+                  _gather(views.patches, picks[picks >= n_own] - n_own, train.profiler)]
         info["tail_memory"] = len(picks)
     head_picks, scores, keep = _denoised_coreset(train, coreset_ratio, lof_k, lof_drop, rng, progress)
-    parts.append(train.patches.gather(head_picks))
+    parts.append(_gather(train.patches, head_picks, train.profiler))
     info.update(head_memory=len(head_picks), inliers=int(keep.sum()), patches=keep.size)
     diagnostics = {
         "class_sizes": estimate.class_sizes,

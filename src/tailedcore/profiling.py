@@ -1,0 +1,75 @@
+"""Per-stage wall time and peak resident memory (RSS) of a run.
+
+``with profiler.stage("coreset"):`` records how long the block took and the
+highest RSS seen while it ran (sampled every few milliseconds from
+/proc/self/statm, or the process's lifetime peak where /proc is missing).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def current_rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * _PAGE
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss_bytes() -> int:
+    """Lifetime peak RSS of this process."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class StageRecord:
+    name: str
+    seconds: float
+    peak_rss_bytes: int
+
+
+@dataclass
+class Profiler:
+    """Collects StageRecords; ``interval`` is the RSS sampling period in seconds."""
+
+    interval: float = 0.02
+    records: list[StageRecord] = field(default_factory=list)
+
+    @contextmanager
+    def stage(self, name: str):
+        peak = [current_rss_bytes()]
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(self.interval):
+                peak[0] = max(peak[0], current_rss_bytes())
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            done.set()
+            sampler.join()
+            peak[0] = max(peak[0], current_rss_bytes())
+            self.records.append(StageRecord(name, elapsed, peak[0]))
+
+    def table(self) -> list[list]:
+        """Rows [stage, seconds, peak RSS in MiB], stages with the same name summed/maxed."""
+        merged: dict[str, list] = {}
+        for record in self.records:
+            row = merged.setdefault(record.name, [record.name, 0.0, 0.0])
+            row[1] += record.seconds
+            row[2] = max(row[2], record.peak_rss_bytes / 2**20)
+        return list(merged.values())
