@@ -127,6 +127,24 @@ def cmd_make_nlt(args: argparse.Namespace) -> None:
     print(f"{info['protocol']} protocol -> {args.dest}")
 
 
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from .benchmark import results_markdown, run_benchmark, run_seeds, summary_markdown
+
+    options = {"resize": args.resize, "crop": args.crop, "batch_size": args.batch_size,
+               "coreset_ratio": args.coreset_ratio, "backbone": args.backbone, "weights": args.weights}
+    search = args.search or "exact"
+    if args.seeds:
+        if not args.profile:
+            raise UsageError("--seeds needs --profile (DATA is then the source root the sets are built from)")
+        summary = run_seeds(args.data, args.out, args.methods, args.profile, args.noise, args.seeds, search, options,
+                            not args.quiet, args.keep_injected_in_test)
+        print(summary_markdown(summary, args.profile))
+    else:
+        if args.profile:
+            raise UsageError("--profile needs --seeds (or build the set first with make-nlt)")
+        print(results_markdown(run_benchmark(args.data, args.out, args.methods, search, options, not args.quiet)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailedcore", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"tailedcore {__version__}")
@@ -172,11 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
     nlt.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     nlt.set_defaults(run=cmd_make_nlt)
 
+    bench = commands.add_parser("benchmark", help="fit and evaluate several methods; head/tail report")
+    bench.add_argument("data", help="an NLT set (make-nlt) or any MVTec-layout root; with --seeds the source root")
+    bench.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    bench.add_argument("--out", required=True, help="output folder")
+    bench.add_argument("--seeds", nargs="+", type=int, help="build one NLT set per seed from DATA and run each")
+    bench.add_argument("--profile", help="NLT profile for --seeds (step-k1, step-k4, pareto)")
+    bench.add_argument("--noise", type=float, default=0.1, help="noise for --seeds (default 0.1)")
+    bench.add_argument("--keep-injected-in-test", action="store_true", help="leaky protocol for --seeds")
+    bench.add_argument("--backbone", default="efficientnet-lite0")
+    bench.add_argument("--weights")
+    bench.add_argument("--resize", type=int, default=256)
+    bench.add_argument("--crop", type=int, default=224)
+    bench.add_argument("--coreset-ratio", type=float, default=0.1)
+    _add_run_options(bench)
+    bench.set_defaults(run=cmd_benchmark)
+
     demo = commands.add_parser("demo", help="fit all three methods on a small noisy long-tail set")
     demo.add_argument("--data", help="MVTec-layout root (default: generated textures)")
     demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
-    demo.add_argument("--resize", type=int, default=256)
-    demo.add_argument("--crop", type=int, default=224)
+    demo.add_argument("--resize", type=int, default=160, help="reduced for speed (default 160)")
+    demo.add_argument("--crop", type=int, default=144, help="reduced for speed (default 144)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=cmd_demo)
     return parser

@@ -1,0 +1,293 @@
+"""The benchmark runner: fit each method once on the merged training set, evaluate per class, report.
+
+``run_benchmark(data, ...)`` works on any MVTec-layout root; with an NLT
+destination (``nlt.json``) it also reports head/tail means and, for
+TailedCore, how well TailSampler and the LOF step did against the known
+ground truth (which images are tail, which were injected defects).
+``run_seeds`` builds one NLT set per seed and summarises mean +- std.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import load_image, load_mvtec
+from .detector import METHODS, Detector
+from .evaluation import ClassResult, evaluate_samples
+from .html import figure, image_grid, page, table
+from .io import atomic_write_text, markdown_table, overlay, write_csv, write_json
+from .metrics import METRIC_NAMES, mean_metrics
+from .nlt import build, plan_profile
+
+GROUPS = ("all", "head", "tail")
+
+
+def dataset_info(data: Path) -> dict:
+    """``nlt.json`` of an NLT destination, or a description of a plain root (every class 'head')."""
+    info_path = data / "nlt.json"
+    if info_path.is_file():
+        return json.loads(info_path.read_text(encoding="utf-8"))
+    classes = load_mvtec(data)
+    return {"profile": None, "protocol": None, "classes": {c.name: {"kept": len(c.train), "injected": 0,
+                                                                  "role": "head"} for c in classes},
+            "head": [c.name for c in classes], "tail": [], "injected_files": []}
+
+
+def group_means(per_class: dict[str, dict], info: dict) -> dict[str, dict]:
+    return {
+        "all": mean_metrics(per_class),
+        "head": mean_metrics({k: v for k, v in per_class.items() if k in info["head"]}),
+        "tail": mean_metrics({k: v for k, v in per_class.items() if k in info["tail"]}),
+    }
+
+
+def tail_diagnostics(detector: Detector, data: Path, info: dict) -> dict:
+    """How TailSampler and LOF did against the NLT ground truth."""
+    diagnostics = detector.diagnostics_
+    relative = [p.resolve().relative_to(data.resolve()).as_posix() for p in detector.training_paths_]
+    classes = np.array([r.split("/")[0] for r in relative])
+    injected = np.isin(relative, info.get("injected_files", []))
+    result: dict = {}
+    if "dropped_share" in diagnostics:
+        dropped = diagnostics["dropped_share"]
+        result["lof_dropped_share_injected"] = float(dropped[injected].mean()) if injected.any() else None
+        result["lof_dropped_share_clean"] = float(dropped[~injected].mean()) if (~injected).any() else None
+    if "class_sizes" in diagnostics:
+        sizes = diagnostics["class_sizes"]
+        predicted_tail = np.zeros(len(relative), dtype=bool)
+        predicted_tail[diagnostics["tail_indices"]] = True
+        true_tail = np.isin(classes, info["tail"])
+        hits = int((predicted_tail & true_tail).sum())
+        result.update(
+            max_k=int(diagnostics["max_k"]),
+            group_sizes=[int(g) for g in diagnostics["groups"]],
+            predicted_tail_images=int(predicted_tail.sum()),
+            true_tail_images=int(true_tail.sum()),
+            tail_recall=hits / int(true_tail.sum()) if true_tail.any() else None,
+            tail_precision=hits / int(predicted_tail.sum()) if predicted_tail.any() else None,
+            injected_in_tail=int((predicted_tail & injected).sum()),
+            injected_total=int(injected.sum()),
+            class_sizes={
+                name: {
+                    "true": int((classes == name).sum()),
+                    "estimated_median": float(np.median(sizes[classes == name])),
+                    "estimated_mean": float(np.mean(sizes[classes == name])),
+                    "predicted_tail": int((predicted_tail & (classes == name)).sum()),
+                }
+                for name in sorted(set(classes))
+            },
+            per_image=[{"class": c, "true_size": int((classes == c).sum()), "estimated_size": int(s)}
+                       for c, s in zip(classes, sizes)],
+        )
+    return result
+
+
+def _heatmap_items(result: ClassResult, maps: np.ndarray, resize: int, crop: int, count: int = 2) -> list:
+    order = np.argsort(-result.image_scores)
+    chosen = list(order[:count]) + [i for i in order[::-1][:count] if i not in order[:count]]
+    low, high = float(maps.min()), float(maps.max())
+    items = []
+    for index in chosen:
+        sample = result.samples[index]
+        thumb = overlay(load_image(sample.path, resize, crop), maps[index], low, high)
+        rank = "highest" if index in order[:count] else "lowest"
+        items.append((thumb, f"{result.name} {sample.defect_type} ({rank}) {result.image_scores[index]:.3g}"))
+    return items
+
+
+def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list[str], search: str = "exact",
+                  options: dict | None = None, progress: bool = True) -> dict:
+    """Fit and evaluate each method on ``data``; write results.json/.csv/.md and report.html in ``out``."""
+    data, out = Path(data), Path(out)
+    info = dataset_info(data)
+    test_classes = [c for c in load_mvtec(data) if c.test]
+    options = dict(options or {})
+    results = {"dataset": info, "methods": {}}
+    extras: dict[str, dict] = {}
+    for method in methods:
+        detector = METHODS[method](search=search, progress=progress, **options)
+        started = time.perf_counter()
+        detector.fit(data)
+        fit_seconds = time.perf_counter() - started
+        per_class, heatmaps, curves = {}, [], {}
+        for item in test_classes:
+            result, maps = evaluate_samples(detector, item.name, item.test, item.has_masks)
+            per_class[item.name] = result.metrics
+            heatmaps += _heatmap_items(result, maps, detector.resize, detector.crop)
+            curves[item.name] = (result.labels, result.image_scores)
+        results["methods"][method] = {
+            "classes": per_class,
+            "mean": group_means(per_class, info),
+            "diagnostics": {
+                **tail_diagnostics(detector, data, info),
+                "memory_size": len(detector.memory_),
+                "fit_seconds": fit_seconds,
+                "total_seconds": time.perf_counter() - started,
+                "stages": [{"stage": r[0], "seconds": r[1], "peak_rss_mib": r[2]} for r in detector.profile_.table()],
+            },
+            "params": {k: v for k, v in detector.get_params().items() if k != "progress"},
+        }
+        extras[method] = {"heatmaps": heatmaps, "curves": curves}
+    write_results(results, out, extras)
+    return results
+
+
+def _result_rows(results: dict) -> tuple[list[str], list[list]]:
+    header = ["method", "class", "role", *METRIC_NAMES]
+    roles = {name: item["role"] for name, item in results["dataset"]["classes"].items()}
+    rows = []
+    for method, block in results["methods"].items():
+        for name, values in block["classes"].items():
+            rows.append([method, name, roles.get(name, ""), *(values[m] for m in METRIC_NAMES)])
+        for group in GROUPS:
+            rows.append([method, f"mean ({group})", "", *(block["mean"][group][m] for m in METRIC_NAMES)])
+    return header, rows
+
+
+def _diagnostic_rows(results: dict) -> list[list]:
+    rows = []
+    for method, block in results["methods"].items():
+        d = block["diagnostics"]
+        rows.append([method, d["memory_size"], round(d["fit_seconds"]), d.get("predicted_tail_images", ""),
+                     d.get("tail_recall"), d.get("tail_precision"),
+                     f"{d['injected_in_tail']}/{d['injected_total']}" if "injected_in_tail" in d else "",
+                     d.get("lof_dropped_share_injected"), d.get("lof_dropped_share_clean")])
+    return rows
+
+
+DIAGNOSTIC_HEADER = ["method", "memory features", "fit s", "tail images found", "tail recall", "tail precision",
+                     "injected in tail", "LOF dropped (injected)", "LOF dropped (clean)"]
+
+
+def results_markdown(results: dict) -> str:
+    info = results["dataset"]
+    header, rows = _result_rows(results)
+    text = [f"Profile: {info.get('profile')}, seed {info.get('seed')}, noise {info.get('noise')}, "
+            f"protocol: {info.get('protocol')}; head: {', '.join(info['head'])}; tail: {', '.join(info['tail'])}",
+            "", markdown_table(header, rows), "Diagnostics", "", markdown_table(DIAGNOSTIC_HEADER, _diagnostic_rows(results))]
+    return "\n".join(text)
+
+
+def _plots(results: dict, extras: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    parts = []
+    for method, block in results["methods"].items():
+        per_image = block["diagnostics"].get("per_image")
+        if not per_image:
+            continue
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        names = sorted({p["class"] for p in per_image})
+        for name in names:
+            points = [(p["true_size"], p["estimated_size"]) for p in per_image if p["class"] == name]
+            true, est = np.array(points).T
+            jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(true)) * np.maximum(true, 1) * 0.1
+            ax.scatter(true + jitter, est, s=10, alpha=0.6, label=name)
+        top = max(max(p["true_size"] for p in per_image), max(p["estimated_size"] for p in per_image))
+        ax.plot([1, top], [1, top], color="gray", lw=1, ls="--")
+        ax.axhline(block["diagnostics"]["max_k"], color="red", lw=1, label=f"max K = {block['diagnostics']['max_k']}")
+        ax.set(xscale="log", yscale="log", xlabel="true class size", ylabel="estimated class size",
+               title=f"{method}: TailSampler estimate per training image")
+        ax.legend(fontsize=7)
+        parts.append(figure(fig, "class size estimate vs truth"))
+    classes = sorted({c for e in extras.values() for c in e["curves"]})
+    if classes:
+        fig, axes = plt.subplots(1, len(classes), figsize=(3.2 * len(classes), 3.2), squeeze=False)
+        for ax, name in zip(axes[0], classes):
+            for method, extra in extras.items():
+                labels, scores = extra["curves"][name]
+                if len(set(labels.tolist())) == 2:
+                    fpr, tpr, _ = roc_curve(labels, scores)
+                    ax.plot(fpr, tpr, label=method)
+            ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
+            ax.set(title=name, xlabel="FPR", ylabel="TPR")
+            ax.legend(fontsize=7)
+        parts.append("<h2>Image-level ROC per class</h2>" + figure(fig, "ROC curves"))
+    return "".join(parts)
+
+
+def results_html(results: dict, extras: dict) -> str:
+    info = results["dataset"]
+    header, rows = _result_rows(results)
+    body = [f"<p>Profile <b>{info.get('profile')}</b>, seed {info.get('seed')}, noise {info.get('noise')}, "
+            f"protocol <b>{info.get('protocol')}</b>. Head classes: {', '.join(info['head'])}; "
+            f"tail classes: {', '.join(info['tail']) or 'none'}. Metrics in %; n/a = not defined for the class "
+            "(no pixel masks).</p>",
+            table(header, rows), "<h2>Diagnostics</h2>", table(DIAGNOSTIC_HEADER, _diagnostic_rows(results)),
+            _plots(results, extras)]
+    for method, extra in extras.items():
+        body.append(f"<h2>{method}: highest- and lowest-scored test images per class</h2>")
+        body.append(image_grid(extra["heatmaps"]))
+    return page("tailedcore benchmark", "".join(body))
+
+
+def write_results(results: dict, out: Path, extras: dict | None = None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    header, rows = _result_rows(results)
+    write_csv(out / "results.csv", header, [[("" if v is None else v) for v in row] for row in rows])
+    atomic_write_text(out / "results.md", results_markdown(results))
+    if extras is not None:
+        atomic_write_text(out / "report.html", results_html(results, extras))
+
+
+def summarise_seeds(per_seed: dict[int, dict]) -> dict:
+    """mean and std over seeds of each method's group means and per-class metrics."""
+    summary: dict = {"seeds": sorted(per_seed), "methods": {}}
+    methods = next(iter(per_seed.values()))["methods"].keys()
+    for method in methods:
+        entry: dict = {"mean": {}, "classes": {}}
+        for group in GROUPS:
+            entry["mean"][group] = {}
+            for metric in METRIC_NAMES:
+                values = [r["methods"][method]["mean"][group][metric] for r in per_seed.values()]
+                values = [v for v in values if v is not None]
+                entry["mean"][group][metric] = {"mean": float(np.mean(values)) if values else None,
+                                                "std": float(np.std(values)) if values else None, "n": len(values)}
+        summary["methods"][method] = entry
+    return summary
+
+
+def summary_markdown(summary: dict, profile: str) -> str:
+    header = ["method", *(f"{g} {m}" for g in GROUPS for m in ("image_auroc", "pixel_auroc"))]
+    rows = []
+    for method, entry in summary["methods"].items():
+        row = [method]
+        for group in GROUPS:
+            for metric in ("image_auroc", "pixel_auroc"):
+                stat = entry["mean"][group][metric]
+                row.append("n/a" if stat["mean"] is None else f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}")
+        rows.append(row)
+    return f"Profile {profile}, seeds {summary['seeds']} (mean ± std over seeds, %)\n\n" + markdown_table(header, rows)
+
+
+def run_seeds(source: str | os.PathLike, out: str | os.PathLike, methods: list[str], profile: str, noise: float,
+              seeds: list[int], search: str = "exact", options: dict | None = None, progress: bool = True,
+              keep_injected_in_test: bool = False) -> dict:
+    """One NLT set per seed (built under out/seed-N/data), a benchmark each, then summary.json/.md."""
+    out = Path(out)
+    per_seed = {}
+    for seed in seeds:
+        folder = out / f"seed-{seed}"
+        data = folder / "data"
+        if not (data / "nlt.json").is_file():
+            build(source, data, plan_profile(source, profile, noise, seed), keep_injected_in_test=keep_injected_in_test)
+        per_seed[seed] = run_benchmark(data, folder, methods, search, options, progress)
+    summary = summarise_seeds(per_seed)
+    summary["profile"] = profile
+    summary["noise"] = noise
+    write_json(out / "summary.json", summary)
+    text = summary_markdown(summary, profile)
+    atomic_write_text(out / "summary.md", text)
+    body = "".join(f'<p><a href="seed-{s}/report.html">seed {s} report</a></p>' for s in seeds)
+    atomic_write_text(out / "summary.html", page(f"tailedcore benchmark: {profile}", f"<pre>{text}</pre>{body}"))
+    return summary

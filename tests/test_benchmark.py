@@ -1,0 +1,55 @@
+"""A tiny benchmark run: structure of the report and metric ranges (not the numbers)."""
+
+import json
+
+import pytest
+
+from tailedcore.benchmark import run_seeds
+from tailedcore.cli import main
+from tailedcore.metrics import METRIC_NAMES
+from tailedcore.synthetic import make_dataset
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    counts = {"stripes": 22, "checker": 21, "dots": 6, "grain": 6, "weave": 5}
+    return make_dataset(tmp_path_factory.mktemp("bench-src"), counts, test_good=2, test_defect=6, size=64, seed=2)
+
+
+def check_numbers(block):
+    for values in block.values():
+        for value in values.values():
+            assert value is None or 0.0 <= value <= 1.0
+
+
+def test_tiny_benchmark_report(source, tmp_path):
+    out = tmp_path / "bench"
+    options = {"resize": 64, "crop": 48, "batch_size": 8}
+    summary = run_seeds(source, out, ["patchcore", "softpatch", "tailedcore"], "step-k1", 0.1, [0],
+                        options=options, progress=False)
+    results = json.loads((out / "seed-0" / "results.json").read_text())
+    assert results["dataset"]["profile"] == "step-k1" and results["dataset"]["protocol"] == "clean"
+    assert set(results["methods"]) == {"patchcore", "softpatch", "tailedcore"}
+    for block in results["methods"].values():
+        assert set(block["classes"]) == set(results["dataset"]["classes"])
+        assert set(block["mean"]) == {"all", "head", "tail"}
+        check_numbers(block["classes"])
+        check_numbers(block["mean"])
+        assert all(set(v) == set(METRIC_NAMES) for v in block["classes"].values())
+    diagnostics = results["methods"]["tailedcore"]["diagnostics"]
+    for key in ("tail_recall", "tail_precision", "injected_in_tail", "class_sizes", "lof_dropped_share_injected",
+                "lof_dropped_share_clean", "max_k"):
+        assert key in diagnostics
+    assert diagnostics["true_tail_images"] == 3  # round(0.6 * 5) tail classes keep one image each
+    for name in ("results.csv", "results.md", "report.html"):
+        assert (out / "seed-0" / name).is_file()
+    html = (out / "seed-0" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "http" not in html.split("<body>")[1]
+    assert summary["methods"]["tailedcore"]["mean"]["all"]["image_auroc"]["n"] == 1
+    assert (out / "summary.md").read_text().startswith("Profile step-k1")
+
+
+def test_cli_benchmark_usage(source, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", str(source), "--out", str(tmp_path / "b"), "--seeds", "0"])
+    assert info.value.code == 2
