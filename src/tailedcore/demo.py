@@ -102,7 +102,12 @@ def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tu
             table = write_evaluation(evaluation, out / method)
             write_heatmaps(heatmaps, out / method / "heatmaps", resize, crop)
             lines += [f"## {method}  (fit {fit_seconds:.0f} s, fit + test {total_seconds:.0f} s, "
-                      f"memory bank {len(detector.memory_)} features)", "", table,
+                      f"memory bank {len(detector.memory_)} features)", ""]
+            if "tail_indices" in detector.diagnostics_:
+                tail_names = sorted({split.train[i].parts[-4] for i in detector.diagnostics_["tail_indices"]})
+                lines += [f"TailSampler: {len(detector.diagnostics_['tail_indices'])} tail images "
+                          f"(max K = {detector.diagnostics_['max_k']}), from {', '.join(tail_names) or 'no class'}", ""]
+            lines += [table,
                       markdown_table(["stage", "seconds", "peak RSS MiB"], detector.profile_.table(), percent=False)]
             mean = evaluation.mean
             head = [classes[c].metrics["image_auroc"] for c in split.head if classes[c].metrics["image_auroc"] is not None]

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import policies
 from .data import collect_images, training_images
@@ -170,7 +171,7 @@ class Detector:
             extractor = self.extractor
             store = FeatureStore(folder / "views.f32", self.feature_dim)
             chunks = []
-            for index in indices:
+            for index in tqdm(indices, desc="tail views", unit="img", disable=not self.progress, leave=False):
                 image = extractor.normalise(extractor.load([paths[int(index)]]))[0]
                 all_views = augmented_views(image, self.view_step_degrees, self.view_flip)
                 for start in range(0, len(all_views), self.batch_size):
@@ -265,7 +266,7 @@ class PatchCore(Detector):
     method = "patchcore"
 
     def _policy(self, train, rng):
-        return policies.patchcore(train, rng, self.coreset_ratio)
+        return policies.patchcore(train, rng, self.coreset_ratio, self.progress)
 
 
 class SoftPatch(Detector):

@@ -52,13 +52,14 @@ class PolicyResult:
     diagnostics: dict
 
 
-def coreset(rows: np.ndarray, ratio: float, rng: np.random.Generator, profiler: Profiler) -> np.ndarray:
+def coreset(rows: np.ndarray, ratio: float, rng: np.random.Generator, profiler: Profiler,
+            progress: bool = False) -> np.ndarray:
     """Greedy coreset of ``ratio`` x len(rows) projected rows (at least one), from a random start."""
     if len(rows) == 0:
         return np.empty(0, dtype=np.int64)
     count = max(1, int(len(rows) * ratio))
     with profiler.stage("coreset"):
-        return greedy_coreset(rows, count, start=int(rng.integers(len(rows))))
+        return greedy_coreset(rows, count, start=int(rng.integers(len(rows))), progress=progress)
 
 
 def _gather(store: FeatureStore, rows: np.ndarray, profiler: Profiler) -> np.ndarray:
@@ -74,13 +75,14 @@ def _denoised_coreset(train: TrainingFeatures, ratio: float, lof_k: int, lof_dro
         keep = inlier_mask(scores, lof_drop)
     inliers = np.flatnonzero(keep.ravel())
     rows = train.projected.reshape(-1, train.projected.shape[-1])
-    return inliers[coreset(rows[inliers], ratio, rng, train.profiler)], scores, keep
+    return inliers[coreset(rows[inliers], ratio, rng, train.profiler, progress)], scores, keep
 
 
-def patchcore(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: float = 0.1) -> PolicyResult:
+def patchcore(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: float = 0.1,
+              progress: bool = False) -> PolicyResult:
     """Memory = greedy coreset of all training patches."""
     rows = train.projected.reshape(-1, train.projected.shape[-1])
-    picks = coreset(rows, coreset_ratio, rng, train.profiler)
+    picks = coreset(rows, coreset_ratio, rng, train.profiler, progress)
     memory = MemoryBank(_gather(train.patches, picks, train.profiler), info={"coreset": len(picks), "patches": len(rows)})
     return PolicyResult(memory, {})
 
@@ -110,7 +112,7 @@ def tailedcore(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio:
             views = train.views(tail)
         dim = train.projected.shape[-1]
         tail_rows = np.concatenate([train.projected[tail].reshape(-1, dim), views.projected.reshape(-1, dim)])
-        picks = coreset(tail_rows, coreset_ratio, rng, train.profiler)
+        picks = coreset(tail_rows, coreset_ratio, rng, train.profiler, progress)
         n_own = train.projected[tail].shape[0] * train.projected.shape[1]
         patches_per_image = train.projected.shape[1]
         own = picks[picks < n_own]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 # A pair is ruled out by the fast product only if it clears the stored distance
 # by this share of |a|^2 + |b|^2 (per 128 dims): over five times the worst-case
@@ -79,12 +80,13 @@ def greedy_coreset_reference(x: np.ndarray, n: int, start: int = 0) -> np.ndarra
     return picks
 
 
-def greedy_coreset(x: np.ndarray, n: int, start: int = 0, block_rows: int = 4096) -> np.ndarray:
+def greedy_coreset(x: np.ndarray, n: int, start: int = 0, block_rows: int = 1024, progress: bool = False) -> np.ndarray:
     """Exact k-center greedy selection of ``n`` rows of ``x``, starting at ``start``.
 
     x: (N, d) float32 (already projected; the projection is the caller's step).
     Returns (n,) int64 row indices in selection order, identical to
-    ``greedy_coreset_reference``. ``block_rows`` changes the speed only.
+    ``greedy_coreset_reference``. ``block_rows`` changes the speed only;
+    ``progress`` shows a progress bar.
 
     How: rows are split into blocks, each with an upper bound of its largest
     distance to the selected set. Only the block with the largest bound is
@@ -128,7 +130,10 @@ def greedy_coreset(x: np.ndarray, n: int, start: int = 0, block_rows: int = 4096
         block_max[block] = min_dist[lo:hi].max()
 
     picks[0] = start
+    bar = tqdm(total=n, desc="coreset", unit="pick", disable=not progress, leave=False, mininterval=0.5)
     for i in range(1, n):
+        if i % 1024 == 0:
+            bar.update(1024)
         min_dist[picks[i - 1]] = -1.0
         while True:
             top = int(np.argmax(block_max))
@@ -144,4 +149,5 @@ def greedy_coreset(x: np.ndarray, n: int, start: int = 0, block_rows: int = 4096
         first = int(np.flatnonzero(block_max == best)[0])
         lo, hi = bounds[first], bounds[first + 1]
         picks[i] = lo + int(np.argmax(min_dist[lo:hi] == best))
+    bar.close()
     return picks
