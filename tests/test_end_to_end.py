@@ -46,13 +46,16 @@ def test_tailedcore_keeps_tail_images_whole(synthetic_root):
 def test_cli_fit_predict_evaluate(synthetic_root, tmp_path, capsys):
     model = tmp_path / "model.safetensors"
     small = ["--resize", "80", "--crop", "64"]
-    assert main(["--quiet", "fit", str(synthetic_root), "--method", "patchcore", "--out", str(model), *small]) == 0
+    normal = [str(synthetic_root / name / "test" / "good") for name in ("checker", "stripes")]
+    assert main(["--quiet", "fit", str(synthetic_root), "--method", "patchcore", "--out", str(model), *small,
+                 "--calibration", *normal]) == 0
     test_dir = synthetic_root / "checker" / "test" / "defect"
     out = tmp_path / "pred"
     assert main(["--quiet", "predict", str(model), str(test_dir), "--out", str(out)]) == 0
     records = json.loads((out / "scores.json").read_text())
-    assert len(records) == 3 and all((out / r["overlay"]).is_file() for r in records)
-    assert (out / "scores.csv").read_text().startswith("image,score,overlay")
+    assert len(records) == 3 and all((out / r["overlay"]).is_file() and (out / r["mask"]).is_file() for r in records)
+    assert all(r["decision"] == "defect" and r["score"] > 0.5 for r in records)  # painted defects are obvious
+    assert (out / "scores.csv").read_text().startswith("image,score,decision,raw_score")
     evaluation_dir = tmp_path / "eval"
     assert main(["--quiet", "evaluate", str(model), str(synthetic_root), "--out", str(evaluation_dir)]) == 0
     metrics = json.loads((evaluation_dir / "metrics.json").read_text())

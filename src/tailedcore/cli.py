@@ -13,8 +13,11 @@ import sys
 import traceback
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 from .detector import METHODS, load
+from .data import load_mask, load_mvtec
 from .evaluation import evaluate
 from .report import write_evaluation, write_predictions
 
@@ -38,6 +41,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--crop", type=int, default=224, help="center crop size, a multiple of 16 (default 224)")
     group.add_argument("--coreset-ratio", type=float, default=0.1, help="share of patches in memory (default 0.1)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    group.add_argument("--calibration-share", type=float, default=0.1,
+                       help="share of training images set aside for thresholds (default 0.1; 0 = none)")
+    group.add_argument("--false-alarm-rate", type=float, default=0.01, help="for thresholds (default 0.01)")
     for option, (_, kind, text) in METHOD_OPTIONS.items():
         group.add_argument(option, type=kind, help=text)
 
@@ -53,6 +59,7 @@ def _detector_params(args: argparse.Namespace) -> dict:
     params = {
         "backbone": args.backbone, "weights": args.weights, "resize": args.resize, "crop": args.crop,
         "coreset_ratio": args.coreset_ratio, "seed": args.seed, "batch_size": args.batch_size,
+        "calibration_share": args.calibration_share, "false_alarm_rate": args.false_alarm_rate,
         "progress": not args.quiet,
     }
     if args.search:
@@ -75,6 +82,10 @@ class UsageError(ValueError):
 def cmd_fit(args: argparse.Namespace) -> None:
     detector = METHODS[args.method](**_detector_params(args))
     detector.fit(args.data, cache_dir=args.cache)
+    if args.calibration:
+        detector.calibrate(args.calibration)
+    elif detector.thresholds_ is None:
+        log.warning("no thresholds: no class is large enough to set images aside; use --calibration DIR")
     detector.save(args.out)
     print(f"{args.method}: {len(detector.memory_)} memory features from {len(detector.training_paths_)} "
           f"training images -> {args.out}")
@@ -89,11 +100,34 @@ def _load(args: argparse.Namespace):
 
 def cmd_predict(args: argparse.Namespace) -> None:
     detector = _load(args)
+    if detector.thresholds_ is None:
+        log.warning("%s has no thresholds: raw scores only (calibrate with 'tailedcore calibrate')", args.model)
     predictions = detector.predict(args.inputs)
-    records = write_predictions(predictions, Path(args.out), detector.resize, detector.crop)
+    records = write_predictions(predictions, Path(args.out), detector.resize, detector.crop, args.min_area)
     for record in records:
-        print(f"{record['score']:.6g}\t{record['image']}")
+        decision = f"{record['decision']}\t{record['score']:.3f}\t" if "decision" in record else ""
+        print(f"{decision}{record['raw_score']:.6g}\t{record['image']}")
     print(f"{len(records)} images scored -> {args.out}")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from .thresholds import calibrate_f1
+
+    detector = _load(args)
+    if args.normal:
+        thresholds = detector.calibrate(args.normal)
+    else:
+        samples = [s for c in load_mvtec(args.validation) for s in c.test]
+        if not samples:
+            raise ValueError(f"{args.validation}: no test images to calibrate on")
+        predictions = detector.predict([s.path for s in samples])
+        labels = np.array([s.label for s in samples])
+        masks = np.stack([load_mask(s.mask_path, detector.resize, detector.crop) for s in samples])
+        thresholds = calibrate_f1(labels, predictions.image_scores, masks, predictions.anomaly_maps)
+        detector.thresholds_ = thresholds
+    detector.save(args.out or args.model)
+    print(f"image threshold {thresholds.image:.6g}, pixel threshold {thresholds.pixel:.6g} ({thresholds.source}) "
+          f"-> {args.out or args.model}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -157,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--method", choices=sorted(METHODS), default="tailedcore", help="(default tailedcore)")
     fit.add_argument("--out", required=True, help="model file to write (.safetensors)")
     fit.add_argument("--cache", help="folder for temporary feature files (default: system temp)")
+    fit.add_argument("--calibration", nargs="+", help="normal images/folders to calibrate thresholds on")
     _add_model_options(fit)
     _add_run_options(fit)
     fit.set_defaults(run=cmd_fit)
@@ -165,8 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", help="model file")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument("--min-area", type=int, default=16, help="smallest defect blob kept in masks, in pixels")
     _add_run_options(predict)
     predict.set_defaults(run=cmd_predict)
+
+    calibrate = commands.add_parser("calibrate", help="set the model's thresholds from normal or labeled images")
+    calibrate.add_argument("model", help="model file (rewritten unless --out)")
+    source = calibrate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--normal", nargs="+", help="normal images or folders: threshold at the false-alarm rate")
+    source.add_argument("--validation", help="MVTec-layout root with labeled test splits: F1-max thresholds")
+    calibrate.add_argument("--out", help="write the calibrated model here instead")
+    _add_run_options(calibrate)
+    calibrate.set_defaults(run=cmd_calibrate)
 
     evaluate_cmd = commands.add_parser("evaluate", help="per-class metrics on an MVTec-layout test split")
     evaluate_cmd.add_argument("model", help="model file")

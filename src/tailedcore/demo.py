@@ -90,7 +90,7 @@ def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tu
         results = {}
         for method in methods:
             started = time.perf_counter()
-            detector = METHODS[method](resize=resize, crop=crop, seed=seed, progress=progress)
+            detector = METHODS[method](resize=resize, crop=crop, seed=seed, progress=progress, calibration_share=0.0)
             detector.fit(split.train)
             fit_seconds = time.perf_counter() - started
             classes, heatmaps = {}, {}

@@ -27,8 +27,10 @@ from .memory import MemoryBank, ModelFileError, read_model, write_model
 from .policies import FeatureSet, PolicyResult, TrainingFeatures
 from .profiling import Profiler
 from .sampling import random_projection
+from .tail import estimate_class_sizes
 from .scoring import PatchScorer, anomaly_maps
-from .store import FeatureStore
+from .store import FeatureStore, ImageSubset
+from .thresholds import Thresholds, calibrate_false_alarm, defect_masks
 from .views import augmented_views
 
 log = logging.getLogger(__name__)
@@ -38,14 +40,35 @@ log = logging.getLogger(__name__)
 class Predictions:
     """Scores of m images.
 
-    image_scores: (m,) float32; patch_scores: (m, h, w) float32;
+    image_scores: (m,) float32 raw; patch_scores: (m, h, w) float32;
     anomaly_maps: (m, crop, crop) float32 (upsampled, blurred patch scores).
+    With ``thresholds`` (a calibrated model): ``normalised_scores`` (m,) in
+    [0, 1] with 0.5 = threshold, ``decisions`` (m,) bool (True = defect) and
+    ``defect_masks(min_area)`` (m, crop, crop) bool.
     """
 
     paths: list[Path]
     image_scores: np.ndarray
     patch_scores: np.ndarray
     anomaly_maps: np.ndarray
+    thresholds: Thresholds | None = None
+
+    def _require_thresholds(self) -> Thresholds:
+        if self.thresholds is None:
+            raise RuntimeError("the model has no thresholds: calibrate it (fit with a calibration share, "
+                               "or calibrate() with normal images)")
+        return self.thresholds
+
+    @property
+    def normalised_scores(self) -> np.ndarray:
+        return self._require_thresholds().normalise_image(self.image_scores)
+
+    @property
+    def decisions(self) -> np.ndarray:
+        return self.image_scores >= self._require_thresholds().image
+
+    def defect_masks(self, min_area: int = 16) -> np.ndarray:
+        return defect_masks(self.anomaly_maps, self._require_thresholds().pixel, min_area)
 
 
 def _as_paths(images) -> list[Path]:
@@ -69,7 +92,12 @@ class Detector:
         blur_sigma: Gaussian blur of the anomaly map, in pixels.
         search: nearest-neighbour backend (exact, flat, ivf, hnsw).
         batch_size: images per backbone batch.
-        seed: seeds the projection and the coreset start.
+        calibration_share: share of the training images set aside (never put in
+            memory) to calibrate thresholds; drawn only among images whose
+            TailSampler class-size estimate is at least ``calibration_min_class``,
+            so rare classes stay whole. 0 = train on everything (the paper).
+        false_alarm_rate: share of normal images allowed above the threshold.
+        seed: seeds the projection, the coreset start and the calibration draw.
         progress: show progress bars.
     """
 
@@ -91,6 +119,9 @@ class Detector:
         blur_sigma: float = 4.0,
         search: str = "exact",
         batch_size: int = 16,
+        calibration_share: float = 0.1,
+        calibration_min_class: int = 20,
+        false_alarm_rate: float = 0.01,
         seed: int = 0,
         progress: bool = True,
     ):
@@ -108,11 +139,17 @@ class Detector:
         self.blur_sigma = blur_sigma
         self.search = search
         self.batch_size = batch_size
+        self.calibration_share = calibration_share
+        self.calibration_min_class = calibration_min_class
+        self.false_alarm_rate = false_alarm_rate
         self.seed = seed
         self.progress = progress
         self.memory_: MemoryBank | None = None
         self.diagnostics_: dict = {}
         self.training_paths_: list[Path] = []
+        self.calibration_paths_: list[Path] = []
+        self.thresholds_: Thresholds | None = None
+        self.training_summary_: dict = {}
         self.profile_ = Profiler()
         self._extractor: FeatureExtractor | None = None
         self._scorer: PatchScorer | None = None
@@ -184,6 +221,15 @@ class Detector:
 
         return views
 
+    def _calibration_images(self, embeddings: np.ndarray) -> np.ndarray:
+        """Indices of training images set aside for threshold calibration (sorted)."""
+        if self.calibration_share <= 0 or len(embeddings) < 2:
+            return np.empty(0, dtype=np.int64)
+        eligible = np.flatnonzero(estimate_class_sizes(embeddings) >= self.calibration_min_class)
+        count = min(int(round(self.calibration_share * len(eligible))), len(embeddings) - 1)
+        rng = np.random.default_rng([self.seed, 1])
+        return np.sort(rng.choice(eligible, size=count, replace=False)) if count > 0 else np.empty(0, np.int64)
+
     def fit(self, images, cache_dir: str | os.PathLike | None = None) -> Detector:
         """Fit on training images: a list of files/folders, or a dataset root (all train/good merged)."""
         paths = _as_paths(images)
@@ -192,22 +238,46 @@ class Detector:
         rng = np.random.default_rng(self.seed)
         projection = random_projection(self.feature_dim, self.projection_dim, self.seed)
         self.profile_ = Profiler()
+        grid = self.extractor.grid_shape
         with tempfile.TemporaryDirectory(prefix="tailedcore-", dir=cache_dir) as work:
             folder = Path(work)
             with self.profile_.stage("features"):
                 features, embeddings = self._extract(paths, folder, "patches", projection, with_embeddings=True)
+            held_out = self._calibration_images(embeddings)
+            kept = np.setdiff1d(np.arange(len(paths)), held_out)
+            kept_paths = [paths[i] for i in kept]
             train = TrainingFeatures(
-                features.patches, features.projected, embeddings, self._view_features(paths, folder, projection),
-                self.profile_,
+                ImageSubset(features.patches, kept, grid[0] * grid[1]), features.projected[kept], embeddings[kept],
+                self._view_features(kept_paths, folder, projection), self.profile_,
             )
             result = self._policy(train, rng)
+            self.memory_ = result.memory
+            self._scorer = None
+            self.thresholds_ = None
+            if len(held_out):
+                with self.profile_.stage("calibration"):
+                    scores = np.stack([self.scorer.score(features.patches.read(i * grid[0] * grid[1],
+                                                                              (i + 1) * grid[0] * grid[1]))
+                                       for i in held_out]).reshape(-1, *grid)
+                    maps = anomaly_maps(scores, self.crop, self.blur_sigma)
+                    self.thresholds_ = calibrate_false_alarm(scores.reshape(len(scores), -1).max(axis=1), maps,
+                                                             self.false_alarm_rate, "held-out training images")
             features.patches.close()
-        self.memory_ = result.memory
         self.diagnostics_ = result.diagnostics
-        self.training_paths_ = paths
-        self._scorer = None
-        log.info("%s: memory bank of %d features from %d images", self.method, len(self.memory_), len(paths))
+        self.training_paths_ = kept_paths
+        self.calibration_paths_ = [paths[i] for i in held_out]
+        self.training_summary_ = {"memory_info": self.memory_.info, "training_images": len(kept),
+                                  "calibration_images": len(held_out)}
+        log.info("%s: memory bank of %d features from %d images%s", self.method, len(self.memory_), len(kept),
+                 f"; {len(held_out)} images set aside for thresholds" if len(held_out) else "")
         return self
+
+    def calibrate(self, normal_images) -> Thresholds:
+        """Set thresholds from normal images (files/folders) at ``false_alarm_rate``."""
+        predictions = self.predict(normal_images)
+        self.thresholds_ = calibrate_false_alarm(predictions.image_scores, predictions.anomaly_maps,
+                                                 self.false_alarm_rate, "normal calibration images")
+        return self.thresholds_
 
     @property
     def scorer(self) -> PatchScorer:
@@ -237,9 +307,11 @@ class Detector:
                 maps.append(anomaly_maps(scores, self.crop, self.blur_sigma))
         if not paths:
             empty = np.empty((0, *grid), dtype=np.float32)
-            return Predictions([], np.empty(0, dtype=np.float32), empty, np.empty((0, self.crop, self.crop), np.float32))
+            return Predictions([], np.empty(0, dtype=np.float32), empty, np.empty((0, self.crop, self.crop), np.float32),
+                               self.thresholds_)
         patch_array = np.concatenate(patch_scores)
-        return Predictions(paths, patch_array.reshape(len(paths), -1).max(axis=1), patch_array, np.concatenate(maps))
+        return Predictions(paths, patch_array.reshape(len(paths), -1).max(axis=1), patch_array, np.concatenate(maps),
+                           self.thresholds_)
 
     # -- persistence ------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -253,8 +325,8 @@ class Detector:
         config = {
             "method": self.method,
             "params": params,
-            "memory_info": self.memory_.info,
-            "training_images": len(self.training_paths_),
+            **self.training_summary_,
+            "thresholds": self.thresholds_.to_dict() if self.thresholds_ else None,
             "torch_version": torch.__version__,
         }
         write_model(path, arrays, config)
@@ -329,4 +401,7 @@ def load(path: str | os.PathLike, **overrides) -> Detector:
     params.update(overrides)
     detector = cls(**params)
     detector.memory_ = MemoryBank(arrays["memory"], arrays.get("weights"), config.get("memory_info", {}))
+    if config.get("thresholds"):
+        detector.thresholds_ = Thresholds.from_dict(config["thresholds"])
+    detector.training_summary_ = {k: config.get(k) for k in ("memory_info", "training_images", "calibration_images")}
     return detector

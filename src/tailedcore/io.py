@@ -95,7 +95,20 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, low: float, high: float,
     return ((1 - alpha) * image.astype(np.float32) + alpha * heat).round().astype(np.uint8)
 
 
-def write_png(path: Path, array: np.ndarray) -> None:
+def draw_contour(image: np.ndarray, mask: np.ndarray, color=(255, 255, 255)) -> np.ndarray:
+    """Mark the boundary pixels of ``mask`` (h, w) bool on a copy of ``image`` (h, w, 3) uint8."""
+    from scipy.ndimage import binary_erosion
+
+    out = image.copy()
+    out[mask & ~binary_erosion(mask, border_value=0)] = color
+    return out
+
+
+def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_png(path: Path, array: np.ndarray) -> None:
+    atomic_write_bytes(path, png_bytes(array))

@@ -16,7 +16,7 @@ from .lof import inlier_mask, patchwise_lof_scores
 from .memory import MemoryBank
 from .profiling import Profiler
 from .sampling import greedy_coreset
-from .store import FeatureStore
+from .store import FeatureStore, ImageSubset
 from .tail import tail_sampler
 
 
@@ -24,12 +24,13 @@ from .tail import tail_sampler
 class FeatureSet:
     """Patch features of a set of images.
 
-    patches: store of (n_images * P, D) rows, image i at rows [i*P, (i+1)*P);
+    patches: (n_images * P, D) rows on disk (a FeatureStore or an ImageSubset of
+    one; only ``gather`` is used), image i at rows [i*P, (i+1)*P);
     projected: (n_images, P, d) float32, the same rows through the fixed
     random projection (used for LOF and the coreset).
     """
 
-    patches: FeatureStore
+    patches: FeatureStore | ImageSubset
     projected: np.ndarray
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from .data import load_image
 from .detector import Predictions
 from .evaluation import Evaluation
-from .io import markdown_table, overlay, write_csv, write_json, write_png
+from .io import draw_contour, markdown_table, overlay, write_csv, write_json, write_png
 
 
 def _safe_stem(path: Path, used: set[str]) -> str:
@@ -22,22 +22,49 @@ def _safe_stem(path: Path, used: set[str]) -> str:
     return candidate
 
 
-def write_predictions(predictions: Predictions, out: Path, resize: int, crop: int) -> list[dict]:
-    """scores.csv, scores.json and overlays/<name>.png (heatmap over the cropped image).
+def prediction_images(predictions: Predictions, index: int, image: np.ndarray, mask: np.ndarray | None,
+                      low: float, high: float) -> np.ndarray:
+    """The overlay of one prediction: heatmap over the image, defect-mask contour when calibrated.
 
-    Heatmaps share one colour scale over the run: from the lowest to the
-    highest anomaly-map value. Returns the per-image records.
+    With thresholds the heatmap shows the normalised map (0.5 = pixel threshold, at mid-scale).
+    """
+    amap = predictions.anomaly_maps[index]
+    if predictions.thresholds is not None:
+        picture = overlay(image, predictions.thresholds.normalise_pixel(amap), 0.0, 1.0)
+        return draw_contour(picture, mask) if mask is not None else picture
+    return overlay(image, amap, low, high)
+
+
+def write_predictions(predictions: Predictions, out: Path, resize: int, crop: int, min_area: int = 16) -> list[dict]:
+    """scores.csv, scores.json, overlays/<name>.png and, for a calibrated model, masks/<name>.png.
+
+    Records per image: raw score, and with thresholds the normalised score
+    (0.5 = threshold) and the decision ("ok" / "defect"). Without thresholds
+    heatmaps share one colour scale over the run (lowest to highest map value).
     """
     out.mkdir(parents=True, exist_ok=True)
+    calibrated = predictions.thresholds is not None
     low = float(predictions.anomaly_maps.min()) if len(predictions.paths) else 0.0
     high = float(predictions.anomaly_maps.max()) if len(predictions.paths) else 1.0
+    masks = predictions.defect_masks(min_area) if calibrated else None
+    normalised = predictions.normalised_scores if calibrated else None
     records, used = [], set()
-    for path, score, amap in zip(predictions.paths, predictions.image_scores, predictions.anomaly_maps):
+    for index, path in enumerate(predictions.paths):
         name = _safe_stem(path, used)
-        overlay_path = out / "overlays" / f"{name}.png"
-        write_png(overlay_path, overlay(load_image(path, resize, crop), amap, low, high))
-        records.append({"image": str(path), "score": float(score), "overlay": str(overlay_path.relative_to(out))})
-    write_csv(out / "scores.csv", ["image", "score", "overlay"], [[r["image"], r["score"], r["overlay"]] for r in records])
+        record = {"image": str(path), "raw_score": float(predictions.image_scores[index])}
+        mask = masks[index] if calibrated else None
+        if calibrated:
+            record.update(score=float(normalised[index]),
+                          decision="defect" if predictions.decisions[index] else "ok",
+                          defect_pixels=int(mask.sum()), mask=f"masks/{name}.png")
+            write_png(out / record["mask"], (mask * 255).astype(np.uint8))
+        record["overlay"] = f"overlays/{name}.png"
+        write_png(out / record["overlay"],
+                  prediction_images(predictions, index, load_image(path, resize, crop), mask, low, high))
+        records.append(record)
+    columns = ["image", "score", "decision", "raw_score", "defect_pixels", "overlay", "mask"] if calibrated else [
+        "image", "raw_score", "overlay"]
+    write_csv(out / "scores.csv", columns, [[r[c] for c in columns] for r in records])
     write_json(out / "scores.json", records)
     return records
 

@@ -79,3 +79,22 @@ class FeatureStore:
 
     def close(self) -> None:
         self._file.close()
+
+
+class ImageSubset:
+    """The rows of some images of a store, renumbered: image j of the subset is image ``images[j]``.
+
+    Each image owns ``rows_per_image`` consecutive rows; ``gather`` takes
+    subset row numbers.
+    """
+
+    def __init__(self, store: FeatureStore, images: np.ndarray, rows_per_image: int):
+        self.store, self.images, self.rows_per_image = store, np.asarray(images, dtype=np.int64), rows_per_image
+
+    def __len__(self) -> int:
+        return len(self.images) * self.rows_per_image
+
+    def gather(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        image, offset = np.divmod(indices, self.rows_per_image)
+        return self.store.gather(self.images[image] * self.rows_per_image + offset)

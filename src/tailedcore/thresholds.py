@@ -1,0 +1,102 @@
+"""From raw distances to decisions: calibrated thresholds and normalised scores.
+
+With normal images only (the usual case) a threshold is the score that a
+chosen share of normal images exceeds (the false-alarm rate): for images
+their image scores, for pixels their anomaly-map values. With a labeled
+validation set the F1-max threshold is offered too. Scores are normalised
+linearly so that the threshold maps to 0.5 (clipped to [0, 1]), the way
+anomalib users read them; raw scores stay available.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from skimage.morphology import remove_small_objects
+from sklearn.metrics import precision_recall_curve
+
+
+@dataclass
+class Thresholds:
+    """Image and pixel thresholds (raw score units) with the score ranges used to normalise.
+
+    ``source`` says how they were found (e.g. "far=0.01 on 42 held-out normal images").
+    """
+
+    image: float
+    pixel: float
+    image_range: tuple[float, float]
+    pixel_range: tuple[float, float]
+    source: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Thresholds:
+        return cls(float(data["image"]), float(data["pixel"]), tuple(data["image_range"]),
+                   tuple(data["pixel_range"]), str(data["source"]))
+
+    def normalise_image(self, raw: np.ndarray) -> np.ndarray:
+        return normalise(raw, self.image, self.image_range)
+
+    def normalise_pixel(self, raw: np.ndarray) -> np.ndarray:
+        return normalise(raw, self.pixel, self.pixel_range)
+
+
+def normalise(raw: np.ndarray, threshold: float, value_range: tuple[float, float]) -> np.ndarray:
+    """0.5 + (raw - threshold) / (max - min), clipped to [0, 1]: the threshold becomes 0.5."""
+    span = max(value_range[1] - value_range[0], 1e-12)
+    return np.clip(0.5 + (np.asarray(raw, dtype=np.float64) - threshold) / span, 0.0, 1.0).astype(np.float32)
+
+
+def _range(values: np.ndarray) -> tuple[float, float]:
+    return float(np.min(values)), float(np.max(values))
+
+
+def calibrate_false_alarm(image_scores: np.ndarray, maps: np.ndarray, false_alarm_rate: float = 0.01,
+                          what: str = "normal images") -> Thresholds:
+    """Thresholds from normal images only: the (1 - rate) quantiles of image scores (m,) and map values (m, h, w)."""
+    image_scores = np.asarray(image_scores, dtype=np.float64)
+    if image_scores.size == 0:
+        raise ValueError("calibration needs at least one normal image")
+    if not 0.0 < false_alarm_rate < 1.0:
+        raise ValueError(f"false_alarm_rate={false_alarm_rate}: must be in (0, 1)")
+    image = float(np.quantile(image_scores, 1.0 - false_alarm_rate))
+    pixel = float(np.quantile(maps, 1.0 - false_alarm_rate))
+    return Thresholds(image, pixel, _range(image_scores), _range(maps),
+                      f"false-alarm rate {false_alarm_rate:g} on {image_scores.size} {what}")
+
+
+def _f1_max_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    precision, recall, cuts = precision_recall_curve(labels, scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    return float(cuts[int(np.argmax(f1))])
+
+
+def calibrate_f1(labels: np.ndarray, image_scores: np.ndarray, masks: np.ndarray | None = None,
+                 maps: np.ndarray | None = None) -> Thresholds:
+    """F1-max thresholds on a labeled validation set (pixel threshold from masks when given)."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("F1-max calibration needs normal and anomalous validation images")
+    image = _f1_max_threshold(labels, image_scores)
+    if masks is not None and maps is not None and np.asarray(masks).any():
+        pixel = _f1_max_threshold(np.asarray(masks).ravel(), np.asarray(maps).ravel())
+        pixel_range = _range(maps)
+    else:
+        normal_maps = np.asarray(maps)[labels == 0] if maps is not None else None
+        if normal_maps is None or normal_maps.size == 0:
+            raise ValueError("F1-max calibration needs pixel masks or normal images for the pixel threshold")
+        pixel, pixel_range = float(np.quantile(normal_maps, 0.99)), _range(normal_maps)
+    return Thresholds(image, pixel, _range(image_scores), pixel_range,
+                      f"F1-max on {labels.size} labeled validation images")
+
+
+def defect_masks(maps: np.ndarray, threshold: float, min_area: int = 16) -> np.ndarray:
+    """(m, h, w) anomaly maps -> bool masks: above threshold, blobs under ``min_area`` pixels removed."""
+    masks = np.asarray(maps) >= threshold
+    if min_area > 1:
+        masks = np.stack([remove_small_objects(m, max_size=min_area - 1) for m in masks]) if len(masks) else masks
+    return masks

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from tailedcore import PatchCore, load
+from tailedcore.synthetic import make_dataset
+from tailedcore.thresholds import Thresholds, calibrate_f1, calibrate_false_alarm, defect_masks, normalise
+
+from .conftest import SMALL
+
+
+def test_false_alarm_thresholds_hand_checked():
+    scores = np.arange(1, 101, dtype=np.float64)  # 1..100
+    maps = np.zeros((100, 4, 4))
+    maps[:, 0, 0] = scores
+    thresholds = calibrate_false_alarm(scores, maps, false_alarm_rate=0.1)
+    assert thresholds.image == pytest.approx(90.1)  # numpy's linear quantile of 1..100 at 0.9
+    assert (scores > thresholds.image).mean() == pytest.approx(0.1)
+    assert thresholds.pixel == 0.0  # 90% of map values are zero
+    assert thresholds.image_range == (1.0, 100.0)
+    with pytest.raises(ValueError):
+        calibrate_false_alarm(np.empty(0), maps[:0])
+
+
+def test_normalisation_puts_threshold_at_half():
+    assert normalise(np.array([5.0]), 5.0, (0.0, 10.0))[0] == 0.5
+    np.testing.assert_allclose(normalise(np.array([0.0, 7.5, 100.0]), 5.0, (0.0, 10.0)), [0.0, 0.75, 1.0])
+    t = Thresholds(2.0, 3.0, (0.0, 4.0), (0.0, 6.0), "test")
+    assert Thresholds.from_dict(t.to_dict()) == t
+
+
+def test_f1_threshold_and_masks():
+    labels = np.array([0, 0, 0, 1, 1])
+    thresholds = calibrate_f1(labels, np.array([0.1, 0.2, 0.3, 0.8, 0.9]),
+                              maps=np.zeros((5, 2, 2)) + np.arange(5)[:, None, None])
+    assert thresholds.image == pytest.approx(0.8)
+    maps = np.zeros((1, 20, 20))
+    maps[0, 2:8, 2:8] = 1.0  # 36 px blob
+    maps[0, 15, 15] = 1.0  # a single noisy pixel
+    masks = defect_masks(maps, 0.5, min_area=4)
+    assert masks[0, 2:8, 2:8].all() and not masks[0, 15, 15] and masks.sum() == 36
+    with pytest.raises(ValueError, match="normal and anomalous"):
+        calibrate_f1(np.zeros(3), np.arange(3))
+
+
+def test_fit_sets_images_aside_and_calibrates(tmp_path):
+    root = make_dataset(tmp_path / "data", {"stripes": 30, "dots": 3}, test_good=4, test_defect=4, size=64, seed=5)
+    detector = PatchCore(calibration_share=0.2, **SMALL).fit(root)
+    assert len(detector.calibration_paths_) == 6  # 20% of the 30 images of the only large class
+    assert all("stripes" in str(p) for p in detector.calibration_paths_)
+    assert not set(detector.calibration_paths_) & set(detector.training_paths_)
+    assert len(detector.training_paths_) == 27  # the tail class stays whole
+    thresholds = detector.thresholds_
+    assert thresholds is not None and "6 held-out" in thresholds.source
+    predictions = detector.predict([root / "stripes" / "test" / "defect", root / "stripes" / "test" / "good"])
+    assert predictions.decisions[:4].all()
+    path = tmp_path / "m.safetensors"
+    detector.save(path)
+    assert load(path).thresholds_ == thresholds
+    unchanged = PatchCore(calibration_share=0.0, **SMALL).fit(root)
+    assert unchanged.thresholds_ is None and len(unchanged.training_paths_) == 33
