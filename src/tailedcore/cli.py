@@ -179,6 +179,15 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         print(results_markdown(run_benchmark(args.data, args.out, args.methods, search, options, not args.quiet)))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import serve
+
+    detector = _load(args)
+    if detector.thresholds_ is None:
+        log.warning("%s has no thresholds: answers carry raw scores and no decision", args.model)
+    serve(detector, args.host, args.port, max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailedcore", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"tailedcore {__version__}")
@@ -250,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--coreset-ratio", type=float, default=0.1)
     _add_run_options(bench)
     bench.set_defaults(run=cmd_benchmark)
+
+    serve_cmd = commands.add_parser("serve", help="HTTP service and web page for one model")
+    serve_cmd.add_argument("model", help="model file")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
+    serve_cmd.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image area")
+    _add_run_options(serve_cmd)
+    serve_cmd.set_defaults(run=cmd_serve)
 
     demo = commands.add_parser("demo", help="fit all three methods on a small noisy long-tail set")
     demo.add_argument("--data", help="MVTec-layout root (default: generated textures)")

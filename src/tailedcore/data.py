@@ -141,16 +141,21 @@ def training_images(data: str | os.PathLike) -> list[Path]:
     return paths
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB with the EXIF orientation applied; 16/32-bit gray is scaled by its maximum."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = max(float(array.max()), 1.0)
+        image = Image.fromarray(np.round(np.clip(array, 0, None) * (255.0 / top)).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image as 8-bit RGB, with its EXIF orientation applied."""
+    """Open an image file as 8-bit RGB (see ``to_rgb``)."""
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float64)
-                top = max(float(array.max()), 1.0)
-                image = Image.fromarray(np.round(array * (255.0 / top)).astype(np.uint8))
-            return image.convert("RGB")
+            return to_rgb(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageLoadError(f"{path}: cannot read image ({error})") from error
 
@@ -166,8 +171,13 @@ def resize_and_crop(image: Image.Image, resize: int, crop: int, resample: int) -
     return image.crop((left, top, left + crop, top + crop))
 
 
+def preprocess(image: Image.Image, resize: int = 256, crop: int = 224) -> np.ndarray:
+    """A decoded image -> (crop, crop, 3) uint8 RGB after resize and center crop."""
+    return np.asarray(resize_and_crop(to_rgb(image), resize, crop, Image.BILINEAR))
+
+
 def load_image(path: str | os.PathLike, resize: int = 256, crop: int = 224) -> np.ndarray:
-    """An image as (crop, crop, 3) uint8 RGB after resize and center crop."""
+    """An image file as (crop, crop, 3) uint8 RGB after resize and center crop."""
     return np.asarray(resize_and_crop(open_rgb(path), resize, crop, Image.BILINEAR))
 
 

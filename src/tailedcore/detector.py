@@ -12,17 +12,19 @@ import inspect
 import logging
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from . import policies
-from .data import collect_images, training_images
-from .features import FeatureExtractor
+from .data import collect_images, preprocess, training_images
+from .features import FeatureBatch, FeatureExtractor
 from .memory import MemoryBank, ModelFileError, read_model, write_model
 from .policies import FeatureSet, PolicyResult, TrainingFeatures
 from .profiling import Profiler
@@ -289,29 +291,41 @@ class Detector:
             )
         return self._scorer
 
-    def predict(self, images) -> Predictions:
-        """Score images: a list of files/folders -> Predictions."""
-        paths = collect_images([images] if isinstance(images, (str, os.PathLike)) else list(images))
+    def _predictions(self, batches: Iterator[FeatureBatch], paths: list[Path]) -> Predictions:
         scorer = self.scorer
         grid = self.extractor.grid_shape
         patch_scores, maps = [], []
-        batches = self.extractor.iter_batches(paths, desc="predict")
         while True:
             with self.profile_.stage("test features"):
-                item = next(batches, None)
-            if item is None:
+                batch = next(batches, None)
+            if batch is None:
                 break
             with self.profile_.stage("test scoring"):
-                scores = scorer.score(item[1].patches).reshape(-1, *grid)
+                scores = scorer.score(batch.patches).reshape(-1, *grid)
                 patch_scores.append(scores)
                 maps.append(anomaly_maps(scores, self.crop, self.blur_sigma))
-        if not paths:
+        if not patch_scores:
             empty = np.empty((0, *grid), dtype=np.float32)
             return Predictions([], np.empty(0, dtype=np.float32), empty, np.empty((0, self.crop, self.crop), np.float32),
                                self.thresholds_)
         patch_array = np.concatenate(patch_scores)
         return Predictions(paths, patch_array.reshape(len(paths), -1).max(axis=1), patch_array, np.concatenate(maps),
                            self.thresholds_)
+
+    def predict(self, images) -> Predictions:
+        """Score image files: a list of files/folders (or one) -> Predictions."""
+        paths = collect_images([images] if isinstance(images, (str, os.PathLike)) else list(images))
+        self.scorer  # fail before any image is read when the model is not fitted
+        return self._predictions((batch for _, batch in self.extractor.iter_batches(paths, desc="predict")), paths)
+
+    def predict_images(self, images: Sequence[Image.Image], names: Sequence[str] | None = None) -> Predictions:
+        """Score decoded images (any size and mode) -> Predictions named by ``names``."""
+        self.scorer
+        arrays = [preprocess(image, self.resize, self.crop) for image in images]
+        extractor = self.extractor
+        batches = (extractor.features(extractor.normalise(arrays[i : i + self.batch_size]))
+                   for i in range(0, len(arrays), self.batch_size))
+        return self._predictions(batches, [Path(n) for n in (names or [f"image-{i}" for i in range(len(arrays))])])
 
     # -- persistence ------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

@@ -1,0 +1,170 @@
+"""An HTTP service around one model: ``tailedcore serve MODEL``.
+
+- ``POST /predict``: multipart upload (field ``file``) -> JSON with the
+  normalised ``score`` (0.5 = threshold), ``raw_score``, ``decision``
+  ("ok" / "defect"), and the overlay and defect mask as base64 PNG.
+- ``GET /health``, ``GET /model`` (method, backbone, thresholds, training summary).
+- ``GET /``: a page where a person drops images and sees decision, score, overlay.
+
+Uploads are limited in size, pixel count and content type (clear 4xx
+answers); one lock serialises scoring, so concurrent requests are safe.
+"""
+
+import base64
+import io
+import threading
+import warnings
+
+from fastapi import FastAPI, File, HTTPException, UploadFile
+from fastapi.responses import HTMLResponse
+from PIL import Image
+
+from .data import preprocess
+from .detector import Detector
+from .io import png_bytes
+from .report import prediction_images
+
+ACCEPTED_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp"}
+DEFAULT_MAX_BYTES = 20 * 2**20
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def model_summary(detector: Detector) -> dict:
+    params = {k: v for k, v in detector.get_params().items() if k not in ("progress", "weights")}
+    return {
+        "method": detector.method,
+        "backbone": detector.backbone,
+        "input": {"resize": detector.resize, "crop": detector.crop},
+        "memory_size": len(detector.memory_) if detector.memory_ is not None else 0,
+        "thresholds": detector.thresholds_.to_dict() if detector.thresholds_ else None,
+        "training": detector.training_summary_,
+        "params": params,
+    }
+
+
+def _b64png(array) -> str:
+    return base64.b64encode(png_bytes(array)).decode("ascii")
+
+
+def create_app(detector: Detector, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS):
+    """The FastAPI application serving ``detector``."""
+    app = FastAPI(title="tailedcore", version="1")
+    lock = threading.Lock()
+    summary = model_summary(detector)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "method": detector.method}
+
+    @app.get("/model")
+    def model() -> dict:
+        return summary
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return PAGE
+
+    @app.post("/predict")
+    def predict(file: UploadFile = File(...)) -> dict:
+        if (file.content_type or "").split(";")[0].strip().lower() not in ACCEPTED_TYPES:
+            raise HTTPException(415, f"unsupported content type '{file.content_type}' (send PNG, JPEG, BMP, TIFF or WebP)")
+        payload = file.file.read(max_bytes + 1)
+        if len(payload) > max_bytes:
+            raise HTTPException(413, f"file larger than {max_bytes // 2**20} MiB")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(payload))
+                if image.width * image.height > max_pixels:
+                    raise HTTPException(413, f"image of {image.width}x{image.height} pixels is over the "
+                                             f"{max_pixels:,}-pixel limit")
+                image.load()
+        except HTTPException:
+            raise
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise HTTPException(400, f"'{file.filename}' is not a readable image ({error})") from error
+        with lock:
+            predictions = detector.predict_images([image], [file.filename or "upload"])
+        calibrated = predictions.thresholds is not None
+        mask = predictions.defect_masks()[0] if calibrated else None
+        picture = prediction_images(predictions, 0, preprocess(image, detector.resize, detector.crop), mask,
+                                    float(predictions.anomaly_maps.min()), float(predictions.anomaly_maps.max()))
+        return {
+            "filename": file.filename,
+            "score": float(predictions.normalised_scores[0]) if calibrated else None,
+            "raw_score": float(predictions.image_scores[0]),
+            "decision": ("defect" if predictions.decisions[0] else "ok") if calibrated else None,
+            "calibrated": calibrated,
+            "overlay": _b64png(picture),
+            "mask": _b64png((mask * 255).astype("uint8")) if calibrated else None,
+        }
+
+    return app
+
+
+def serve(detector: Detector, host: str = "127.0.0.1", port: int = 8000, **limits) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(detector, **limits), host=host, port=port, log_level="info")
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>tailedcore</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 960px; color: #222; }
+#drop { border: 2px dashed #888; border-radius: 8px; padding: 2.5em; text-align: center; color: #555; cursor: pointer; }
+#drop.over { background: #eef5ff; border-color: #36c; }
+#model { color: #666; font-size: 0.9em; margin-bottom: 1em; }
+.result { display: flex; gap: 1em; align-items: center; border-bottom: 1px solid #ddd; padding: 0.8em 0; }
+.result img { width: 224px; height: 224px; }
+.decision { font-size: 1.4em; font-weight: 600; }
+.ok { color: #1a7f37; } .defect { color: #c62828; } .error { color: #c62828; }
+</style></head><body>
+<h1>tailedcore</h1>
+<div id="model">loading model...</div>
+<div id="drop">Drop images here, or click to choose files<input id="files" type="file" accept="image/*" multiple hidden></div>
+<div id="results"></div>
+<script>
+const drop = document.getElementById("drop"), input = document.getElementById("files");
+const results = document.getElementById("results");
+fetch("/model").then(r => r.json()).then(m => {
+  const t = m.thresholds ? "calibrated: " + m.thresholds.source : "not calibrated: scores only";
+  document.getElementById("model").textContent = `${m.method} on ${m.backbone}, ${m.memory_size} memory features; ${t}`;
+});
+function show(name, data) {
+  const row = document.createElement("div");
+  row.className = "result";
+  if (data.error) {
+    row.innerHTML = `<div><b></b><div class="error"></div></div>`;
+    row.querySelector("b").textContent = name;
+    row.querySelector(".error").textContent = data.error;
+  } else {
+    const label = data.decision || "uncalibrated";
+    const score = data.score === null ? "raw " + data.raw_score.toPrecision(4) : "score " + data.score.toFixed(3);
+    row.innerHTML = `<img alt="overlay"><div><b></b><div class="decision"></div><div class="score"></div></div>`;
+    row.querySelector("img").src = "data:image/png;base64," + data.overlay;
+    row.querySelector("b").textContent = name;
+    row.querySelector(".decision").textContent = label;
+    row.querySelector(".decision").classList.add(label);
+    row.querySelector(".score").textContent = score;
+  }
+  results.prepend(row);
+}
+async function send(files) {
+  for (const file of files) {
+    const body = new FormData();
+    body.append("file", file);
+    try {
+      const response = await fetch("/predict", { method: "POST", body });
+      const data = await response.json();
+      show(file.name, response.ok ? data : { error: data.detail || response.statusText });
+    } catch (e) { show(file.name, { error: String(e) }); }
+  }
+}
+drop.addEventListener("click", () => input.click());
+input.addEventListener("change", () => send(input.files));
+drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", e => { e.preventDefault(); drop.classList.remove("over"); send(e.dataTransfer.files); });
+</script></body></html>
+"""

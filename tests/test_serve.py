@@ -1,0 +1,119 @@
+"""The HTTP service: API tests with FastAPI's test client, and one real-browser test."""
+
+import base64
+import io
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tailedcore import PatchCore
+from tailedcore.serve import create_app
+
+from .conftest import SMALL
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def detector(synthetic_root):
+    model = PatchCore(**SMALL).fit(synthetic_root)
+    model.calibrate([synthetic_root / name / "test" / "good" for name in ("stripes", "checker")])
+    return model
+
+
+@pytest.fixture(scope="module")
+def client(detector):
+    return TestClient(create_app(detector, max_bytes=200_000, max_pixels=1_000_000))
+
+
+def png(path) -> bytes:
+    return path.read_bytes()
+
+
+def test_health_and_model(client):
+    assert client.get("/health").json()["status"] == "ok"
+    info = client.get("/model").json()
+    assert info["method"] == "patchcore" and info["backbone"] == "efficientnet-lite0"
+    assert info["thresholds"]["image"] > 0 and info["memory_size"] > 0 and "training" in info
+
+
+def test_predict_defect_and_normal(client, synthetic_root):
+    bad = synthetic_root / "stripes" / "test" / "defect" / "000.png"
+    answer = client.post("/predict", files={"file": ("bad.png", png(bad), "image/png")}).json()
+    assert answer["decision"] == "defect" and answer["score"] > 0.5 and answer["raw_score"] > 0
+    overlay = Image.open(io.BytesIO(base64.b64decode(answer["overlay"])))
+    mask = Image.open(io.BytesIO(base64.b64decode(answer["mask"])))
+    assert overlay.size == (64, 64) and mask.size == (64, 64)
+    assert np.asarray(mask).any()
+    good = synthetic_root / "stripes" / "train" / "good" / "000.png"
+    answer = client.post("/predict", files={"file": ("good.png", png(good), "image/png")}).json()
+    assert answer["decision"] == "ok" and answer["score"] < 0.5
+
+
+def test_upload_limits(client, synthetic_root):
+    image = png(synthetic_root / "dots" / "train" / "good" / "000.png")
+    assert client.post("/predict", files={"file": ("a.txt", b"hello", "text/plain")}).status_code == 415
+    assert client.post("/predict", files={"file": ("a.png", b"not really a png", "image/png")}).status_code == 400
+    big = client.post("/predict", files={"file": ("a.png", image + b"\0" * 300_000, "image/png")})
+    assert big.status_code == 413
+    buffer = io.BytesIO()
+    Image.new("L", (1200, 1000)).save(buffer, format="PNG")
+    huge = client.post("/predict", files={"file": ("huge.png", buffer.getvalue(), "image/png")})
+    assert huge.status_code == 413 and "pixel limit" in huge.json()["detail"]
+    assert client.post("/predict").status_code == 422
+
+
+def test_concurrent_requests_agree(client, synthetic_root):
+    files = sorted((synthetic_root / "checker" / "test").rglob("*.png"))
+    single = [client.post("/predict", files={"file": (f.name, png(f), "image/png")}).json()["raw_score"] for f in files]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(
+            lambda f: client.post("/predict", files={"file": (f.name, png(f), "image/png")}).json()["raw_score"],
+            files))
+    assert parallel == single
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package 'chromium')")
+def test_browser_drop_image_shows_result(detector, synthetic_root, tmp_path):
+    uvicorn = pytest.importorskip("uvicorn")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(detector), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.1)
+        with playwright_api.sync_playwright() as play:
+            browser = play.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("text=calibrated")
+            page.set_input_files("#files", str(synthetic_root / "stripes" / "test" / "defect" / "001.png"))
+            page.wait_for_selector(".result .decision", timeout=30_000)
+            assert page.inner_text(".result .decision") == "defect"
+            assert page.get_attribute(".result img", "src").startswith("data:image/png;base64,")
+            page.screenshot(path=str(tmp_path / "page.png"))
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
