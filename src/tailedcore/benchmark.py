@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_image, load_mvtec
+from .data import load_mvtec
 from .detector import METHODS, Detector
-from .evaluation import ClassResult, evaluate_samples
+from .evaluation import evaluate_samples
 from .html import figure, image_grid, page, table
-from .io import atomic_write_text, markdown_table, overlay, write_csv, write_json
+from .io import atomic_write_text, markdown_table, write_csv, write_json
 from .metrics import METRIC_NAMES, mean_metrics
 from .nlt import build, plan_profile
 
@@ -87,19 +87,6 @@ def tail_diagnostics(detector: Detector, data: Path, info: dict) -> dict:
     return result
 
 
-def _heatmap_items(result: ClassResult, maps: np.ndarray, resize: int, crop: int, count: int = 2) -> list:
-    order = np.argsort(-result.image_scores)
-    chosen = list(order[:count]) + [i for i in order[::-1][:count] if i not in order[:count]]
-    low, high = float(maps.min()), float(maps.max())
-    items = []
-    for index in chosen:
-        sample = result.samples[index]
-        thumb = overlay(load_image(sample.path, resize, crop), maps[index], low, high)
-        rank = "highest" if index in order[:count] else "lowest"
-        items.append((thumb, f"{result.name} {sample.defect_type} ({rank}) {result.image_scores[index]:.3g}"))
-    return items
-
-
 def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list[str], search: str = "exact",
                   options: dict | None = None, progress: bool = True) -> dict:
     """Fit and evaluate each method on ``data``; write results.json/.csv/.md and report.html in ``out``."""
@@ -114,12 +101,9 @@ def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list
         started = time.perf_counter()
         detector.fit(data)
         fit_seconds = time.perf_counter() - started
-        per_class, heatmaps, curves = {}, [], {}
-        for item in test_classes:
-            result, maps = evaluate_samples(detector, item.name, item.test, item.has_masks)
-            per_class[item.name] = result.metrics
-            heatmaps += _heatmap_items(result, maps, detector.resize, detector.crop)
-            curves[item.name] = (result.labels, result.image_scores)
+        class_results = {item.name: evaluate_samples(detector, item.name, item.test, item.has_masks)
+                         for item in test_classes}
+        per_class = {name: result.metrics for name, result in class_results.items()}
         results["methods"][method] = {
             "classes": per_class,
             "mean": group_means(per_class, info),
@@ -132,7 +116,7 @@ def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list
             },
             "params": {k: v for k, v in detector.get_params().items() if k != "progress"},
         }
-        extras[method] = {"heatmaps": heatmaps, "curves": curves}
+        extras[method] = class_results
     write_results(results, out, extras)
     return results
 
@@ -178,8 +162,6 @@ def _plots(results: dict, extras: dict) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
     parts = []
     for method, block in results["methods"].items():
         per_image = block["diagnostics"].get("per_image")
@@ -199,15 +181,13 @@ def _plots(results: dict, extras: dict) -> str:
                title=f"{method}: TailSampler estimate per training image")
         ax.legend(fontsize=7)
         parts.append(figure(fig, "class size estimate vs truth"))
-    classes = sorted({c for e in extras.values() for c in e["curves"]})
+    classes = sorted({c for class_results in extras.values() for c in class_results})
     if classes:
         fig, axes = plt.subplots(1, len(classes), figsize=(3.2 * len(classes), 3.2), squeeze=False)
         for ax, name in zip(axes[0], classes):
-            for method, extra in extras.items():
-                labels, scores = extra["curves"][name]
-                if len(set(labels.tolist())) == 2:
-                    fpr, tpr, _ = roc_curve(labels, scores)
-                    ax.plot(fpr, tpr, label=method)
+            for method, class_results in extras.items():
+                if class_results[name].roc is not None:
+                    ax.plot(*class_results[name].roc, label=method)
             ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
             ax.set(title=name, xlabel="FPR", ylabel="TPR")
             ax.legend(fontsize=7)
@@ -224,9 +204,9 @@ def results_html(results: dict, extras: dict) -> str:
             "(no pixel masks).</p>",
             table(header, rows), "<h2>Diagnostics</h2>", table(DIAGNOSTIC_HEADER, _diagnostic_rows(results)),
             _plots(results, extras)]
-    for method, extra in extras.items():
+    for method, class_results in extras.items():
         body.append(f"<h2>{method}: highest- and lowest-scored test images per class</h2>")
-        body.append(image_grid(extra["heatmaps"]))
+        body.append(image_grid([item for result in class_results.values() for item in result.examples]))
     return page("tailedcore benchmark", "".join(body))
 
 

@@ -27,7 +27,7 @@ from .detector import METHODS
 from .evaluation import Evaluation, evaluate_samples
 from .io import markdown_table, write_json
 from .metrics import METRIC_NAMES
-from .report import write_evaluation, write_heatmaps
+from .report import write_evaluation, write_examples
 from .synthetic import make_dataset
 
 
@@ -93,14 +93,12 @@ def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tu
             detector = METHODS[method](resize=resize, crop=crop, seed=seed, progress=progress, calibration_share=0.0)
             detector.fit(split.train)
             fit_seconds = time.perf_counter() - started
-            classes, heatmaps = {}, {}
-            for name, samples in split.test.items():
-                classes[name], maps = evaluate_samples(detector, name, samples, split.has_masks[name])
-                heatmaps[name] = ([s.path for s in samples], maps)
-            evaluation = Evaluation(method, classes)
+            classes = {name: evaluate_samples(detector, name, samples, split.has_masks[name])
+                       for name, samples in split.test.items()}
+            evaluation = Evaluation(method, classes, detector.thresholds_)
             total_seconds = time.perf_counter() - started
             table = write_evaluation(evaluation, out / method)
-            write_heatmaps(heatmaps, out / method / "heatmaps", resize, crop)
+            write_examples(evaluation, out / method / "heatmaps")
             lines += [f"## {method}  (fit {fit_seconds:.0f} s, fit + test {total_seconds:.0f} s, "
                       f"memory bank {len(detector.memory_)} features)", ""]
             if "tail_indices" in detector.diagnostics_:

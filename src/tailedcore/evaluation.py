@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Sample, load_mask, load_mvtec
-from .detector import Detector
+from .data import Sample, load_image, load_mask, load_mvtec
+from .detector import Detector, Predictions
 from .metrics import METRIC_NAMES, evaluate_scores, mean_metrics
+from .render import prediction_images
+from .thresholds import Thresholds
 
 
 @dataclass
@@ -28,12 +30,16 @@ class ClassResult:
     metrics: dict[str, float | None]
     notes: list[str] = field(default_factory=list)
     has_masks: bool = False
+    roc: tuple[np.ndarray, np.ndarray] | None = None
+    pro: tuple[np.ndarray, np.ndarray] | None = None
+    examples: list[tuple[np.ndarray, str]] = field(default_factory=list)
 
 
 @dataclass
 class Evaluation:
     method: str
     classes: dict[str, ClassResult]
+    thresholds: Thresholds | None = None
 
     @property
     def mean(self) -> dict[str, float | None]:
@@ -58,18 +64,42 @@ class Evaluation:
         return header, rows
 
 
-def evaluate_samples(detector: Detector, name: str, samples: list[Sample], has_masks: bool) -> tuple[ClassResult, np.ndarray]:
-    """Score one class's test samples -> (ClassResult, anomaly maps (m, crop, crop))."""
+def _thin(curve: tuple[np.ndarray, np.ndarray] | None, points: int = 400):
+    """At most ``points`` points of a curve, enough to draw it."""
+    if curve is None or len(curve[0]) <= points:
+        return curve
+    keep = np.unique(np.linspace(0, len(curve[0]) - 1, points).round().astype(int))
+    return curve[0][keep], curve[1][keep]
+
+
+def _examples(predictions: Predictions, name: str, samples: list[Sample], resize: int, crop: int,
+              count: int = 2) -> list[tuple[np.ndarray, str]]:
+    """Overlays of the ``count`` highest- and lowest-scored images, with captions."""
+    order = np.argsort(-predictions.image_scores)
+    chosen = [(i, "highest") for i in order[:count]] + [(i, "lowest") for i in order[::-1][:count]
+                                                         if i not in order[:count]]
+    low, high = float(predictions.anomaly_maps.min()), float(predictions.anomaly_maps.max())
+    masks = predictions.defect_masks() if predictions.thresholds is not None else None
+    items = []
+    for index, rank in chosen:
+        image = load_image(samples[index].path, resize, crop)
+        picture = prediction_images(predictions, index, image, None if masks is None else masks[index], low, high)
+        items.append((picture, f"{name}/{samples[index].defect_type} {samples[index].path.name} ({rank}, "
+                               f"{predictions.image_scores[index]:.3g})"))
+    return items
+
+
+def evaluate_samples(detector: Detector, name: str, samples: list[Sample], has_masks: bool) -> ClassResult:
+    """Score one class's test samples and compute its metrics, curves and example overlays."""
     predictions = detector.predict([s.path for s in samples])
     labels = np.array([s.label for s in samples], dtype=np.int64)
     masks = None
     if has_masks:
         masks = np.stack([load_mask(s.mask_path, detector.resize, detector.crop) for s in samples])
     result = evaluate_scores(labels, predictions.image_scores, masks, predictions.anomaly_maps if has_masks else None)
-    return (
-        ClassResult(name, samples, predictions.image_scores, labels, result.values, result.notes, has_masks),
-        predictions.anomaly_maps,
-    )
+    return ClassResult(name, samples, predictions.image_scores, labels, result.values, result.notes, has_masks,
+                       _thin(result.roc), _thin(result.pro),
+                       _examples(predictions, name, samples, detector.resize, detector.crop))
 
 
 def evaluate(detector: Detector, data: str | os.PathLike, classes: list[str] | None = None) -> Evaluation:
@@ -80,5 +110,5 @@ def evaluate(detector: Detector, data: str | os.PathLike, classes: list[str] | N
             continue
         if not item.test:
             continue
-        results[item.name], _ = evaluate_samples(detector, item.name, item.test, item.has_masks)
-    return Evaluation(detector.method, results)
+        results[item.name] = evaluate_samples(detector, item.name, item.test, item.has_masks)
+    return Evaluation(detector.method, results, detector.thresholds_)

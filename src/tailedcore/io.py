@@ -81,29 +81,6 @@ def markdown_table(header: list[str], rows: list[list], percent: bool = True) ->
     return "\n".join(lines) + "\n"
 
 
-def heat_colors(values: np.ndarray) -> np.ndarray:
-    """(h, w) values in [0, 1] -> (h, w, 3) uint8 colours (matplotlib 'jet')."""
-    from matplotlib import colormaps
-
-    return (colormaps["jet"](np.clip(values, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
-
-
-def overlay(image: np.ndarray, anomaly_map: np.ndarray, low: float, high: float, alpha: float = 0.45) -> np.ndarray:
-    """Blend a heatmap over an image: (h, w, 3) uint8 + (h, w) map scaled from [low, high]."""
-    span = max(high - low, 1e-12)
-    heat = heat_colors((anomaly_map - low) / span).astype(np.float32)
-    return ((1 - alpha) * image.astype(np.float32) + alpha * heat).round().astype(np.uint8)
-
-
-def draw_contour(image: np.ndarray, mask: np.ndarray, color=(255, 255, 255)) -> np.ndarray:
-    """Mark the boundary pixels of ``mask`` (h, w) bool on a copy of ``image`` (h, w, 3) uint8."""
-    from scipy.ndimage import binary_erosion
-
-    out = image.copy()
-    out[mask & ~binary_erosion(mask, border_value=0)] = color
-    return out
-
-
 def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")

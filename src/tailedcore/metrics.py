@@ -42,13 +42,13 @@ def pixel_auroc(masks: np.ndarray, maps: np.ndarray) -> float | None:
     return float(roc_auc_score(masks, np.asarray(maps, dtype=np.float32).ravel()))
 
 
-def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float | None:
-    """Area under the per-region-overlap curve up to ``fpr_limit`` FPR, normalised to [0, 1].
+def pro_curve(masks: np.ndarray, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The per-region-overlap curve: (FPR of defect-free pixels, mean overlap over defect regions).
 
     Each connected defect region counts equally: an anomalous pixel weighs
     1 / (its region's area x number of regions), so the weighted true-positive
-    rate of a ROC curve is the mean overlap over regions (PRO), and its
-    false-positive rate is that of the defect-free pixels.
+    rate of a ROC curve is the mean overlap over regions (PRO). None without
+    both defect and defect-free pixels.
     """
     masks = np.asarray(masks, dtype=bool)
     if not masks.any() or masks.all():
@@ -65,6 +65,18 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float 
     weights[masks] /= n_regions
     fpr, pro, _ = roc_curve(masks.ravel(), np.asarray(maps, dtype=np.float32).ravel(),
                             sample_weight=weights.ravel())
+    return fpr, pro
+
+
+def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float | None:
+    """Area under the PRO curve (``pro_curve``) up to ``fpr_limit`` FPR, normalised to [0, 1]."""
+    return area_under_pro(pro_curve(masks, maps), fpr_limit)
+
+
+def area_under_pro(curve: tuple[np.ndarray, np.ndarray] | None, fpr_limit: float = 0.3) -> float | None:
+    if curve is None:
+        return None
+    fpr, pro = curve
     cut = np.searchsorted(fpr, fpr_limit, side="right")
     fpr_part = np.concatenate([fpr[:cut], [fpr_limit]])
     pro_part = np.concatenate([pro[:cut], [np.interp(fpr_limit, fpr, pro)]])
@@ -73,10 +85,13 @@ def aupro(masks: np.ndarray, maps: np.ndarray, fpr_limit: float = 0.3) -> float 
 
 @dataclass
 class MetricResult:
-    """Metrics of one class: values (name -> fraction or None) and notes (why a value is None)."""
+    """Metrics of one class: values (name -> fraction or None), notes (why a value is None) and
+    the curves behind them: image ROC and pixel PRO as (x, y) arrays, or None."""
 
     values: dict[str, float | None]
     notes: list[str] = field(default_factory=list)
+    roc: tuple[np.ndarray, np.ndarray] | None = None
+    pro: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def evaluate_scores(labels: np.ndarray, image_scores: np.ndarray, masks: np.ndarray | None = None,
@@ -90,16 +105,20 @@ def evaluate_scores(labels: np.ndarray, image_scores: np.ndarray, masks: np.ndar
         "aupro": None,
         "image_f1_max": f1_max(labels, image_scores),
     }
+    roc = pro = None
     if values["image_auroc"] is None:
         notes.append("image AUROC needs normal and anomalous test images")
+    else:
+        roc = roc_curve(labels, image_scores)[:2]
     if masks is None or maps is None:
         notes.append("no pixel masks: image-level metrics only")
     else:
         values["pixel_auroc"] = pixel_auroc(masks, maps)
-        values["aupro"] = aupro(masks, maps)
+        pro = pro_curve(masks, maps)
+        values["aupro"] = area_under_pro(pro)
         if values["pixel_auroc"] is None:
             notes.append("pixel metrics need both defect and defect-free pixels")
-    return MetricResult(values, notes)
+    return MetricResult(values, notes, roc, pro)
 
 
 def mean_metrics(per_class: dict[str, dict[str, float | None]]) -> dict[str, float | None]:

@@ -8,8 +8,11 @@ import numpy as np
 
 from .data import load_image
 from .detector import Predictions
-from .evaluation import Evaluation
-from .io import draw_contour, markdown_table, overlay, write_csv, write_json, write_png
+from .evaluation import ClassResult, Evaluation
+from .html import figure, image_grid, page, table
+from .io import atomic_write_text, markdown_table, write_csv, write_json, write_png
+from .metrics import METRIC_NAMES
+from .render import prediction_images
 
 
 def _safe_stem(path: Path, used: set[str]) -> str:
@@ -20,19 +23,6 @@ def _safe_stem(path: Path, used: set[str]) -> str:
         candidate = f"{stem}_{k}"
     used.add(candidate)
     return candidate
-
-
-def prediction_images(predictions: Predictions, index: int, image: np.ndarray, mask: np.ndarray | None,
-                      low: float, high: float) -> np.ndarray:
-    """The overlay of one prediction: heatmap over the image, defect-mask contour when calibrated.
-
-    With thresholds the heatmap shows the normalised map (0.5 = pixel threshold, at mid-scale).
-    """
-    amap = predictions.anomaly_maps[index]
-    if predictions.thresholds is not None:
-        picture = overlay(image, predictions.thresholds.normalise_pixel(amap), 0.0, 1.0)
-        return draw_contour(picture, mask) if mask is not None else picture
-    return overlay(image, amap, low, high)
 
 
 def write_predictions(predictions: Predictions, out: Path, resize: int, crop: int, min_area: int = 16) -> list[dict]:
@@ -70,25 +60,78 @@ def write_predictions(predictions: Predictions, out: Path, resize: int, crop: in
 
 
 def write_evaluation(evaluation: Evaluation, out: Path) -> str:
-    """metrics.json, metrics.csv and metrics.md; returns the Markdown table."""
+    """metrics.json, metrics.csv, metrics.md and report.html; returns the Markdown table."""
     out.mkdir(parents=True, exist_ok=True)
     header, rows = evaluation.table()
     write_json(out / "metrics.json", evaluation.metrics_json())
     write_csv(out / "metrics.csv", header, [[("" if v is None else v) for v in row] for row in rows])
     text = f"Method: {evaluation.method} (metrics in %, n/a = not defined for the class)\n\n" + markdown_table(header, rows)
-    (out / "metrics.md").write_text(text, encoding="utf-8")
+    atomic_write_text(out / "metrics.md", text)
+    atomic_write_text(out / "report.html", evaluation_html(evaluation))
     return text
 
 
-def write_heatmaps(evaluation_maps: dict[str, tuple[list[Path], np.ndarray]], out: Path, resize: int, crop: int,
-                   per_class: int = 4) -> None:
-    """Overlays of the ``per_class`` highest-scoring test images of each class."""
-    for name, (paths, maps) in evaluation_maps.items():
-        if not len(paths):
-            continue
-        peaks = maps.reshape(len(maps), -1).max(axis=1)
-        low, high = float(maps.min()), float(maps.max())
-        for index in np.argsort(-peaks)[:per_class]:
-            path = paths[index]
-            write_png(out / f"{name}_{path.parent.name}_{path.stem}.png",
-                      overlay(load_image(path, resize, crop), maps[index], low, high))
+def write_examples(evaluation: Evaluation, out: Path) -> None:
+    """Each class's example overlays (highest- and lowest-scored test images) as PNG files."""
+    for name, result in evaluation.classes.items():
+        for index, (picture, _) in enumerate(result.examples):
+            write_png(out / f"{name}_{index}.png", picture)
+
+
+def curve_figures(classes: dict[str, ClassResult]) -> str:
+    """ROC (image level) and PRO (pixel level) curves of each class, as inline figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (roc_axis, pro_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, result in classes.items():
+        if result.roc is not None:
+            roc_axis.plot(*result.roc, label=f"{name} ({100 * result.metrics['image_auroc']:.1f})")
+        if result.pro is not None:
+            pro_axis.plot(*result.pro, label=f"{name} ({100 * result.metrics['aupro']:.1f})")
+    roc_axis.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
+    roc_axis.set(title="image ROC (AUROC %)", xlabel="false-positive rate", ylabel="true-positive rate")
+    pro_axis.axvline(0.3, color="gray", lw=0.8, ls="--")
+    pro_axis.set(title="pixel PRO (AUPRO % up to FPR 0.3)", xlabel="false-positive rate (pixels)",
+                 ylabel="per-region overlap", xlim=(0, 1))
+    for axis in (roc_axis, pro_axis):
+        if axis.lines[:-1] or axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    return figure(fig, "ROC and PRO curves")
+
+
+def histogram_figure(classes: dict[str, ClassResult], threshold: float | None) -> str:
+    """Per class: image scores of normal vs anomalous test images, the threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(classes), figsize=(3.4 * len(classes), 3), squeeze=False)
+    for axis, (name, result) in zip(axes[0], classes.items()):
+        bins = np.linspace(result.image_scores.min(), result.image_scores.max(), 25)
+        axis.hist(result.image_scores[result.labels == 0], bins=bins, alpha=0.6, label="normal", color="#1a7f37")
+        axis.hist(result.image_scores[result.labels == 1], bins=bins, alpha=0.6, label="anomalous", color="#c62828")
+        if threshold is not None:
+            axis.axvline(threshold, color="black", lw=1.2, ls="--", label="threshold")
+        axis.set(title=name, xlabel="image score (raw)")
+        axis.legend(fontsize=7)
+    return figure(fig, "score histograms")
+
+
+def evaluation_html(evaluation: Evaluation) -> str:
+    """A self-contained page: table, curves, histograms, example overlays."""
+    header, rows = evaluation.table()
+    thresholds = evaluation.thresholds
+    calibrated = (f"Thresholds: image {thresholds.image:.4g}, pixel {thresholds.pixel:.4g} ({thresholds.source}); "
+                  "overlays show the normalised map (0.5 = threshold) and the defect-mask contour in white."
+                  if thresholds else "The model has no thresholds: overlays share one colour scale per class.")
+    body = [f"<p>Method <b>{evaluation.method}</b>. Metrics in %; n/a = not defined for the class. {calibrated}</p>",
+            table(header, rows), "<h2>Curves</h2>", curve_figures(evaluation.classes),
+            "<h2>Image scores: normal vs anomalous</h2>",
+            histogram_figure(evaluation.classes, thresholds.image if thresholds else None),
+            "<h2>Most and least anomalous test images</h2>",
+            image_grid([item for result in evaluation.classes.values() for item in result.examples])]
+    return page(f"tailedcore evaluation: {evaluation.method}", "".join(body))

@@ -22,7 +22,7 @@ from PIL import Image
 from .data import preprocess
 from .detector import Detector
 from .io import png_bytes
-from .report import prediction_images
+from .render import prediction_images
 
 ACCEPTED_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp"}
 DEFAULT_MAX_BYTES = 20 * 2**20
