@@ -15,7 +15,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 h1, h2, h3 { font-weight: 600; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th:first-child, td:first-child, td.text { text-align: left; }
 th { background: #f2f2f2; }
 .note { color: #666; font-size: 0.9em; }
 .grid { display: flex; flex-wrap: wrap; gap: 8px; }
@@ -39,7 +39,11 @@ def cell(value, percent: bool = True) -> str:
 
 def table(header: list[str], rows: list[list], percent: bool = True) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v, percent)}</td>" for v in row) + "</tr>" for row in rows)
+    def td(value) -> str:
+        numeric = value is None or isinstance(value, (int, float, np.integer, np.floating))
+        return f"<td>{cell(value, percent)}</td>" if numeric else f'<td class="text">{cell(value, percent)}</td>'
+
+    body = "".join("<tr>" + "".join(td(v) for v in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
