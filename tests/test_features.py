@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from tailedcore.backbones import BackboneError, build_backbone
-from tailedcore.features import aggregate_patches
+from tailedcore.features import PatchAggregator, pooling_matrix
 
 
 def naive_patch_feature(map8, map16, y, x, layer_dim, feature_dim):
@@ -22,13 +22,22 @@ def naive_patch_feature(map8, map16, y, x, layer_dim, feature_dim):
     return F.adaptive_avg_pool1d(torch.cat(vectors)[None, None], feature_dim)[0, 0]
 
 
-def test_aggregation_matches_definition():
+@pytest.mark.parametrize("layer_dim,feature_dim", [(32, 16), (40, 40), (24, 30)])
+def test_aggregation_matches_definition(layer_dim, feature_dim):
     torch.manual_seed(0)
-    map8, map16 = torch.randn(1, 5, 6, 6), torch.randn(1, 7, 3, 3)
-    features = aggregate_patches(map8, map16, 3, 32, 16)
-    assert features.shape == (1, 36, 16)
-    for y, x in [(0, 0), (2, 3), (5, 5)]:
-        torch.testing.assert_close(features[0, y * 6 + x], naive_patch_feature(map8, map16, y, x, 32, 16))
+    map8, map16 = torch.randn(2, 5, 6, 6), torch.randn(2, 7, 3, 3)
+    features = PatchAggregator((5, 7), 3, layer_dim, feature_dim)(map8, map16)
+    assert features.shape == (2, 36, feature_dim)
+    for y, x in [(0, 0), (2, 3), (5, 5), (0, 5)]:
+        expected = naive_patch_feature(map8[1:], map16[1:], y, x, layer_dim, feature_dim)
+        torch.testing.assert_close(features[1, y * 6 + x], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pooling_matrix_is_adaptive_average_pooling():
+    x = torch.randn(3, 10, dtype=torch.float64)
+    for out in (4, 10, 25):
+        expected = F.adaptive_avg_pool1d(x[:, None], out)[:, 0]
+        torch.testing.assert_close(x @ pooling_matrix(10, out).T, expected)
 
 
 @pytest.mark.parametrize("name,channels", [("efficientnet-lite0", (40, 112)), ("efficientnet-lite1", (40, 112)),
@@ -62,3 +71,17 @@ def test_backbone_errors(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(BackboneError, match="bad.pth"):
         build_backbone("efficientnet-lite0", weights=str(bad))
+
+
+def test_bfloat16_precision_is_close_and_float32_out():
+    from tailedcore.features import FeatureExtractor
+
+    images = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(2)]
+    exact = FeatureExtractor(resize=64, crop=64, progress=False)
+    fast = FeatureExtractor(resize=64, crop=64, progress=False, precision="bfloat16")
+    a = exact.features(exact.normalise(images), with_embeddings=True)
+    b = fast.features(fast.normalise(images), with_embeddings=True)
+    assert b.patches.dtype == np.float32 and b.embeddings.dtype == np.float32
+    assert np.linalg.norm(a.patches - b.patches) / np.linalg.norm(a.patches) < 0.05
+    with pytest.raises(ValueError, match="precision"):
+        FeatureExtractor(resize=64, crop=64, precision="int8")

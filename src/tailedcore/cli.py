@@ -52,6 +52,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per backbone batch (default 16)")
     parser.add_argument("--search", choices=["exact", "flat", "ivf", "hnsw"], default=None,
                         help="nearest-neighbour search (default: exact)")
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
+                        help="backbone arithmetic (default float32; bfloat16 is faster, not bitwise equal)")
 
 
 def _detector_params(args: argparse.Namespace) -> dict:
@@ -62,8 +64,9 @@ def _detector_params(args: argparse.Namespace) -> dict:
         "calibration_share": args.calibration_share, "false_alarm_rate": args.false_alarm_rate,
         "progress": not args.quiet,
     }
-    if args.search:
-        params["search"] = args.search
+    for option in ("search", "precision"):
+        if getattr(args, option):
+            params[option] = getattr(args, option)
     accepted = cls._param_names()
     for option, (name, _, _) in METHOD_OPTIONS.items():
         value = getattr(args, option[2:].replace("-", "_"))
@@ -93,8 +96,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 def _load(args: argparse.Namespace):
     overrides = {"progress": not args.quiet, "batch_size": args.batch_size}
-    if args.search:
-        overrides["search"] = args.search
+    for option in ("search", "precision"):
+        if getattr(args, option):
+            overrides[option] = getattr(args, option)
     return load(args.model, **overrides)
 
 
@@ -165,7 +169,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     from .benchmark import results_markdown, run_benchmark, run_seeds, summary_markdown
 
     options = {"resize": args.resize, "crop": args.crop, "batch_size": args.batch_size,
-               "coreset_ratio": args.coreset_ratio, "backbone": args.backbone, "weights": args.weights}
+               "coreset_ratio": args.coreset_ratio, "backbone": args.backbone, "weights": args.weights,
+               "precision": args.precision or "float32"}
     search = args.search or "exact"
     if args.seeds:
         if not args.profile:

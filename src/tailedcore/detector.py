@@ -93,6 +93,7 @@ class Detector:
         squared_distance: score with squared L2 (as the reference code) or L2.
         blur_sigma: Gaussian blur of the anomaly map, in pixels.
         search: nearest-neighbour backend (exact, flat, ivf, hnsw).
+        precision: backbone arithmetic, float32 (reference) or bfloat16 (faster).
         batch_size: images per backbone batch.
         calibration_share: share of the training images set aside (never put in
             memory) to calibrate thresholds; drawn only among images whose
@@ -120,6 +121,7 @@ class Detector:
         squared_distance: bool = True,
         blur_sigma: float = 4.0,
         search: str = "exact",
+        precision: str = "float32",
         batch_size: int = 16,
         calibration_share: float = 0.1,
         calibration_min_class: int = 20,
@@ -140,6 +142,7 @@ class Detector:
         self.squared_distance = squared_distance
         self.blur_sigma = blur_sigma
         self.search = search
+        self.precision = precision
         self.batch_size = batch_size
         self.calibration_share = calibration_share
         self.calibration_min_class = calibration_min_class
@@ -179,7 +182,7 @@ class Detector:
         if self._extractor is None:
             self._extractor = FeatureExtractor(
                 self.backbone, self.weights, self.resize, self.crop, self.patch_size,
-                self.layer_dim, self.feature_dim, self.batch_size, self.progress,
+                self.layer_dim, self.feature_dim, self.batch_size, self.progress, self.precision,
             )
         return self._extractor
 

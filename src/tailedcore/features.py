@@ -20,29 +20,52 @@ from .backbones import Backbone, build_backbone
 from .data import load_image
 
 
-def aggregate_patches(
-    map8: torch.Tensor, map16: torch.Tensor, patch_size: int = 3, layer_dim: int = 1024, feature_dim: int = 1024
-) -> torch.Tensor:
-    """PatchCore's local aggregation of two backbone maps.
+def pooling_matrix(in_size: int, out_size: int) -> torch.Tensor:
+    """(out_size, in_size) matrix of ``adaptive_avg_pool1d`` from in_size to out_size values."""
+    one_hot = torch.eye(in_size, dtype=torch.float64).unsqueeze(1)  # (in, 1, in)
+    return F.adaptive_avg_pool1d(one_hot, out_size).squeeze(1).T.contiguous()
 
-    map8: (B, C8, H, W), map16: (B, C16, h, w) -> (B, H*W, feature_dim).
-    Each location takes its ``patch_size`` neighbourhood (C x k x k values),
-    the stride-16 grid is bilinearly resized to H x W, each layer's vector is
-    adaptive-average-pooled to ``layer_dim``, and the concatenation of the
-    layers is pooled again to ``feature_dim``.
+
+class PatchAggregator(torch.nn.Module):
+    """PatchCore's local aggregation of two backbone maps, as two convolutions.
+
+    Per location: the ``patch_size`` neighbourhood of each map (C x k x k
+    values), the stride-16 grid bilinearly resized to the stride-8 grid, each
+    layer's vector adaptive-average-pooled to ``layer_dim``, the concatenation
+    pooled again to ``feature_dim``. Every step after the neighbourhood is
+    linear and acts on channels only, so the whole chain is one k x k
+    convolution per map (the pooling matrices folded into its kernel), and the
+    resize can come after the convolution. The same numbers, a fraction of the
+    work and memory.
+
+    forward: map8 (B, C8, H, W), map16 (B, C16, h, w) -> (B, H*W, feature_dim).
     """
-    batch, _, height, width = map8.shape
-    padding = (patch_size - 1) // 2
-    pooled = []
-    for layer in (map8, map16):
-        unfolded = F.unfold(layer, kernel_size=patch_size, padding=padding)
-        grid = unfolded.reshape(batch, -1, layer.shape[2], layer.shape[3])
-        if grid.shape[2:] != (height, width):
-            grid = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)
-        vectors = grid.flatten(2).transpose(1, 2).reshape(batch * height * width, 1, -1)
-        pooled.append(F.adaptive_avg_pool1d(vectors, layer_dim))
-    stacked = torch.cat(pooled, dim=2)
-    return F.adaptive_avg_pool1d(stacked, feature_dim).reshape(batch, height * width, feature_dim)
+
+    def __init__(self, channels: tuple[int, int], patch_size: int = 3, layer_dim: int = 1024,
+                 feature_dim: int = 1024):
+        super().__init__()
+        self.padding = (patch_size - 1) // 2
+        final = pooling_matrix(2 * layer_dim, feature_dim)
+        self.parts = []
+        for index, channel_count in enumerate(channels):
+            inputs = channel_count * patch_size * patch_size  # unfold order: channel-major, then kernel
+            weight = final[:, index * layer_dim : (index + 1) * layer_dim] @ pooling_matrix(inputs, layer_dim)
+            used = torch.nonzero(weight.abs().sum(dim=1) > 0).flatten()  # output channels this map feeds
+            first, last = int(used.min()), int(used.max()) + 1  # with the default sizes: one half each
+            kernel = weight[first:last].reshape(last - first, channel_count, patch_size, patch_size).float()
+            self.register_buffer(f"kernel{index}", kernel.contiguous(memory_format=torch.channels_last))
+            self.parts.append((first, last))
+        self.feature_dim = feature_dim
+
+    def forward(self, map8: torch.Tensor, map16: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = map8.shape
+        out = map8.new_zeros((batch, self.feature_dim, height, width)).contiguous(memory_format=torch.channels_last)
+        for index, (layer, (first, last)) in enumerate(zip((map8, map16), self.parts)):
+            part = F.conv2d(layer, getattr(self, f"kernel{index}"), padding=self.padding)
+            if part.shape[2:] != (height, width):
+                part = F.interpolate(part, size=(height, width), mode="bilinear", align_corners=False)
+            out[:, first:last] += part
+        return out.permute(0, 2, 3, 1).reshape(batch, height * width, self.feature_dim)
 
 
 def to_batch(images: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -64,11 +87,17 @@ class FeatureBatch:
     embeddings: np.ndarray | None
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
 class FeatureExtractor:
     """Images -> patch features (and embeddings) with a frozen backbone.
 
     Parameters are those of PatchCore: input geometry (``resize``, ``crop``),
-    neighbourhood ``patch_size`` and the pooled dimensions.
+    neighbourhood ``patch_size`` and the pooled dimensions. ``precision``
+    "bfloat16" runs the backbone about twice as fast on CPUs with bfloat16
+    units, with slightly different features (results are not bitwise those of
+    float32); outputs are float32 either way.
     """
 
     def __init__(
@@ -82,6 +111,7 @@ class FeatureExtractor:
         feature_dim: int = 1024,
         batch_size: int = 16,
         progress: bool = True,
+        precision: str = "float32",
     ):
         if crop % 16:
             raise ValueError(f"crop={crop}: must be a multiple of 16")
@@ -90,8 +120,14 @@ class FeatureExtractor:
         self.resize, self.crop = resize, crop
         self.patch_size, self.layer_dim, self.feature_dim = patch_size, layer_dim, feature_dim
         self.batch_size = batch_size
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision='{precision}': choose from {', '.join(PRECISIONS)}")
+        self.precision = precision
         self.progress = progress
         self.backbone: Backbone = build_backbone(backbone, crop, weights)
+        with torch.inference_mode():
+            map8, map16 = self.backbone(torch.zeros(1, 3, crop, crop).contiguous(memory_format=torch.channels_last))
+        self.aggregator = PatchAggregator((map8.shape[1], map16.shape[1]), patch_size, layer_dim, feature_dim)
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -105,13 +141,14 @@ class FeatureExtractor:
         """batch: (B, 3, crop, crop) normalised -> FeatureBatch."""
         batch = batch.contiguous(memory_format=torch.channels_last)
         embeddings = None
-        if with_embeddings:
-            map8, map16, embedded = self.backbone.embed(batch)
-            embeddings = embedded.float().numpy()
-        else:
-            map8, map16 = self.backbone(batch)
-        patches = aggregate_patches(map8, map16, self.patch_size, self.layer_dim, self.feature_dim)
-        return FeatureBatch(patches.numpy(), embeddings)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
+            if with_embeddings:
+                map8, map16, embedded = self.backbone.embed(batch)
+                embeddings = embedded.float().numpy()
+            else:
+                map8, map16 = self.backbone(batch)
+            patches = self.aggregator(map8, map16)
+        return FeatureBatch(patches.float().numpy(), embeddings)
 
     def load(self, paths: Sequence[Path]) -> list[np.ndarray]:
         return [load_image(p, self.resize, self.crop) for p in paths]
