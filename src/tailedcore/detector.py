@@ -92,7 +92,8 @@ class Detector:
         num_neighbors: nearest memory features averaged into a patch score.
         squared_distance: score with squared L2 (as the reference code) or L2.
         blur_sigma: Gaussian blur of the anomaly map, in pixels.
-        search: nearest-neighbour backend (exact, flat, ivf, hnsw).
+        search: nearest-neighbour backend (exact, flat, ivf, hnsw);
+        search_options: its settings, e.g. {"nprobe": 16} (ivf), {"ef_search": 64} (hnsw).
         precision: backbone arithmetic, float32 (reference) or bfloat16 (faster).
         batch_size: images per backbone batch.
         calibration_share: share of the training images set aside (never put in
@@ -121,6 +122,7 @@ class Detector:
         squared_distance: bool = True,
         blur_sigma: float = 4.0,
         search: str = "exact",
+        search_options: dict | None = None,
         precision: str = "float32",
         batch_size: int = 16,
         calibration_share: float = 0.1,
@@ -142,6 +144,7 @@ class Detector:
         self.squared_distance = squared_distance
         self.blur_sigma = blur_sigma
         self.search = search
+        self.search_options = search_options
         self.precision = precision
         self.batch_size = batch_size
         self.calibration_share = calibration_share
@@ -172,6 +175,17 @@ class Detector:
 
     def get_params(self) -> dict:
         return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params) -> Detector:
+        """Change parameters (e.g. search, precision on a fitted model); caches are rebuilt as needed."""
+        unknown = set(params) - set(self._param_names())
+        if unknown:
+            raise ValueError(f"unknown parameters: {', '.join(sorted(unknown))}")
+        for name, value in params.items():
+            setattr(self, name, value)
+        self._extractor = None
+        self._scorer = None
+        return self
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
@@ -289,9 +303,8 @@ class Detector:
         if self.memory_ is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load a model")
         if self._scorer is None:
-            self._scorer = PatchScorer(
-                self.memory_.features, self.memory_.weights, self.num_neighbors, self.squared_distance, self.search
-            )
+            self._scorer = PatchScorer(self.memory_.features, self.memory_.weights, self.num_neighbors,
+                                       self.squared_distance, self.search, **(self.search_options or {}))
         return self._scorer
 
     def _predictions(self, batches: Iterator[FeatureBatch], paths: list[Path]) -> Predictions:

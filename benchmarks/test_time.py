@@ -1,0 +1,100 @@
+"""Test time: exact search against the sgemm bound, and exact vs approximate search end to end.
+
+Part 1 (synthetic sizes, no data needed): the float32 matrix-product rate of
+this machine, and the exact 1-NN search time per image (784 queries) for a
+memory of --memory rows x 1024 dims, against the bound queries x memory x
+dims x 2 / rate.
+
+Part 2 (real images): fit one model on DATA (an NLT set from make-nlt, or any
+MVTec-layout root), then predict its whole test split with each search /
+precision setting: images per second end to end (decode, backbone, search,
+maps) and mean image / pixel AUROC, with the difference to exact float32.
+
+    python benchmarks/test_time.py --data runs/nlt-step-k1-seed1 --method patchcore
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from common import median_time, print_table
+
+from tailedcore.data import load_mvtec
+from tailedcore.detector import METHODS
+from tailedcore.evaluation import evaluate
+from tailedcore.scoring import ExactSearch
+
+SETTINGS = {
+    "exact": ("exact", {}, "float32"),
+    "ivf-8": ("ivf", {"nprobe": 8}, "float32"),
+    "ivf-16": ("ivf", {"nprobe": 16}, "float32"),
+    "hnsw-64": ("hnsw", {"ef_search": 64}, "float32"),
+    "exact-bf16": ("exact", {}, "bfloat16"),
+    "ivf-8-bf16": ("ivf", {"nprobe": 8}, "bfloat16"),
+    "hnsw-64-bf16": ("hnsw", {"ef_search": 64}, "bfloat16"),
+}
+
+
+def sgemm_rate(size: int = 4096, repeats: int = 5) -> float:
+    a, b = torch.randn(size, 1024), torch.randn(1024, size)
+    seconds, _ = median_time(lambda: a @ b, repeats)
+    return 2 * size * 1024 * size / seconds
+
+
+def exact_bound(memory_rows: int, images: int = 8, repeats: int = 3) -> list:
+    rng = np.random.default_rng(0)
+    memory = rng.standard_normal((memory_rows, 1024), dtype=np.float32)
+    queries = rng.standard_normal((784 * images, 1024), dtype=np.float32)
+    index = ExactSearch(memory)
+    rate = sgemm_rate()
+    seconds, _ = median_time(lambda: index.search(queries, 1), repeats)
+    bound = 784 * images * memory_rows * 1024 * 2 / rate
+    return [f"{memory_rows:,}", f"{rate / 1e9:.0f}", f"{1000 * bound / images:.0f}", f"{1000 * seconds / images:.0f}",
+            f"{seconds / bound:.2f}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--memory", nargs="+", type=int, default=[50_000, 200_000])
+    parser.add_argument("--data", help="dataset for part 2 (skipped without)")
+    parser.add_argument("--method", default="patchcore")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    print("Exact search vs the sgemm bound (784 queries per image, 1024 dims)")
+    print_table(["memory rows", "sgemm GFLOP/s", "bound ms/image", "exact ms/image", "ratio"],
+                [exact_bound(rows) for rows in args.memory])
+    if not args.data:
+        return
+    detector = METHODS[args.method](calibration_share=0.0, batch_size=args.batch_size, progress=False)
+    started = time.perf_counter()
+    detector.fit(args.data)
+    print(f"\n{args.method} fitted on {args.data} in {time.perf_counter() - started:.0f} s; "
+          f"memory {len(detector.memory_):,} features")
+    n_test = sum(len(c.test) for c in load_mvtec(args.data))
+    rows, reference = [], None
+    for name in args.settings:
+        search, options, precision = SETTINGS[name]
+        detector.set_params(search=search, search_options=options, precision=precision)
+        started = time.perf_counter()
+        detector.scorer  # build the index now, timed apart from prediction
+        build_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        mean = evaluate(detector, args.data).mean
+        seconds = time.perf_counter() - started
+        if reference is None:
+            reference = mean
+        rows.append([name, f"{build_seconds:.1f}", f"{n_test / seconds:.1f}",
+                     f"{100 * mean['image_auroc']:.2f}", f"{100 * (mean['image_auroc'] - reference['image_auroc']):+.2f}",
+                     f"{100 * mean['pixel_auroc']:.2f}", f"{100 * (mean['pixel_auroc'] - reference['pixel_auroc']):+.2f}"])
+        print_table(["setting", "index build s", "images/s", "I-AUROC", "vs first", "P-AUROC", "vs first"], rows[-1:])
+    print()
+    print_table(["setting", "index build s", "images/s", "I-AUROC", "vs first", "P-AUROC", "vs first"], rows)
+
+
+if __name__ == "__main__":
+    main()
