@@ -36,7 +36,7 @@ def main() -> None:
     for size in args.sizes:
         x = rows[np.sort(rng.choice(len(rows), size=size, replace=False))]
         n = int(size * args.ratio)
-        fast_seconds, fast_picks = median_time(lambda: greedy_coreset(x, n, start=0), args.repeats)
+        fast_seconds, fast_picks = median_time(lambda x=x, n=n: greedy_coreset(x, n, start=0), args.repeats)
         reference_n = n if size <= args.full_reference_below else min(n, args.reference_picks)
         started = time.perf_counter()
         reference_picks = greedy_coreset_reference(x, reference_n, start=0)

@@ -91,5 +91,5 @@ def test_real_images_small_subset(tmp_path):
         assert result.metrics["image_auroc"] >= 0.75, name
     path = tmp_path / "m.safetensors"
     detector.save(path)
-    reloaded = load(path).predict([root / "bottle" / "test" / "good"])
-    np.testing.assert_array_equal(reloaded.image_scores, detector.predict([root / "bottle" / "test" / "good"]).image_scores)
+    good = [root / "bottle" / "test" / "good"]
+    np.testing.assert_array_equal(load(path).predict(good).image_scores, detector.predict(good).image_scores)

@@ -2,14 +2,13 @@ import hashlib
 import json
 import os
 
+import numpy as np
 import pytest
 
 from tailedcore.cli import main
 from tailedcore.data import load_mvtec
 from tailedcore.nlt import NLTError, build, pareto_sizes, plan_from_manifests, plan_profile
 from tailedcore.synthetic import make_dataset
-
-import numpy as np
 
 
 @pytest.fixture(scope="module")

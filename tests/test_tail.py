@@ -18,8 +18,8 @@ def clustered_embeddings(sizes, dim=64, spread=0.15, seed=0):
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((len(sizes), dim))
     labels = np.repeat(np.arange(len(sizes)), sizes)
-    x = centres[labels] + spread * rng.standard_normal((len(labels), dim)) * np.linalg.norm(centres[labels], axis=1,
-                                                                                            keepdims=True) / np.sqrt(dim)
+    scale = np.linalg.norm(centres[labels], axis=1, keepdims=True) / np.sqrt(dim)
+    x = centres[labels] + spread * rng.standard_normal((len(labels), dim)) * scale
     return x, labels
 
 

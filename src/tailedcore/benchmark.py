@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_mvtec
-from .detector import METHODS, Detector
+from .data import load_mvtec, training_images
+from .detector import METHODS
 from .evaluation import evaluate_samples
 from .html import figure, image_grid, page, table
 from .io import atomic_write_text, markdown_table, write_csv, write_json
 from .metrics import METRIC_NAMES, mean_metrics
 from .nlt import build, plan_profile
+from .policies import TailTooLarge
 
 GROUPS = ("all", "head", "tail")
 
@@ -46,10 +47,9 @@ def group_means(per_class: dict[str, dict], info: dict) -> dict[str, dict]:
     }
 
 
-def tail_diagnostics(detector: Detector, data: Path, info: dict) -> dict:
-    """How TailSampler and LOF did against the NLT ground truth."""
-    diagnostics = detector.diagnostics_
-    relative = [p.resolve().relative_to(data.resolve()).as_posix() for p in detector.training_paths_]
+def tail_diagnostics(diagnostics: dict, training_paths: list[Path], data: Path, info: dict) -> dict:
+    """How TailSampler and LOF did against the NLT ground truth (``diagnostics`` of a fit)."""
+    relative = [p.resolve().relative_to(data.resolve()).as_posix() for p in training_paths]
     classes = np.array([r.split("/")[0] for r in relative])
     injected = np.isin(relative, info.get("injected_files", []))
     result: dict = {}
@@ -87,9 +87,24 @@ def tail_diagnostics(detector: Detector, data: Path, info: dict) -> dict:
     return result
 
 
+def _skipped(error: TailTooLarge, data: Path, info: dict) -> dict:
+    """The result entry of a TailedCore run refused for its tail size: why, and what TailSampler found."""
+    estimate = error.estimate
+    diagnostics = {"class_sizes": estimate.class_sizes, "groups": estimate.groups, "max_k": estimate.max_k,
+                   "tail_indices": estimate.tail_indices}
+    empty = {name: None for name in METRIC_NAMES}
+    found = tail_diagnostics(diagnostics, training_images(data), data, info)
+    return {"skipped": str(error), "classes": {}, "mean": {group: dict(empty) for group in GROUPS},
+            "diagnostics": {**found, "tail_rows": error.rows}}
+
+
 def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list[str], search: str = "exact",
-                  options: dict | None = None, progress: bool = True) -> dict:
-    """Fit and evaluate each method on ``data``; write results.json/.csv/.md and report.html in ``out``."""
+                  options: dict | None = None, progress: bool = True, max_tail_rows: int | None = None) -> dict:
+    """Fit and evaluate each method on ``data``; write results.json/.csv/.md and report.html in ``out``.
+
+    ``max_tail_rows`` bounds TailedCore's tail memory input; a run over it is
+    reported as skipped, with its TailSampler diagnostics.
+    """
     data, out = Path(data), Path(out)
     info = dataset_info(data)
     test_classes = [c for c in load_mvtec(data) if c.test]
@@ -97,9 +112,14 @@ def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list
     results = {"dataset": info, "methods": {}}
     extras: dict[str, dict] = {}
     for method in methods:
-        detector = METHODS[method](search=search, progress=progress, **options)
+        extra = {"max_tail_rows": max_tail_rows} if method == "tailedcore" else {}
+        detector = METHODS[method](search=search, progress=progress, **options, **extra)
         started = time.perf_counter()
-        detector.fit(data)
+        try:
+            detector.fit(data)
+        except TailTooLarge as error:
+            results["methods"][method] = _skipped(error, data, info)
+            continue
         fit_seconds = time.perf_counter() - started
         class_results = {item.name: evaluate_samples(detector, item.name, item.test, item.has_masks)
                          for item in test_classes}
@@ -108,7 +128,7 @@ def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list
             "classes": per_class,
             "mean": group_means(per_class, info),
             "diagnostics": {
-                **tail_diagnostics(detector, data, info),
+                **tail_diagnostics(detector.diagnostics_, detector.training_paths_, data, info),
                 "memory_size": len(detector.memory_),
                 "fit_seconds": fit_seconds,
                 "total_seconds": time.perf_counter() - started,
@@ -137,6 +157,10 @@ def _diagnostic_rows(results: dict) -> list[list]:
     rows = []
     for method, block in results["methods"].items():
         d = block["diagnostics"]
+        if "skipped" in block:
+            rows.append([method, "not run", "", d.get("predicted_tail_images", ""), d.get("tail_recall"),
+                         d.get("tail_precision"), f"{d['injected_in_tail']}/{d['injected_total']}", None, None])
+            continue
         rows.append([method, d["memory_size"], round(d["fit_seconds"]), d.get("predicted_tail_images", ""),
                      d.get("tail_recall"), d.get("tail_precision"),
                      f"{d['injected_in_tail']}/{d['injected_total']}" if "injected_in_tail" in d else "",
@@ -153,7 +177,10 @@ def results_markdown(results: dict) -> str:
     header, rows = _result_rows(results)
     text = [f"Profile: {info.get('profile')}, seed {info.get('seed')}, noise {info.get('noise')}, "
             f"protocol: {info.get('protocol')}; head: {', '.join(info['head'])}; tail: {', '.join(info['tail'])}",
-            "", markdown_table(header, rows), "Diagnostics", "", markdown_table(DIAGNOSTIC_HEADER, _diagnostic_rows(results))]
+            "", markdown_table(header, rows), "Diagnostics", "",
+            markdown_table(DIAGNOSTIC_HEADER, _diagnostic_rows(results))]
+    text += [f"{method} not run: {block['skipped']}" for method, block in results["methods"].items()
+             if "skipped" in block]
     return "\n".join(text)
 
 
@@ -203,6 +230,8 @@ def results_html(results: dict, extras: dict) -> str:
             f"tail classes: {', '.join(info['tail']) or 'none'}. Metrics in %; n/a = not defined for the class "
             "(no pixel masks).</p>",
             table(header, rows), "<h2>Diagnostics</h2>", table(DIAGNOSTIC_HEADER, _diagnostic_rows(results)),
+            "".join(f"<p><b>{method} not run</b>: {block['skipped']}</p>"
+                    for method, block in results["methods"].items() if "skipped" in block),
             _plots(results, extras)]
     for method, class_results in extras.items():
         body.append(f"<h2>{method}: highest- and lowest-scored test images per class</h2>")
@@ -252,7 +281,7 @@ def summary_markdown(summary: dict, profile: str) -> str:
 
 def run_seeds(source: str | os.PathLike, out: str | os.PathLike, methods: list[str], profile: str, noise: float,
               seeds: list[int], search: str = "exact", options: dict | None = None, progress: bool = True,
-              keep_injected_in_test: bool = False) -> dict:
+              keep_injected_in_test: bool = False, max_tail_rows: int | None = None) -> dict:
     """One NLT set per seed (built under out/seed-N/data), a benchmark each, then summary.json/.md."""
     out = Path(out)
     per_seed = {}
@@ -261,7 +290,7 @@ def run_seeds(source: str | os.PathLike, out: str | os.PathLike, methods: list[s
         data = folder / "data"
         if not (data / "nlt.json").is_file():
             build(source, data, plan_profile(source, profile, noise, seed), keep_injected_in_test=keep_injected_in_test)
-        per_seed[seed] = run_benchmark(data, folder, methods, search, options, progress)
+        per_seed[seed] = run_benchmark(data, folder, methods, search, options, progress, max_tail_rows)
     summary = summarise_seeds(per_seed)
     summary["profile"] = profile
     summary["noise"] = noise

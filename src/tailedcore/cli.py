@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .detector import METHODS, load
 from .data import load_mask, load_mvtec
+from .detector import METHODS, load
 from .evaluation import evaluate
+from .io import markdown_table
 from .report import write_evaluation, write_predictions
 
 log = logging.getLogger("tailedcore")
@@ -52,8 +53,20 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per backbone batch (default 16)")
     parser.add_argument("--search", choices=["exact", "flat", "ivf", "hnsw"], default=None,
                         help="nearest-neighbour search (default: exact)")
+    parser.add_argument("--search-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="search setting, e.g. nprobe=16 (ivf) or ef_search=64 (hnsw); repeatable")
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
                         help="backbone arithmetic (default float32; bfloat16 is faster, not bitwise equal)")
+
+
+def _search_options(args: argparse.Namespace) -> dict | None:
+    options = {}
+    for item in args.search_option:
+        key, _, value = item.partition("=")
+        if not key or not value.isdigit():
+            raise UsageError(f"--search-option {item}: expected KEY=INTEGER, e.g. nprobe=16")
+        options[key] = int(value)
+    return options or None
 
 
 def _detector_params(args: argparse.Namespace) -> dict:
@@ -67,6 +80,7 @@ def _detector_params(args: argparse.Namespace) -> dict:
     for option in ("search", "precision"):
         if getattr(args, option):
             params[option] = getattr(args, option)
+    params["search_options"] = _search_options(args)
     accepted = cls._param_names()
     for option, (name, _, _) in METHOD_OPTIONS.items():
         value = getattr(args, option[2:].replace("-", "_"))
@@ -84,7 +98,7 @@ class UsageError(ValueError):
 
 def cmd_fit(args: argparse.Namespace) -> None:
     detector = METHODS[args.method](**_detector_params(args))
-    detector.fit(args.data, cache_dir=args.cache)
+    detector.fit(args.data, cache_dir=args.cache, strict=args.strict)
     if args.calibration:
         detector.calibrate(args.calibration)
     elif detector.thresholds_ is None:
@@ -92,6 +106,13 @@ def cmd_fit(args: argparse.Namespace) -> None:
     detector.save(args.out)
     print(f"{args.method}: {len(detector.memory_)} memory features from {len(detector.training_paths_)} "
           f"training images -> {args.out}")
+    if args.profile_stages:
+        print(stage_table(detector.profile_.table()))
+
+
+def stage_table(rows: list[list]) -> str:
+    return markdown_table(["stage", "seconds", "peak RSS MiB"],
+                          [[name, f"{seconds:.1f}", f"{rss:.0f}"] for name, seconds, rss in rows])
 
 
 def _load(args: argparse.Namespace):
@@ -99,6 +120,8 @@ def _load(args: argparse.Namespace):
     for option in ("search", "precision"):
         if getattr(args, option):
             overrides[option] = getattr(args, option)
+    if args.search_option:
+        overrides["search_options"] = _search_options(args)
     return load(args.model, **overrides)
 
 
@@ -109,9 +132,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictions = detector.predict(args.inputs)
     records = write_predictions(predictions, Path(args.out), detector.resize, detector.crop, args.min_area)
     for record in records:
+        if "error" in record:
+            print(f"error\t{record['error']}")
+            continue
         decision = f"{record['decision']}\t{record['score']:.3f}\t" if "decision" in record else ""
         print(f"{decision}{record['raw_score']:.6g}\t{record['image']}")
-    print(f"{len(records)} images scored -> {args.out}")
+    failed = f", {len(predictions.failures)} unreadable" if predictions.failures else ""
+    print(f"{len(predictions.paths)} images scored{failed} -> {args.out}")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -170,18 +197,24 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
     options = {"resize": args.resize, "crop": args.crop, "batch_size": args.batch_size,
                "coreset_ratio": args.coreset_ratio, "backbone": args.backbone, "weights": args.weights,
-               "precision": args.precision or "float32"}
+               "precision": args.precision or "float32",
+               "search_options": _search_options(args)}
     search = args.search or "exact"
     if args.seeds:
         if not args.profile:
             raise UsageError("--seeds needs --profile (DATA is then the source root the sets are built from)")
         summary = run_seeds(args.data, args.out, args.methods, args.profile, args.noise, args.seeds, search, options,
-                            not args.quiet, args.keep_injected_in_test)
+                            not args.quiet, args.keep_injected_in_test, args.max_tail_rows)
         print(summary_markdown(summary, args.profile))
     else:
         if args.profile:
             raise UsageError("--profile needs --seeds (or build the set first with make-nlt)")
-        print(results_markdown(run_benchmark(args.data, args.out, args.methods, search, options, not args.quiet)))
+        results = run_benchmark(args.data, args.out, args.methods, search, options, not args.quiet, args.max_tail_rows)
+        print(results_markdown(results))
+        if args.profile_stages:
+            for method, block in results["methods"].items():
+                stages = block["diagnostics"].get("stages", [])
+                print(f"\n{method}\n" + stage_table([[s["stage"], s["seconds"], s["peak_rss_mib"]] for s in stages]))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -204,7 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("data", help="MVTec-layout root (all train/good merged) or a folder of images")
     fit.add_argument("--method", choices=sorted(METHODS), default="tailedcore", help="(default tailedcore)")
     fit.add_argument("--out", required=True, help="model file to write (.safetensors)")
-    fit.add_argument("--cache", help="folder for temporary feature files (default: system temp)")
+    fit.add_argument("--cache", help="folder for feature files: completed batches are kept and reused by a "
+                                     "re-run (default: temporary, removed)")
+    fit.add_argument("--strict", action="store_true", help="fail on the first unreadable training image")
+    fit.add_argument("--profile-stages", action="store_true", help="print wall time and peak RSS of every stage")
     fit.add_argument("--calibration", nargs="+", help="normal images/folders to calibrate thresholds on")
     _add_model_options(fit)
     _add_run_options(fit)
@@ -262,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resize", type=int, default=256)
     bench.add_argument("--crop", type=int, default=224)
     bench.add_argument("--coreset-ratio", type=float, default=0.1)
+    bench.add_argument("--profile-stages", action="store_true",
+                       help="print wall time and peak RSS of every stage of each method")
+    bench.add_argument("--max-tail-rows", type=int, help="report TailedCore as not run when its tail patches "
+                                                          "(with views) exceed this (default: no limit)")
     _add_run_options(bench)
     bench.set_defaults(run=cmd_benchmark)
 
@@ -294,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         parser.error(str(error))
     except KeyboardInterrupt:
-        print("tailedcore: interrupted", file=sys.stderr)
+        kept = " (completed feature batches are kept in --cache)" if getattr(args, "cache", None) else ""
+        print(f"tailedcore: interrupted{kept}", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - the CLI turns any failure into one line
         if args.debug:

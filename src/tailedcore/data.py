@@ -7,12 +7,16 @@ nearest-neighbour resampling, so a mask pixel stays on its image pixel.
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 GOOD = "good"
@@ -93,7 +97,10 @@ def _mask_for(root: Path, defect_type: str, image: Path) -> Path | None:
 
 
 def load_mvtec_class(class_dir: str | os.PathLike) -> MVTecClass:
-    """Read one class folder: ``train/good``, ``test/<type>``, ``ground_truth/<type>``."""
+    """Read one class folder: ``train/good``, ``test/<type>``, ``ground_truth/<type>``.
+
+    Mask files that belong to no test image are reported (one warning line).
+    """
     class_dir = Path(class_dir)
     train_dir = class_dir / "train" / GOOD
     if not train_dir.is_dir():
@@ -108,6 +115,12 @@ def load_mvtec_class(class_dir: str | os.PathLike) -> MVTecClass:
                 mask = None if label == 0 else _mask_for(class_dir, type_dir.name, path)
                 item.test.append(Sample(path, item.name, label, type_dir.name, mask))
     item.has_masks = any(s.mask_path is not None for s in item.test)
+    truth = class_dir / "ground_truth"
+    if truth.is_dir():
+        used = {s.mask_path for s in item.test if s.mask_path is not None}
+        orphans = sorted(p for p in truth.rglob("*") if is_image_file(p) and p not in used)
+        if orphans:
+            log.warning("%s: %d mask file(s) match no test image, e.g. %s", truth, len(orphans), orphans[0])
     return item
 
 
@@ -116,11 +129,11 @@ def load_mvtec(root: str | os.PathLike) -> list[MVTecClass]:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
-    classes = [
-        load_mvtec_class(d)
-        for d in sorted(root.iterdir())
-        if d.is_dir() and (d / "train" / GOOD).is_dir()
-    ]
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    for folder in folders:
+        if not (folder / "train" / GOOD).is_dir() and ((folder / "test").is_dir() or (folder / "train").is_dir()):
+            raise DatasetError(f"{folder}: class folder without train/good")
+    classes = [load_mvtec_class(d) for d in folders if (d / "train" / GOOD).is_dir()]
     if not classes:
         raise DatasetError(f"{root}: no <class>/train/good folders (not an MVTec-layout root)")
     return classes
@@ -134,7 +147,14 @@ def training_images(data: str | os.PathLike) -> list[Path]:
     folder: its images.
     """
     if is_mvtec_root(data):
-        return [s.path for c in load_mvtec(data) for s in c.train]
+        classes = load_mvtec(data)
+        for item in classes:
+            if not item.train:
+                log.warning("%s: no training images", Path(data) / item.name / "train" / GOOD)
+        paths = [s.path for c in classes for s in c.train]
+        if not paths:
+            raise DatasetError(f"{data}: no training images in any <class>/train/good")
+        return paths
     paths = list_images(data)
     if not paths:
         raise DatasetError(f"{data}: no images found")
@@ -152,12 +172,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as 8-bit RGB (see ``to_rgb``)."""
+    """Open an image file as 8-bit RGB (see ``to_rgb``).
+
+    Truncated, corrupt, empty and non-image files, and images over Pillow's
+    decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``), raise ImageLoadError.
+    """
     try:
-        with Image.open(path) as image:
-            return to_rgb(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageLoadError(f"{path}: cannot read image ({error})") from error
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return to_rgb(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        reason = str(error) or type(error).__name__
+        raise ImageLoadError(f"{path}: cannot read image ({reason})") from error
 
 
 def resize_and_crop(image: Image.Image, resize: int, crop: int, resample: int) -> Image.Image:
@@ -181,13 +208,40 @@ def load_image(path: str | os.PathLike, resize: int = 256, crop: int = 224) -> n
     return np.asarray(resize_and_crop(open_rgb(path), resize, crop, Image.BILINEAR))
 
 
-def load_mask(path: str | os.PathLike | None, resize: int = 256, crop: int = 224) -> np.ndarray:
-    """A ground-truth mask as (crop, crop) bool; all False when ``path`` is None."""
+def load_mask(path: str | os.PathLike | None, resize: int = 256, crop: int = 224,
+              image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A ground-truth mask as (crop, crop) bool; all False when ``path`` is None.
+
+    Any nonzero-vs-zero labelling works (0/255, 0/1, gray): a pixel is a defect
+    above half the mask's largest value. ``image_size`` (width, height) of the
+    image: a mask of another size but the same aspect ratio is first resized
+    to it; another aspect ratio is refused (DatasetError).
+    """
     if path is None:
         return np.zeros((crop, crop), dtype=bool)
     try:
         with Image.open(path) as mask:
             mask = mask.convert("L")
-            return np.asarray(resize_and_crop(mask, resize, crop, Image.NEAREST)) > 127
+            if image_size is not None and mask.size != tuple(image_size):
+                mask_aspect, image_aspect = mask.size[0] / mask.size[1], image_size[0] / image_size[1]
+                if abs(mask_aspect - image_aspect) > 0.01 * image_aspect:
+                    raise DatasetError(f"{path}: mask is {mask.size[0]}x{mask.size[1]} but its image is "
+                                       f"{image_size[0]}x{image_size[1]} (another aspect ratio)")
+                mask = mask.resize(tuple(image_size), Image.NEAREST)
+            values = np.asarray(resize_and_crop(mask, resize, crop, Image.NEAREST))
     except (OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, DatasetError):
+            raise
         raise ImageLoadError(f"{path}: cannot read mask ({error})") from error
+    top = int(values.max())
+    return values > top / 2 if top > 0 else np.zeros((crop, crop), dtype=bool)
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file as displayed (EXIF orientation applied), from its header."""
+    try:
+        with Image.open(path) as image:
+            orientation = image.getexif().get(0x0112, 1)
+            return (image.height, image.width) if orientation in (5, 6, 7, 8) else image.size
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(f"{path}: cannot read image ({error})") from error

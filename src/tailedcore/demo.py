@@ -108,8 +108,10 @@ def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tu
             lines += [table,
                       markdown_table(["stage", "seconds", "peak RSS MiB"], detector.profile_.table(), percent=False)]
             mean = evaluation.mean
-            head = [classes[c].metrics["image_auroc"] for c in split.head if classes[c].metrics["image_auroc"] is not None]
-            tail = [classes[c].metrics["image_auroc"] for c in split.tail if classes[c].metrics["image_auroc"] is not None]
+            image_auroc = {c: r.metrics["image_auroc"] for c, r in classes.items()
+                           if r.metrics["image_auroc"] is not None}
+            head = [image_auroc[c] for c in split.head if c in image_auroc]
+            tail = [image_auroc[c] for c in split.tail if c in image_auroc]
             summary_rows.append([method, *(mean[m] for m in METRIC_NAMES),
                                  float(np.mean(head)) if head else None, float(np.mean(tail)) if tail else None])
             results[method] = {"metrics": evaluation.metrics_json(), "fit_seconds": fit_seconds,

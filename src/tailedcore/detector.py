@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,17 +23,17 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import policies
-from .data import collect_images, preprocess, training_images
+from .data import collect_images, load_image, preprocess, training_images
 from .features import FeatureBatch, FeatureExtractor
 from .memory import MemoryBank, ModelFileError, read_model, write_model
 from .policies import FeatureSet, PolicyResult, TrainingFeatures
 from .profiling import Profiler
 from .sampling import random_projection
-from .tail import estimate_class_sizes
 from .scoring import PatchScorer, anomaly_maps
-from .store import FeatureStore, ImageSubset
+from .store import FeatureCache, FeatureStore, ImageSubset
+from .tail import estimate_class_sizes
 from .thresholds import Thresholds, calibrate_false_alarm, defect_masks
-from .views import augmented_views
+from .views import augmented_views, view_transforms
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Predictions:
 
     image_scores: (m,) float32 raw; patch_scores: (m, h, w) float32;
     anomaly_maps: (m, crop, crop) float32 (upsampled, blurred patch scores).
+    ``failures``: (path, reason) of images that could not be read (not in m).
     With ``thresholds`` (a calibrated model): ``normalised_scores`` (m,) in
     [0, 1] with 0.5 = threshold, ``decisions`` (m,) bool (True = defect) and
     ``defect_masks(min_area)`` (m, crop, crop) bool.
@@ -54,6 +55,7 @@ class Predictions:
     patch_scores: np.ndarray
     anomaly_maps: np.ndarray
     thresholds: Thresholds | None = None
+    failures: list[tuple[Path, str]] = field(default_factory=list)
 
     def _require_thresholds(self) -> Thresholds:
         if self.thresholds is None:
@@ -158,6 +160,7 @@ class Detector:
         self.calibration_paths_: list[Path] = []
         self.thresholds_: Thresholds | None = None
         self.training_summary_: dict = {}
+        self.skipped_: list[tuple[Path, str]] = []
         self.profile_ = Profiler()
         self._extractor: FeatureExtractor | None = None
         self._scorer: PatchScorer | None = None
@@ -203,22 +206,30 @@ class Detector:
     def _policy(self, train: TrainingFeatures, rng: np.random.Generator) -> PolicyResult:
         raise NotImplementedError
 
-    def _extract(self, paths: list[Path], folder: Path, name: str, projection: np.ndarray,
-                 with_embeddings: bool) -> tuple[FeatureSet, np.ndarray | None]:
-        """Stream features of ``paths`` into a store under ``folder``; keep projections in RAM."""
+    def _views_per_image(self) -> int:
+        """Rotated/flipped views the policy makes of each tail image (none outside TailedCore)."""
+        return 0
+
+    def _extract(self, paths: list[Path], folder: Path, projection: np.ndarray, on_error, cache: FeatureCache | None
+                 ) -> tuple[FeatureSet, np.ndarray, np.ndarray]:
+        """Stream training features into a store under ``folder``; projections and embeddings stay in RAM.
+
+        Returns (features, embeddings (n_ok, E), indices of the readable images in ``paths``).
+        """
         extractor = self.extractor
         n_locations = extractor.grid_shape[0] * extractor.grid_shape[1]
-        store = FeatureStore(folder / f"{name}.f32", self.feature_dim)
+        store = FeatureStore(folder / "patches.f32", self.feature_dim)
         projected = np.empty((len(paths), n_locations, self.projection_dim), dtype=np.float32)
-        embeddings = []
-        row = 0
-        for _, batch in extractor.iter_batches(paths, with_embeddings, desc=name):
+        embeddings, readable = [], []
+        for positions, batch in extractor.iter_batches(paths, True, "features", on_error, cache):
             store.append(batch.patches.reshape(-1, self.feature_dim))
-            projected[row : row + len(batch.patches)] = batch.patches @ projection
-            row += len(batch.patches)
-            if with_embeddings:
-                embeddings.append(batch.embeddings)
-        return FeatureSet(store, projected), (np.concatenate(embeddings) if with_embeddings else None)
+            projected[len(readable) : len(readable) + len(positions)] = batch.patches @ projection
+            embeddings.append(batch.embeddings)
+            readable += positions
+        if not readable:
+            raise ValueError("no readable training images")
+        return (FeatureSet(store, projected[: len(readable)]), np.concatenate(embeddings),
+                np.asarray(readable, dtype=np.int64))
 
     def _view_features(self, paths: list[Path], folder: Path, projection: np.ndarray):
         """A function: training-image indices -> FeatureSet of all their rotated/flipped views."""
@@ -228,7 +239,7 @@ class Detector:
             store = FeatureStore(folder / "views.f32", self.feature_dim)
             chunks = []
             for index in tqdm(indices, desc="tail views", unit="img", disable=not self.progress, leave=False):
-                image = extractor.normalise(extractor.load([paths[int(index)]]))[0]
+                image = extractor.normalise([load_image(paths[int(index)], self.resize, self.crop)])[0]
                 all_views = augmented_views(image, self.view_step_degrees, self.view_flip)
                 for start in range(0, len(all_views), self.batch_size):
                     batch = extractor.features(all_views[start : start + self.batch_size])
@@ -249,25 +260,45 @@ class Detector:
         rng = np.random.default_rng([self.seed, 1])
         return np.sort(rng.choice(eligible, size=count, replace=False)) if count > 0 else np.empty(0, np.int64)
 
-    def fit(self, images, cache_dir: str | os.PathLike | None = None) -> Detector:
-        """Fit on training images: a list of files/folders, or a dataset root (all train/good merged)."""
+    def fit(self, images, cache_dir: str | os.PathLike | None = None, strict: bool = False) -> Detector:
+        """Fit on training images: a list of files/folders, or a dataset root (all train/good merged).
+
+        Unreadable images are skipped with one warning each and listed in
+        ``skipped_`` (``strict``: raise instead). With ``cache_dir``, computed
+        feature batches are kept there and reused by the next run.
+        """
         paths = _as_paths(images)
         if not paths:
             raise ValueError("no training images")
+        self.skipped_ = []
+
+        def skip(path: Path, reason: str) -> None:
+            log.warning("skipping unreadable training image: %s", reason)
+            self.skipped_.append((path, reason))
+
+        cache = FeatureCache(Path(cache_dir) / "features") if cache_dir is not None else None
         rng = np.random.default_rng(self.seed)
         projection = random_projection(self.feature_dim, self.projection_dim, self.seed)
         self.profile_ = Profiler()
         grid = self.extractor.grid_shape
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="tailedcore-", dir=cache_dir) as work:
             folder = Path(work)
             with self.profile_.stage("features"):
-                features, embeddings = self._extract(paths, folder, "patches", projection, with_embeddings=True)
+                features, embeddings, readable = self._extract(paths, folder, projection, None if strict else skip,
+                                                               cache)
+            if self.skipped_:
+                log.warning("skipped %d unreadable training image(s) of %d", len(self.skipped_), len(paths))
+            paths = [paths[i] for i in readable]
             held_out = self._calibration_images(embeddings)
             kept = np.setdiff1d(np.arange(len(paths)), held_out)
             kept_paths = [paths[i] for i in kept]
+            # Without a held-out share, no copy of the projections (the largest array in RAM).
+            projected = features.projected[kept] if len(held_out) else features.projected
             train = TrainingFeatures(
-                ImageSubset(features.patches, kept, grid[0] * grid[1]), features.projected[kept], embeddings[kept],
-                self._view_features(kept_paths, folder, projection), self.profile_,
+                ImageSubset(features.patches, kept, grid[0] * grid[1]), projected, embeddings[kept],
+                self._view_features(kept_paths, folder, projection), self._views_per_image(), self.profile_,
             )
             result = self._policy(train, rng)
             self.memory_ = result.memory
@@ -298,6 +329,10 @@ class Detector:
                                                  self.false_alarm_rate, "normal calibration images")
         return self.thresholds_
 
+    def build_index(self) -> None:
+        """Build the nearest-neighbour index now (it is otherwise built at the first prediction)."""
+        _ = self.scorer
+
     @property
     def scorer(self) -> PatchScorer:
         if self.memory_ is None:
@@ -321,22 +356,36 @@ class Detector:
                 patch_scores.append(scores)
                 maps.append(anomaly_maps(scores, self.crop, self.blur_sigma))
         if not patch_scores:
-            empty = np.empty((0, *grid), dtype=np.float32)
-            return Predictions([], np.empty(0, dtype=np.float32), empty, np.empty((0, self.crop, self.crop), np.float32),
-                               self.thresholds_)
+            no_maps = np.empty((0, self.crop, self.crop), np.float32)
+            return Predictions([], np.empty(0, np.float32), np.empty((0, *grid), np.float32), no_maps, self.thresholds_)
         patch_array = np.concatenate(patch_scores)
         return Predictions(paths, patch_array.reshape(len(paths), -1).max(axis=1), patch_array, np.concatenate(maps),
                            self.thresholds_)
 
-    def predict(self, images) -> Predictions:
-        """Score image files: a list of files/folders (or one) -> Predictions."""
+    def predict(self, images, strict: bool = False) -> Predictions:
+        """Score image files: a list of files/folders (or one) -> Predictions.
+
+        Unreadable files are left out and listed in ``Predictions.failures``
+        (``strict``: raise instead).
+        """
         paths = collect_images([images] if isinstance(images, (str, os.PathLike)) else list(images))
-        self.scorer  # fail before any image is read when the model is not fitted
-        return self._predictions((batch for _, batch in self.extractor.iter_batches(paths, desc="predict")), paths)
+        self.build_index()  # fails before any image is read when the model is not fitted
+        failures: list[tuple[Path, str]] = []
+        scored: list[Path] = []
+
+        def batches():
+            on_error = None if strict else (lambda path, reason: failures.append((path, reason)))
+            for positions, batch in self.extractor.iter_batches(paths, desc="predict", on_error=on_error):
+                scored.extend(paths[i] for i in positions)
+                yield batch
+
+        predictions = self._predictions(batches(), scored)
+        predictions.failures = failures
+        return predictions
 
     def predict_images(self, images: Sequence[Image.Image], names: Sequence[str] | None = None) -> Predictions:
         """Score decoded images (any size and mode) -> Predictions named by ``names``."""
-        self.scorer
+        self.build_index()
         arrays = [preprocess(image, self.resize, self.crop) for image in images]
         extractor = self.extractor
         batches = (extractor.features(extractor.normalise(arrays[i : i + self.batch_size]))
@@ -394,13 +443,17 @@ class TailedCore(Detector):
     lof_k, lof_drop: as SoftPatch. tail_keep: share of candidate similarities
     kept by the trim_min threshold. tail_share: the 15% rule of max K.
     view_step_degrees, view_flip: rotations every step in [0, 360) x flips.
+    max_tail_rows: refuse (TailTooLarge) a tail whose patches with views exceed
+        this many rows, before computing views (None: no limit, the paper).
     """
 
     method = "tailedcore"
 
     def __init__(self, lof_k: int = 6, lof_drop: float = 0.15, tail_keep: float = 0.85, tail_share: float = 0.15,
-                 view_step_degrees: float = 15.0, view_flip: bool = True, **kwargs):
+                 view_step_degrees: float = 15.0, view_flip: bool = True, max_tail_rows: int | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.max_tail_rows = max_tail_rows
         self.lof_k = lof_k
         self.lof_drop = lof_drop
         self.tail_keep = tail_keep
@@ -408,10 +461,12 @@ class TailedCore(Detector):
         self.view_step_degrees = view_step_degrees
         self.view_flip = view_flip
 
+    def _views_per_image(self) -> int:
+        return len(view_transforms(self.view_step_degrees, self.view_flip))
+
     def _policy(self, train, rng):
-        return policies.tailedcore(
-            train, rng, self.coreset_ratio, self.lof_k, self.lof_drop, self.tail_keep, self.tail_share, self.progress
-        )
+        return policies.tailedcore(train, rng, self.coreset_ratio, self.lof_k, self.lof_drop, self.tail_keep,
+                                   self.tail_share, self.max_tail_rows, self.progress)
 
 
 METHODS: dict[str, type[Detector]] = {cls.method: cls for cls in (PatchCore, SoftPatch, TailedCore)}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Sample, load_image, load_mask, load_mvtec
+from .data import Sample, image_size, load_image, load_mask, load_mvtec
 from .detector import Detector, Predictions
 from .metrics import METRIC_NAMES, evaluate_scores, mean_metrics
 from .render import prediction_images
@@ -60,7 +60,8 @@ class Evaluation:
             [name, *(c.metrics[m] for m in METRIC_NAMES), len(c.samples), "; ".join(c.notes)]
             for name, c in self.classes.items()
         ]
-        rows.append(["mean", *(self.mean[m] for m in METRIC_NAMES), sum(len(c.samples) for c in self.classes.values()), ""])
+        total = sum(len(c.samples) for c in self.classes.values())
+        rows.append(["mean", *(self.mean[m] for m in METRIC_NAMES), total, ""])
         return header, rows
 
 
@@ -90,15 +91,36 @@ def _examples(predictions: Predictions, name: str, samples: list[Sample], resize
 
 
 def evaluate_samples(detector: Detector, name: str, samples: list[Sample], has_masks: bool) -> ClassResult:
-    """Score one class's test samples and compute its metrics, curves and example overlays."""
+    """Score one class's test samples and compute its metrics, curves and example overlays.
+
+    Unreadable test images are left out (noted); in a class with pixel masks,
+    defective images without a mask are left out of the pixel metrics (noted).
+    """
     predictions = detector.predict([s.path for s in samples])
+    notes = []
+    if predictions.failures:
+        scored = set(predictions.paths)
+        samples = [s for s in samples if s.path in scored]
+        notes.append(f"{len(predictions.failures)} unreadable test image(s) left out, e.g. "
+                     f"{predictions.failures[0][1]}")
     labels = np.array([s.label for s in samples], dtype=np.int64)
-    masks = None
+    masks = maps = None
+    if not samples:
+        empty = {metric: None for metric in METRIC_NAMES}
+        return ClassResult(name, [], predictions.image_scores, labels, empty, notes + ["no readable test image"])
     if has_masks:
-        masks = np.stack([load_mask(s.mask_path, detector.resize, detector.crop) for s in samples])
-    result = evaluate_scores(labels, predictions.image_scores, masks, predictions.anomaly_maps if has_masks else None)
-    return ClassResult(name, samples, predictions.image_scores, labels, result.values, result.notes, has_masks,
-                       _thin(result.roc), _thin(result.pro),
+        with_truth = np.array([s.label == 0 or s.mask_path is not None for s in samples])
+        if not with_truth.all():
+            missing = [s.path for s, ok in zip(samples, with_truth) if not ok]
+            notes.append(f"{len(missing)} defective image(s) without a mask left out of pixel metrics, "
+                         f"e.g. {missing[0]}")
+        masks = np.stack([load_mask(s.mask_path, detector.resize, detector.crop,
+                                    image_size(s.path) if s.mask_path is not None else None)
+                          for s, ok in zip(samples, with_truth) if ok])
+        maps = predictions.anomaly_maps[with_truth]
+    result = evaluate_scores(labels, predictions.image_scores, masks, maps)
+    return ClassResult(name, samples, predictions.image_scores, labels, result.values, notes + result.notes,
+                       has_masks, _thin(result.roc), _thin(result.pro),
                        _examples(predictions, name, samples, detector.resize, detector.crop))
 
 

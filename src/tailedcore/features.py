@@ -6,8 +6,8 @@ with H = W = crop / 8 and D = ``feature_dim``, and one image embedding (E,).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .backbones import Backbone, build_backbone
-from .data import load_image
+from .data import ImageLoadError, load_image
+from .store import FeatureCache, file_identity
 
 
 def pooling_matrix(in_size: int, out_size: int) -> torch.Tensor:
@@ -87,6 +88,16 @@ class FeatureBatch:
     embeddings: np.ndarray | None
 
 
+@dataclass
+class Chunk:
+    """Features of the readable images of a chunk of paths: their positions in the chunk, the
+    FeatureBatch (None if none was readable) and (position, reason) of the unreadable ones."""
+
+    positions: list[int]
+    batch: FeatureBatch | None
+    errors: list[tuple[int, str]]
+
+
 PRECISIONS = ("float32", "bfloat16")
 
 
@@ -125,6 +136,7 @@ class FeatureExtractor:
         self.precision = precision
         self.progress = progress
         self.backbone: Backbone = build_backbone(backbone, crop, weights)
+        self.weights_id = None if weights is None else file_identity(Path(weights))
         with torch.inference_mode():
             map8, map16 = self.backbone(torch.zeros(1, 3, crop, crop).contiguous(memory_format=torch.channels_last))
         self.aggregator = PatchAggregator((map8.shape[1], map16.shape[1]), patch_size, layer_dim, feature_dim)
@@ -150,21 +162,68 @@ class FeatureExtractor:
             patches = self.aggregator(map8, map16)
         return FeatureBatch(patches.float().numpy(), embeddings)
 
-    def load(self, paths: Sequence[Path]) -> list[np.ndarray]:
-        return [load_image(p, self.resize, self.crop) for p in paths]
+    def load(self, paths: Sequence[Path]) -> list[np.ndarray | ImageLoadError]:
+        """Decode and preprocess; an unreadable file gives its ImageLoadError in its place."""
+        loaded: list[np.ndarray | ImageLoadError] = []
+        for path in paths:
+            try:
+                loaded.append(load_image(path, self.resize, self.crop))
+            except ImageLoadError as error:
+                loaded.append(error)
+        return loaded
+
+    def settings(self) -> dict:
+        """Everything that determines the features of an image (for cache keys)."""
+        return {"backbone": type(self.backbone).__name__, "embedding_dim": self.backbone.embedding_dim,
+                "resize": self.resize, "crop": self.crop, "patch_size": self.patch_size,
+                "layer_dim": self.layer_dim, "feature_dim": self.feature_dim, "precision": self.precision,
+                "weights": self.weights_id}
+
+    def _compute(self, loaded: list, with_embeddings: bool) -> Chunk:
+        positions = [i for i, item in enumerate(loaded) if not isinstance(item, ImageLoadError)]
+        errors = [(i, str(item)) for i, item in enumerate(loaded) if isinstance(item, ImageLoadError)]
+        if not positions:
+            return Chunk(positions, None, errors)
+        return Chunk(positions, self.features(self.normalise([loaded[i] for i in positions]), with_embeddings), errors)
 
     def iter_batches(
-        self, paths: Sequence[Path], with_embeddings: bool = False, desc: str = "features"
-    ) -> Iterator[tuple[list[np.ndarray], FeatureBatch]]:
-        """Yield (images, features) batch by batch; decoding runs one batch ahead in a thread."""
-        chunks = [paths[i : i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
+        self, paths: Sequence[Path], with_embeddings: bool = False, desc: str = "features",
+        on_error: Callable[[Path, str], None] | None = None, cache: FeatureCache | None = None,
+    ) -> Iterator[tuple[list[int], FeatureBatch]]:
+        """Yield (indices into ``paths``, features) batch by batch, unreadable images left out.
+
+        An unreadable image raises ImageLoadError, or with ``on_error`` is
+        reported as on_error(path, reason) and skipped. With ``cache``,
+        completed batches are stored and reused. Decoding runs one batch ahead
+        in a thread.
+        """
+        chunks = [list(paths[i : i + self.batch_size]) for i in range(0, len(paths), self.batch_size)]
+        keys = [cache.key(chunk, self.settings(), with_embeddings) if cache else None for chunk in chunks]
+        stored = [cache.load(key) if cache else None for key in keys]
         bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not self.progress, leave=False)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(self.load, chunks[0]) if chunks else None
-            for index in range(len(chunks)):
-                images = pending.result()
-                if index + 1 < len(chunks):
-                    pending = pool.submit(self.load, chunks[index + 1])
-                yield images, self.features(self.normalise(images), with_embeddings)
-                bar.update(len(images))
+            pending: dict[int, Future] = {}
+
+            def prefetch(start: int) -> None:
+                following = next((i for i in range(start, len(chunks)) if stored[i] is None), None)
+                if following is not None and following not in pending:
+                    pending[following] = pool.submit(self.load, chunks[following])
+
+            prefetch(0)
+            for index, chunk in enumerate(chunks):
+                result = stored[index]
+                if result is None:
+                    loaded = pending.pop(index).result()
+                    prefetch(index + 1)
+                    result = self._compute(loaded, with_embeddings)
+                    if cache:
+                        cache.save(keys[index], result)
+                for position, reason in result.errors:
+                    if on_error is None:
+                        raise ImageLoadError(reason)
+                    on_error(chunk[position], reason)
+                if result.batch is not None:
+                    offset = index * self.batch_size
+                    yield [offset + i for i in result.positions], result.batch
+                bar.update(len(chunk))
         bar.close()

@@ -61,7 +61,8 @@ def _digest(arrays: dict[str, np.ndarray], config: dict) -> str:
 
 def write_model(path: str | os.PathLike, arrays: dict[str, np.ndarray], config: dict) -> None:
     """Write arrays + config atomically (temp file, then rename)."""
-    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config, "sha256": _digest(arrays, config)}
+    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config,
+              "sha256": _digest(arrays, config)}
     payload = save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"tailedcore": json.dumps(header)})
     atomic_write_bytes(Path(path), payload)
 

@@ -191,7 +191,7 @@ def build(source: str | os.PathLike, dest: str | os.PathLike, plan: NLTPlan, lin
         raise NLTError(f"{dest}: must not be inside the source {source}")
     injected_sources = set(plan.injected.values())
     files: dict[str, str] = {}  # destination entry -> source entry
-    for name, kept in plan.kept.items():
+    for kept in plan.kept.values():
         files.update({p: p for p in kept})
     files.update(plan.injected)
     for item in load_mvtec(source):

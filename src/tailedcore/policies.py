@@ -17,7 +17,7 @@ from .memory import MemoryBank
 from .profiling import Profiler
 from .sampling import greedy_coreset
 from .store import FeatureStore, ImageSubset
-from .tail import tail_sampler
+from .tail import TailEstimate, tail_sampler
 
 
 @dataclass
@@ -44,7 +44,17 @@ class TrainingFeatures(FeatureSet):
 
     embeddings: np.ndarray
     views: Callable[[np.ndarray], FeatureSet]
+    views_per_image: int = 47
     profiler: Profiler = field(default_factory=Profiler)
+
+
+class TailTooLarge(RuntimeError):
+    """The tail memory input would exceed ``max_tail_rows``; carries the TailSampler estimate."""
+
+    def __init__(self, estimate: TailEstimate, rows: int, limit: int):
+        super().__init__(f"TailSampler found {len(estimate.tail_indices)} tail images: with their views that is "
+                         f"{rows:,} patches, over max_tail_rows={limit:,}")
+        self.estimate, self.rows, self.limit = estimate, rows, limit
 
 
 @dataclass
@@ -84,7 +94,8 @@ def patchcore(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: 
     """Memory = greedy coreset of all training patches."""
     rows = train.projected.reshape(-1, train.projected.shape[-1])
     picks = coreset(rows, coreset_ratio, rng, train.profiler, progress)
-    memory = MemoryBank(_gather(train.patches, picks, train.profiler), info={"coreset": len(picks), "patches": len(rows)})
+    info = {"coreset": len(picks), "patches": len(rows)}
+    memory = MemoryBank(_gather(train.patches, picks, train.profiler), info=info)
     return PolicyResult(memory, {})
 
 
@@ -102,11 +113,18 @@ def softpatch(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: 
 
 def tailedcore(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: float = 0.1, lof_k: int = 6,
                lof_drop: float = 0.15, tail_keep: float = 0.85, tail_share: float = 0.15,
-               progress: bool = False) -> PolicyResult:
-    """Memory = coreset(tail images + their views) followed by coreset(LOF inliers of all images)."""
+               max_tail_rows: int | None = None, progress: bool = False) -> PolicyResult:
+    """Memory = coreset(tail images + their views) followed by coreset(LOF inliers of all images).
+
+    ``max_tail_rows`` (None = no limit) refuses, before any view is computed,
+    a tail whose patches with views would exceed it (raises TailTooLarge).
+    """
     with train.profiler.stage("tail sampler"):
         estimate = tail_sampler(train.embeddings, tail_keep, tail_share)
     tail = estimate.tail_indices
+    tail_patches = len(tail) * (1 + train.views_per_image) * train.projected.shape[1]
+    if max_tail_rows is not None and tail_patches > max_tail_rows:
+        raise TailTooLarge(estimate, tail_patches, max_tail_rows)
     parts, info = [], {"tail_images": len(tail), "max_k": estimate.max_k}
     if len(tail):
         with train.profiler.stage("tail views"):

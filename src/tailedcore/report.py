@@ -11,7 +11,6 @@ from .detector import Predictions
 from .evaluation import ClassResult, Evaluation
 from .html import figure, image_grid, page, table
 from .io import atomic_write_text, markdown_table, write_csv, write_json, write_png
-from .metrics import METRIC_NAMES
 from .render import prediction_images
 
 
@@ -29,8 +28,9 @@ def write_predictions(predictions: Predictions, out: Path, resize: int, crop: in
     """scores.csv, scores.json, overlays/<name>.png and, for a calibrated model, masks/<name>.png.
 
     Records per image: raw score, and with thresholds the normalised score
-    (0.5 = threshold) and the decision ("ok" / "defect"). Without thresholds
-    heatmaps share one colour scale over the run (lowest to highest map value).
+    (0.5 = threshold) and the decision ("ok" / "defect"); an unreadable image
+    gets a record with its "error" instead. Without thresholds heatmaps share
+    one colour scale over the run (lowest to highest map value).
     """
     out.mkdir(parents=True, exist_ok=True)
     calibrated = predictions.thresholds is not None
@@ -54,7 +54,10 @@ def write_predictions(predictions: Predictions, out: Path, resize: int, crop: in
         records.append(record)
     columns = ["image", "score", "decision", "raw_score", "defect_pixels", "overlay", "mask"] if calibrated else [
         "image", "raw_score", "overlay"]
-    write_csv(out / "scores.csv", columns, [[r[c] for c in columns] for r in records])
+    for path, reason in predictions.failures:
+        records.append({"image": str(path), "error": reason})
+    columns += ["error"]
+    write_csv(out / "scores.csv", columns, [[r.get(c, "") for c in columns] for r in records])
     write_json(out / "scores.json", records)
     return records
 
@@ -65,7 +68,8 @@ def write_evaluation(evaluation: Evaluation, out: Path) -> str:
     header, rows = evaluation.table()
     write_json(out / "metrics.json", evaluation.metrics_json())
     write_csv(out / "metrics.csv", header, [[("" if v is None else v) for v in row] for row in rows])
-    text = f"Method: {evaluation.method} (metrics in %, n/a = not defined for the class)\n\n" + markdown_table(header, rows)
+    text = (f"Method: {evaluation.method} (metrics in %, n/a = not defined for the class)\n\n"
+            + markdown_table(header, rows))
     atomic_write_text(out / "metrics.md", text)
     atomic_write_text(out / "report.html", evaluation_html(evaluation))
     return text

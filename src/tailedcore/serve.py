@@ -67,7 +67,8 @@ def create_app(detector: Detector, max_bytes: int = DEFAULT_MAX_BYTES, max_pixel
     @app.post("/predict")
     def predict(file: UploadFile = File(...)) -> dict:
         if (file.content_type or "").split(";")[0].strip().lower() not in ACCEPTED_TYPES:
-            raise HTTPException(415, f"unsupported content type '{file.content_type}' (send PNG, JPEG, BMP, TIFF or WebP)")
+            raise HTTPException(415, f"unsupported content type '{file.content_type}' "
+                                     "(send PNG, JPEG, BMP, TIFF or WebP)")
         payload = file.file.read(max_bytes + 1)
         if len(payload) > max_bytes:
             raise HTTPException(413, f"file larger than {max_bytes // 2**20} MiB")
@@ -81,7 +82,8 @@ def create_app(detector: Detector, max_bytes: int = DEFAULT_MAX_BYTES, max_pixel
                 image.load()
         except HTTPException:
             raise
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as error:
             raise HTTPException(400, f"'{file.filename}' is not a readable image ({error})") from error
         with lock:
             predictions = detector.predict_images([image], [file.filename or "upload"])
@@ -122,7 +124,8 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 960px; c
 </style></head><body>
 <h1>tailedcore</h1>
 <div id="model">loading model...</div>
-<div id="drop">Drop images here, or click to choose files<input id="files" type="file" accept="image/*" multiple hidden></div>
+<div id="drop">Drop images here, or click to choose files
+<input id="files" type="file" accept="image/*" multiple hidden></div>
 <div id="results"></div>
 <script>
 const drop = document.getElementById("drop"), input = document.getElementById("files");

@@ -8,11 +8,20 @@ memory stays bounded by the block size whatever the training set size.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from .features import Chunk
 
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 
@@ -98,3 +107,63 @@ class ImageSubset:
         indices = np.asarray(indices, dtype=np.int64)
         image, offset = np.divmod(indices, self.rows_per_image)
         return self.store.gather(self.images[image] * self.rows_per_image + offset)
+
+
+def file_identity(path: Path) -> list:
+    """What identifies a file's content cheaply: resolved path, size, modification time (ns)."""
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+class FeatureCache:
+    """Completed feature batches kept in ``folder`` and reused by a later run.
+
+    A batch is stored under a key made of the extractor settings and the
+    identity (path, size, mtime) of each of its image files, so an edited
+    image or another setting never reuses stale features. Files are written
+    atomically and read without pickle.
+    """
+
+    VERSION = 1
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def key(self, paths: Sequence[Path], settings: dict, with_embeddings: bool) -> str:
+        identity = [self.VERSION, settings, with_embeddings, [file_identity(Path(p)) for p in paths]]
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.npz"
+
+    def load(self, key: str) -> Chunk | None:
+        from .features import Chunk, FeatureBatch
+
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                errors = [(int(i), str(r)) for i, r in zip(data["error_positions"], data["error_reasons"])]
+                batch = None
+                if data["patches"].size:
+                    embeddings = data["embeddings"] if data["embeddings"].size else None
+                    batch = FeatureBatch(data["patches"], embeddings)
+                return Chunk([int(i) for i in data["positions"]], batch, errors)
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)  # a damaged entry is recomputed
+            return None
+
+    def save(self, key: str, chunk: Chunk) -> None:
+        buffer = io.BytesIO()
+        batch = chunk.batch
+        np.savez(
+            buffer,
+            positions=np.asarray(chunk.positions, dtype=np.int64),
+            patches=batch.patches if batch is not None else np.empty(0, np.float32),
+            embeddings=batch.embeddings if batch is not None and batch.embeddings is not None else np.empty(0),
+            error_positions=np.asarray([i for i, _ in chunk.errors], dtype=np.int64),
+            error_reasons=np.asarray([r for _, r in chunk.errors], dtype=str),
+        )
+        atomic_write_bytes(self._path(key), buffer.getvalue())

@@ -141,7 +141,8 @@ class TailEstimate:
     tail_indices: np.ndarray
 
 
-def tail_sampler(embeddings: np.ndarray, keep: float = 0.85, share: float = 0.15, quantize: bool = True) -> TailEstimate:
+def tail_sampler(embeddings: np.ndarray, keep: float = 0.85, share: float = 0.15,
+                 quantize: bool = True) -> TailEstimate:
     """Run TailSampler on (n, dim) image embeddings."""
     sizes = estimate_class_sizes(embeddings, keep, quantize)
     groups = group_sizes(sizes)

@@ -1,0 +1,45 @@
+"""Command line: --help everywhere, one-line errors, exit codes 0 / 1 / 2, --debug for tracebacks."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tailedcore.cli import build_parser, main
+
+COMMANDS = ["fit", "predict", "calibrate", "evaluate", "make-nlt", "benchmark", "serve", "demo"]
+
+
+def test_every_command_is_listed():
+    listed = build_parser()._subparsers._group_actions[0].choices
+    assert sorted(listed) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in COMMANDS)])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0 and "usage: tailedcore" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2(capsys):
+    for argv in (["fit"], ["nonsense"], ["fit", "x", "--out", "m", "--method", "nope"], ["predict", "m"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    capsys.readouterr()
+
+
+def test_failure_is_one_line_and_debug_shows_traceback(tmp_path, capsys):
+    argv = ["fit", str(tmp_path / "missing"), "--out", str(tmp_path / "m.safetensors")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("tailedcore: error:") and "missing" in err
+    assert main(["--debug", *argv]) == 1
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_module_entry_point_exit_code(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tailedcore", "predict", str(tmp_path / "none.safetensors"),
+                             str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1

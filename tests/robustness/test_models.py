@@ -1,0 +1,69 @@
+"""Model files: refused with one line when damaged or foreign; loading runs no code; writes are atomic."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tailedcore import PatchCore, load
+from tailedcore.cli import main
+from tailedcore.memory import ModelFileError, read_model, write_model
+
+
+class Payload:
+    """A pickle that would create a file if it were ever unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_foreign_and_malicious_files_are_refused_without_running_code(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(pickle.dumps(Payload(str(marker))))
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"weight": np.ones(3, np.float32)}, foreign)
+    for path in (evil, foreign):
+        with pytest.raises(ModelFileError, match="not a tailedcore model"):
+            load(path)
+    assert not marker.exists()
+
+
+def test_cli_reports_a_bad_model_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 10)
+    assert main(["evaluate", str(bad), str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.safetensors" in err[0] and "Traceback" not in err[0]
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    write_model(path, {"memory": np.zeros((2, 2), np.float32)}, {"method": "patchcore", "params": {"seed": 1}})
+    before = path.read_bytes()
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_model(path, {"memory": np.ones((5, 2), np.float32)}, {"method": "patchcore", "params": {"seed": 2}})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and read_model(path)[1]["params"]["seed"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temp file left behind
+
+
+def test_unknown_method_or_parameters_are_refused(tmp_path):
+    path = tmp_path / "m.safetensors"
+    write_model(path, {"memory": np.zeros((2, 2), np.float32)}, {"method": "magic", "params": {}})
+    with pytest.raises(ModelFileError, match="unknown method 'magic'"):
+        load(path)
+    write_model(path, {"memory": np.zeros((2, 2), np.float32)}, {"method": "patchcore", "params": {"evil": 1}})
+    with pytest.raises(ModelFileError, match="unknown parameters"):
+        load(path)
+    assert PatchCore  # the registry is what load trusts
