@@ -1,3 +1,4 @@
+import hashlib
 import os
 
 import numpy as np
@@ -22,3 +23,13 @@ def synthetic_root(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def tree_digest(root) -> str:
+    """SHA-256 over every path and file content below ``root``."""
+    sha = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        sha.update(str(path.relative_to(root)).encode())
+        if path.is_file():
+            sha.update(path.read_bytes())
+    return sha.hexdigest()

@@ -1,4 +1,3 @@
-import hashlib
 import json
 import os
 
@@ -10,20 +9,13 @@ from tailedcore.data import load_mvtec
 from tailedcore.nlt import NLTError, build, pareto_sizes, plan_from_manifests, plan_profile
 from tailedcore.synthetic import make_dataset
 
+from .conftest import tree_digest
+
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     counts = {"aa": 40, "bb": 30, "cc": 25, "dd": 22, "ee": 21}
     return make_dataset(tmp_path_factory.mktemp("nlt-src"), counts, test_good=3, test_defect=8, size=32, seed=1)
-
-
-def tree_digest(root):
-    sha = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        sha.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            sha.update(path.read_bytes())
-    return sha.hexdigest()
 
 
 def test_step_profile_and_clean_protocol(source, tmp_path):

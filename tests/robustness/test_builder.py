@@ -1,6 +1,5 @@
 """The NLT builder: bad manifests are refused before anything is written; SOURCE is never modified."""
 
-import hashlib
 import os
 
 import pytest
@@ -9,19 +8,12 @@ from tailedcore.cli import main
 from tailedcore.nlt import NLTError, build, plan_from_manifests, plan_profile
 from tailedcore.synthetic import make_dataset
 
+from ..conftest import tree_digest
+
 
 @pytest.fixture
 def source(tmp_path):
     return make_dataset(tmp_path / "src", {"aa": 22, "bb": 6, "cc": 5}, test_good=2, test_defect=6, size=32, seed=6)
-
-
-def digest(root):
-    sha = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        sha.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            sha.update(path.read_bytes())
-    return sha.hexdigest()
 
 
 def manifests(folder, prune="", inject=""):
@@ -39,13 +31,13 @@ def manifests(folder, prune="", inject=""):
     ("aa\\\\train\\\\good\\\\defect_000.png\n", "leaves the dataset root"),
 ])
 def test_bad_entries_rejected_before_writing(source, tmp_path, inject, message):
-    before = digest(source)
+    before = tree_digest(source)
     folder = manifests(tmp_path / "m", inject=inject)
     dest = tmp_path / "dest"
     assert main(["make-nlt", str(source), "--from-manifests", str(folder), "--dest", str(dest)]) == 1
     with pytest.raises(NLTError, match=message):
         plan_from_manifests(source, folder)
-    assert not dest.exists() and digest(source) == before
+    assert not dest.exists() and tree_digest(source) == before
 
 
 def test_symlink_pointing_outside_is_refused(source, tmp_path):
@@ -62,15 +54,15 @@ def test_symlink_pointing_outside_is_refused(source, tmp_path):
 
 
 def test_existing_destination_needs_overwrite(source, tmp_path):
-    before = digest(source)
+    before = tree_digest(source)
     plan = plan_profile(source, "pareto", seed=1)
     dest = tmp_path / "dest"
     build(source, dest, plan)
-    first = digest(dest)
+    first = tree_digest(dest)
     with pytest.raises(NLTError, match="already exists"):
         build(source, dest, plan)
     build(source, dest, plan_profile(source, "step-k4", seed=2), overwrite=True)
-    assert digest(dest) != first and digest(source) == before
+    assert tree_digest(dest) != first and tree_digest(source) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dest.")]  # no staging left behind
     with pytest.raises(NLTError, match="inside the source"):
         build(source, source / "nested", plan)
