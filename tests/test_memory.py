@@ -80,3 +80,14 @@ def test_unfitted_detector_refuses(tmp_path):
         PatchCore(**SMALL).save(tmp_path / "x.safetensors")
     with pytest.raises(RuntimeError, match="not fitted"):
         PatchCore(**SMALL).predict([])
+
+
+def test_wrong_overrides_and_names_are_refused(fitted, tmp_path):
+    path = tmp_path / "m.safetensors"
+    fitted.save(path)
+    with pytest.raises(ValueError, match="unknown parameters for softpatch: colour"):
+        load(path, colour="red")
+    from PIL import Image
+
+    with pytest.raises(ValueError, match="2 given for 1 images"):
+        fitted.predict_images([Image.new("RGB", (64, 64))], ["a", "b"])

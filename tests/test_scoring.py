@@ -52,3 +52,16 @@ def test_anomaly_maps_upsample_and_blur():
     peak = np.unravel_index(np.argmax(maps[1]), maps[1].shape)
     assert abs(peak[0] - 12) <= 2 and abs(peak[1] - 20) <= 2  # patch (1, 2) of a 4x4 grid at 32 px
     assert maps[1].max() < 1.0  # blurred
+
+
+def test_approximate_misses_fall_back_to_exact_search():
+    rng = np.random.default_rng(3)
+    memory = rng.standard_normal((40, 8)).astype(np.float32)
+    queries = rng.standard_normal((300, 8)).astype(np.float32) * 3
+    index = build_search(memory, "ivf", nlist=32, nprobe=1)  # lists of 1-2 rows: 5 neighbours are not there
+    _, raw_i = index.index.search(queries, 5)
+    assert (raw_i < 0).any()
+    _, i = index.search(queries, 5)
+    assert (i >= 0).all()
+    missed = (raw_i < 0).any(axis=1)
+    np.testing.assert_array_equal(i[missed], brute(memory, queries[missed], 5)[1])

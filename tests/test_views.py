@@ -7,7 +7,7 @@ def test_47_views():
     transforms = view_transforms()
     assert len(transforms) == 47 and (0.0, False) not in transforms
     assert len(view_transforms(90, flip=False)) == 3
-    assert augmented_views(torch.rand(3, 16, 16)).shape == (47, 3, 16, 16)
+    assert augmented_views(torch.rand(3, 16, 16), transforms).shape == (47, 3, 16, 16)
 
 
 def test_quarter_turns_and_flip_are_exact():

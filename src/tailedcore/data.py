@@ -68,7 +68,8 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Expand files and folders (non-recursive) into a sorted list of image paths."""
+    """Expand files and folders into image paths: files in the given order, each folder's images
+    (non-recursive) sorted by name, in place of the folder."""
     paths: list[Path] = []
     for item in inputs:
         item = Path(item)

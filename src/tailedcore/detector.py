@@ -84,7 +84,10 @@ def _as_paths(images) -> list[Path]:
 class Detector:
     """Base detector. Subclasses set ``method`` and implement ``_policy``.
 
-    Parameters (defaults as in PatchCore / the TailedCore paper):
+    Parameters (defaults as in PatchCore / the TailedCore paper, except the
+    backbone, EfficientNet-Lite0 instead of WideResNet-50-2 (it runs offline
+    from a PyPI wheel), and ``calibration_share``, which sets 10% of the
+    images of large classes aside for thresholds; 0 is the paper's protocol):
         backbone, weights: backbone registry name and optional local weights file.
         resize, crop: shorter side resized to ``resize``, center crop ``crop``.
         patch_size: neighbourhood aggregated per location (3 = 3x3).
@@ -206,9 +209,9 @@ class Detector:
     def _policy(self, train: TrainingFeatures, rng: np.random.Generator) -> PolicyResult:
         raise NotImplementedError
 
-    def _views_per_image(self) -> int:
-        """Rotated/flipped views the policy makes of each tail image (none outside TailedCore)."""
-        return 0
+    def _view_transforms(self) -> list[tuple[float, bool]]:
+        """(angle, flip) of the views made of each tail image (none outside TailedCore)."""
+        return []
 
     def _extract(self, paths: list[Path], folder: Path, projection: np.ndarray, on_error, cache: FeatureCache | None
                  ) -> tuple[FeatureSet, np.ndarray, np.ndarray]:
@@ -231,23 +234,31 @@ class Detector:
         return (FeatureSet(store, projected[: len(readable)]), np.concatenate(embeddings),
                 np.asarray(readable, dtype=np.int64))
 
-    def _view_features(self, paths: list[Path], folder: Path, projection: np.ndarray):
-        """A function: training-image indices -> FeatureSet of all their rotated/flipped views."""
+    def _view_features(self, paths: list[Path], folder: Path, projection: np.ndarray, stores: list[FeatureStore]):
+        """A function: training-image indices -> FeatureSet of all their rotated/flipped views.
+
+        Views of image i are rows [i * V, (i + 1) * V) in the order of ``_view_transforms``;
+        the store it opens is added to ``stores`` (closed by the caller).
+        """
 
         def views(indices: np.ndarray) -> FeatureSet:
             extractor = self.extractor
+            transforms = self._view_transforms()
             store = FeatureStore(folder / "views.f32", self.feature_dim)
-            chunks = []
+            stores.append(store)
+            n_locations = extractor.grid_shape[0] * extractor.grid_shape[1]
+            projected = np.empty((len(indices) * len(transforms), n_locations, self.projection_dim), np.float32)
+            row = 0
             for index in tqdm(indices, desc="tail views", unit="img", disable=not self.progress, leave=False):
                 image = extractor.normalise([load_image(paths[int(index)], self.resize, self.crop)])[0]
-                all_views = augmented_views(image, self.view_step_degrees, self.view_flip)
+                all_views = augmented_views(image, transforms)
                 for start in range(0, len(all_views), self.batch_size):
-                    batch = extractor.features(all_views[start : start + self.batch_size])
+                    chunk = all_views[start : start + self.batch_size]
+                    batch = extractor.features(chunk)
                     store.append(batch.patches.reshape(-1, self.feature_dim))
-                    chunks.append(batch.patches @ projection)
-            n_locations = extractor.grid_shape[0] * extractor.grid_shape[1]
-            empty = np.empty((0, n_locations, self.projection_dim), dtype=np.float32)
-            return FeatureSet(store, np.concatenate(chunks) if chunks else empty)
+                    projected[row : row + len(chunk)] = batch.patches @ projection
+                    row += len(chunk)
+            return FeatureSet(store, projected)
 
         return views
 
@@ -276,51 +287,61 @@ class Detector:
             log.warning("skipping unreadable training image: %s", reason)
             self.skipped_.append((path, reason))
 
-        cache = FeatureCache(Path(cache_dir) / "features") if cache_dir is not None else None
-        rng = np.random.default_rng(self.seed)
-        projection = random_projection(self.feature_dim, self.projection_dim, self.seed)
-        self.profile_ = Profiler()
-        grid = self.extractor.grid_shape
+        cache = None
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            cache = FeatureCache(Path(cache_dir) / "features")
+        self.profile_ = Profiler()
+        stores: list[FeatureStore] = []
         with tempfile.TemporaryDirectory(prefix="tailedcore-", dir=cache_dir) as work:
-            folder = Path(work)
-            with self.profile_.stage("features"):
-                features, embeddings, readable = self._extract(paths, folder, projection, None if strict else skip,
-                                                               cache)
-            if self.skipped_:
-                log.warning("skipped %d unreadable training image(s) of %d", len(self.skipped_), len(paths))
-            paths = [paths[i] for i in readable]
-            held_out = self._calibration_images(embeddings)
-            kept = np.setdiff1d(np.arange(len(paths)), held_out)
-            kept_paths = [paths[i] for i in kept]
-            # Without a held-out share, no copy of the projections (the largest array in RAM).
-            projected = features.projected[kept] if len(held_out) else features.projected
-            train = TrainingFeatures(
-                ImageSubset(features.patches, kept, grid[0] * grid[1]), projected, embeddings[kept],
-                self._view_features(kept_paths, folder, projection), self._views_per_image(), self.profile_,
-            )
-            result = self._policy(train, rng)
-            self.memory_ = result.memory
-            self._scorer = None
-            self.thresholds_ = None
-            if len(held_out):
-                with self.profile_.stage("calibration"):
-                    scores = np.stack([self.scorer.score(features.patches.read(i * grid[0] * grid[1],
-                                                                              (i + 1) * grid[0] * grid[1]))
-                                       for i in held_out]).reshape(-1, *grid)
-                    maps = anomaly_maps(scores, self.crop, self.blur_sigma)
-                    self.thresholds_ = calibrate_false_alarm(scores.reshape(len(scores), -1).max(axis=1), maps,
-                                                             self.false_alarm_rate, "held-out training images")
-            features.patches.close()
-        self.diagnostics_ = result.diagnostics
+            try:
+                self._fit_with(Path(work), paths, None if strict else skip, cache, stores)
+            finally:
+                for store in stores:
+                    store.close()
+        log.info("%s: memory bank of %d features from %d images%s", self.method, len(self.memory_),
+                 len(self.training_paths_),
+                 f"; {len(self.calibration_paths_)} images set aside for thresholds" if self.calibration_paths_ else "")
+        return self
+
+    def _fit_with(self, folder: Path, paths: list[Path], on_error, cache: FeatureCache | None,
+                  stores: list[FeatureStore]) -> None:
+        """The fit itself, with temporary files under ``folder`` (stores opened are added to ``stores``)."""
+        rng = np.random.default_rng(self.seed)
+        projection = random_projection(self.feature_dim, self.projection_dim, self.seed)
+        grid = self.extractor.grid_shape
+        patches_per_image = grid[0] * grid[1]
+        with self.profile_.stage("features"):
+            features, embeddings, readable = self._extract(paths, folder, projection, on_error, cache)
+        stores.append(features.patches)
+        if self.skipped_:
+            log.warning("skipped %d unreadable training image(s) of %d", len(self.skipped_), len(paths))
+        paths = [paths[i] for i in readable]
+        held_out = self._calibration_images(embeddings)
+        kept = np.setdiff1d(np.arange(len(paths)), held_out)
+        kept_paths = [paths[i] for i in kept]
+        # Without a held-out share, no copy of the projections (the largest array in RAM).
+        projected = features.projected[kept] if len(held_out) else features.projected
+        train = TrainingFeatures(
+            ImageSubset(features.patches, kept, patches_per_image), projected, embeddings[kept],
+            self._view_features(kept_paths, folder, projection, stores), len(self._view_transforms()),
+            self.profile_,
+        )
+        result = self._policy(train, rng)
+        self.memory_, self.diagnostics_ = result.memory, result.diagnostics
+        self._scorer, self.thresholds_ = None, None
+        if len(held_out):
+            with self.profile_.stage("calibration"):
+                scores = np.stack([
+                    self.scorer.score(features.patches.read(i * patches_per_image, (i + 1) * patches_per_image))
+                    for i in held_out]).reshape(-1, *grid)
+                maps = anomaly_maps(scores, self.crop, self.blur_sigma)
+                self.thresholds_ = calibrate_false_alarm(scores.reshape(len(scores), -1).max(axis=1), maps,
+                                                         self.false_alarm_rate, "held-out training images")
         self.training_paths_ = kept_paths
         self.calibration_paths_ = [paths[i] for i in held_out]
         self.training_summary_ = {"memory_info": self.memory_.info, "training_images": len(kept),
                                   "calibration_images": len(held_out)}
-        log.info("%s: memory bank of %d features from %d images%s", self.method, len(self.memory_), len(kept),
-                 f"; {len(held_out)} images set aside for thresholds" if len(held_out) else "")
-        return self
 
     def calibrate(self, normal_images) -> Thresholds:
         """Set thresholds from normal images (files/folders) at ``false_alarm_rate``."""
@@ -385,6 +406,8 @@ class Detector:
 
     def predict_images(self, images: Sequence[Image.Image], names: Sequence[str] | None = None) -> Predictions:
         """Score decoded images (any size and mode) -> Predictions named by ``names``."""
+        if names is not None and len(names) != len(images):
+            raise ValueError(f"names: {len(names)} given for {len(images)} images")
         self.build_index()
         arrays = [preprocess(image, self.resize, self.crop) for image in images]
         extractor = self.extractor
@@ -461,8 +484,8 @@ class TailedCore(Detector):
         self.view_step_degrees = view_step_degrees
         self.view_flip = view_flip
 
-    def _views_per_image(self) -> int:
-        return len(view_transforms(self.view_step_degrees, self.view_flip))
+    def _view_transforms(self) -> list[tuple[float, bool]]:
+        return view_transforms(self.view_step_degrees, self.view_flip)
 
     def _policy(self, train, rng):
         return policies.tailedcore(train, rng, self.coreset_ratio, self.lof_k, self.lof_drop, self.tail_keep,
@@ -483,6 +506,9 @@ def load(path: str | os.PathLike, **overrides) -> Detector:
     unknown = set(params) - set(cls._param_names())
     if unknown:
         raise ModelFileError(f"{path}: unknown parameters {sorted(unknown)}")
+    wrong = set(overrides) - set(cls._param_names())
+    if wrong:
+        raise ValueError(f"unknown parameters for {method}: {', '.join(sorted(wrong))}")
     params.update(overrides)
     detector = cls(**params)
     detector.memory_ = MemoryBank(arrays["memory"], arrays.get("weights"), config.get("memory_info", {}))

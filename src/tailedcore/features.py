@@ -22,9 +22,15 @@ from .store import FeatureCache, file_identity
 
 
 def pooling_matrix(in_size: int, out_size: int) -> torch.Tensor:
-    """(out_size, in_size) matrix of ``adaptive_avg_pool1d`` from in_size to out_size values."""
-    one_hot = torch.eye(in_size, dtype=torch.float64).unsqueeze(1)  # (in, 1, in)
-    return F.adaptive_avg_pool1d(one_hot, out_size).squeeze(1).T.contiguous()
+    """(out_size, in_size) float64 matrix of ``adaptive_avg_pool1d`` from in_size to out_size values.
+
+    Output i averages inputs floor(i * in / out) .. ceil((i + 1) * in / out) - 1.
+    """
+    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
+    for i in range(out_size):
+        start, end = (i * in_size) // out_size, -((-(i + 1) * in_size) // out_size)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
 
 
 class PatchAggregator(torch.nn.Module):

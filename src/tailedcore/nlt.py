@@ -187,8 +187,9 @@ def build(source: str | os.PathLike, dest: str | os.PathLike, plan: NLTPlan, lin
     source, dest = Path(source).resolve(), Path(dest).absolute()
     if dest.exists() and not overwrite:
         raise NLTError(f"{dest}: already exists (use --overwrite to replace it)")
-    if dest.resolve() == source or source in dest.resolve().parents:
-        raise NLTError(f"{dest}: must not be inside the source {source}")
+    resolved = dest.resolve()
+    if resolved == source or source in resolved.parents or resolved in source.parents:
+        raise NLTError(f"{dest}: must not be the source {source}, inside it or contain it")
     injected_sources = set(plan.injected.values())
     files: dict[str, str] = {}  # destination entry -> source entry
     for kept in plan.kept.values():

@@ -129,11 +129,10 @@ def tailedcore(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio:
     if len(tail):
         with train.profiler.stage("tail views"):
             views = train.views(tail)
-        dim = train.projected.shape[-1]
+        dim, patches_per_image = train.projected.shape[-1], train.projected.shape[1]
         tail_rows = np.concatenate([train.projected[tail].reshape(-1, dim), views.projected.reshape(-1, dim)])
         picks = coreset(tail_rows, coreset_ratio, rng, train.profiler, progress)
-        n_own = train.projected[tail].shape[0] * train.projected.shape[1]
-        patches_per_image = train.projected.shape[1]
+        n_own = len(tail) * patches_per_image
         own = picks[picks < n_own]
         own_rows = tail[own // patches_per_image] * patches_per_image + own % patches_per_image
         parts += [_gather(train.patches, own_rows, train.profiler),

@@ -18,6 +18,8 @@ from tqdm import tqdm
 # float32 error of the product plus that of the reference's own sum of squares.
 _TOLERANCE_PER_128_DIMS = 2e-4
 _TOLERANCE_FLOOR = 1e-30
+# Centres per matrix product when a block catches up (bounds the product's memory: 1024 x 8192 floats).
+_CENTRES_PER_PRODUCT = 8192
 # Beyond this squared norm the float32 product could overflow; use the reference loop.
 _LARGEST_SAFE_NORM = 1e30
 
@@ -117,15 +119,16 @@ def greedy_coreset(x: np.ndarray, n: int, start: int = 0, block_rows: int = 1024
 
     def refresh(block: int, n_centres: int) -> None:
         lo, hi = bounds[block], bounds[block + 1]
-        centres = picks[seen[block] : n_centres]
-        index = torch.from_numpy(centres)
-        scores = torch.addmm(centre_terms[index], centred[lo:hi], centred[index].T, alpha=-2.0)
-        limit = torch.from_numpy(min_dist[lo:hi] - row_terms[lo:hi])
-        rows, cols = (scores < limit[:, None]).nonzero(as_tuple=True)
-        if len(rows):
-            rows, cols = rows.numpy(), cols.numpy()
-            exact = squared_distances_pairs(x[lo + rows], x[centres[cols]])
-            np.minimum.at(min_dist, lo + rows, exact)
+        for first in range(seen[block], n_centres, _CENTRES_PER_PRODUCT):
+            centres = picks[first : min(first + _CENTRES_PER_PRODUCT, n_centres)]
+            index = torch.from_numpy(centres)
+            scores = torch.addmm(centre_terms[index], centred[lo:hi], centred[index].T, alpha=-2.0)
+            limit = torch.from_numpy(min_dist[lo:hi] - row_terms[lo:hi])
+            rows, cols = (scores < limit[:, None]).nonzero(as_tuple=True)
+            if len(rows):
+                rows, cols = rows.numpy(), cols.numpy()
+                exact = squared_distances_pairs(x[lo + rows], x[centres[cols]])
+                np.minimum.at(min_dist, lo + rows, exact)
         seen[block] = n_centres
         block_max[block] = min_dist[lo:hi].max()
 
@@ -149,5 +152,6 @@ def greedy_coreset(x: np.ndarray, n: int, start: int = 0, block_rows: int = 1024
         first = int(np.flatnonzero(block_max == best)[0])
         lo, hi = bounds[first], bounds[first + 1]
         picks[i] = lo + int(np.argmax(min_dist[lo:hi] == best))
+    bar.update(n - bar.n)
     bar.close()
     return picks

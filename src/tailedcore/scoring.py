@@ -58,7 +58,11 @@ class ExactSearch:
 
 
 class FaissSearch:
-    """A faiss index over the memory; ``kind`` is flat, ivf or hnsw."""
+    """A faiss index over the memory; ``kind`` is flat, ivf or hnsw.
+
+    An approximate index can come back empty-handed for a query (IVF lists
+    probed are empty): those queries are answered by exact search.
+    """
 
     def __init__(self, memory: np.ndarray, kind: str = "flat", nlist: int | None = None, nprobe: int = 8,
                  hnsw_m: int = 32, ef_search: int = 64, seed: int = 0):
@@ -67,7 +71,8 @@ class FaissSearch:
         if kind == "flat":
             index = faiss.IndexFlatL2(dim)
         elif kind == "ivf":
-            nlist = nlist or max(1, min(4096, int(4 * np.sqrt(len(memory)))))
+            # About 4 sqrt(M) lists, each trained on at least 39 points (faiss's minimum).
+            nlist = nlist or max(1, min(4096, int(4 * np.sqrt(len(memory))), len(memory) // 39))
             index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
             index.cp.seed = seed
             index.train(memory)
@@ -79,10 +84,16 @@ class FaissSearch:
             raise ValueError(f"search='{kind}': unknown faiss index")
         index.add(memory)
         self.index = index
+        self.exact = ExactSearch(memory) if kind != "flat" else None
 
     def search(self, queries: np.ndarray, k: int = 1) -> SearchResult:
-        d, i = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return d, i.astype(np.int64)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        d, i = self.index.search(queries, k)
+        i = i.astype(np.int64)
+        missed = np.flatnonzero((i < 0).any(axis=1))
+        if missed.size and self.exact is not None:
+            d[missed], i[missed] = self.exact.search(queries[missed], k)
+        return d, i
 
 
 SEARCHES: dict[str, Callable[..., ExactSearch | FaissSearch]] = {

@@ -150,6 +150,6 @@ def tail_sampler(embeddings: np.ndarray, keep: float = 0.85, share: float = 0.15
     return TailEstimate(sizes, groups, limit, np.flatnonzero(sizes <= limit))
 
 
-def select_tail(embeddings: np.ndarray, keep: float = 0.85, share: float = 0.15) -> np.ndarray:
+def select_tail(embeddings: np.ndarray, keep: float = 0.85, share: float = 0.15, quantize: bool = True) -> np.ndarray:
     """Indices (sorted, int64) of the training images estimated to belong to tail classes."""
-    return tail_sampler(embeddings, keep, share).tail_indices
+    return tail_sampler(embeddings, keep, share, quantize).tail_indices

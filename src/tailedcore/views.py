@@ -44,6 +44,6 @@ def rotate_flip(images: torch.Tensor, angle: float, flip: bool) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def augmented_views(image: torch.Tensor, step_degrees: float = 15.0, flip: bool = True) -> torch.Tensor:
-    """All non-identity views of one image: (C, H, W) -> (n_views, C, H, W)."""
-    return torch.cat([rotate_flip(image[None], a, f) for a, f in view_transforms(step_degrees, flip)])
+def augmented_views(image: torch.Tensor, transforms: list[tuple[float, bool]]) -> torch.Tensor:
+    """Views of one image, (C, H, W) -> (len(transforms), C, H, W), for (angle, flip) transforms."""
+    return torch.cat([rotate_flip(image[None], a, f) for a, f in transforms])

@@ -64,5 +64,7 @@ def test_existing_destination_needs_overwrite(source, tmp_path):
     build(source, dest, plan_profile(source, "step-k4", seed=2), overwrite=True)
     assert tree_digest(dest) != first and tree_digest(source) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dest.")]  # no staging left behind
-    with pytest.raises(NLTError, match="inside the source"):
-        build(source, source / "nested", plan)
+    for overlapping in (source / "nested", source, source.parent):
+        with pytest.raises(NLTError, match="must not be the source"):
+            build(source, overlapping, plan, overwrite=True)
+    assert tree_digest(source) == before
