@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs}
 for profile in step-k1 step-k4 pareto; do
     .venv/bin/tailedcore --quiet benchmark ../shared/data/real-ad --profile "$profile" --noise 0.1 \
-        --seeds 0 1 2 --methods patchcore softpatch tailedcore --search ivf --search-option nprobe=16 \
+        --seeds 0 1 2 --resume --methods patchcore softpatch tailedcore --search ivf --search-option nprobe=16 \
         --max-tail-rows 2000000 --out "$OUT/$profile"
 done

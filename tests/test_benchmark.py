@@ -53,3 +53,31 @@ def test_cli_benchmark_usage(source, tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["benchmark", str(source), "--out", str(tmp_path / "b"), "--seeds", "0"])
     assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", str(source), "--out", str(tmp_path / "b"), "--resume"])
+    assert info.value.code == 2
+
+
+def test_resume_reuses_finished_seeds(source, tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    options = {"resize": 64, "crop": 48, "batch_size": 8}
+    run_seeds(source, out, ["patchcore"], "step-k1", 0.1, [0], options=options, progress=False)
+    finished = (out / "seed-0" / "results.json").read_text()
+
+    ran = []
+    import tailedcore.benchmark as benchmark
+
+    real = benchmark.run_benchmark
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda data, folder, *a, **k: ran.append(folder) or real(
+        data, folder, *a, **k))
+    summary = run_seeds(source, out, ["patchcore"], "step-k1", 0.1, [0, 1], options=options, progress=False,
+                        resume=True)
+    assert ran == [out / "seed-1"]
+    assert (out / "seed-0" / "results.json").read_text() == finished
+    assert summary["seeds"] == [0, 1]
+    assert summary["methods"]["patchcore"]["mean"]["all"]["image_auroc"]["n"] == 2
+
+    ran.clear()
+    run_seeds(source, out, ["patchcore", "softpatch"], "step-k1", 0.1, [0], options=options, progress=False,
+              resume=True)
+    assert ran == [out / "seed-0"]  # a finished seed without every requested method is run again

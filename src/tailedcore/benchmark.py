@@ -10,6 +10,7 @@ ground truth (which images are tail, which were injected defects).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from .nlt import build, plan_profile
 from .policies import TailTooLarge
 
 GROUPS = ("all", "head", "tail")
+log = logging.getLogger(__name__)
 
 
 def dataset_info(data: Path) -> dict:
@@ -279,15 +281,34 @@ def summary_markdown(summary: dict, profile: str) -> str:
     return f"Profile {profile}, seeds {summary['seeds']} (mean ± std over seeds, %)\n\n" + markdown_table(header, rows)
 
 
+def _finished(path: Path, methods: list[str]) -> dict | None:
+    """The results in ``path`` restricted to ``methods``, or None when the file is missing or lacks one."""
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text())
+    if not set(methods) <= set(results.get("methods", {})):
+        return None
+    return {**results, "methods": {m: results["methods"][m] for m in methods}}
+
+
 def run_seeds(source: str | os.PathLike, out: str | os.PathLike, methods: list[str], profile: str, noise: float,
               seeds: list[int], search: str = "exact", options: dict | None = None, progress: bool = True,
-              keep_injected_in_test: bool = False, max_tail_rows: int | None = None) -> dict:
-    """One NLT set per seed (built under out/seed-N/data), a benchmark each, then summary.json/.md."""
+              keep_injected_in_test: bool = False, max_tail_rows: int | None = None, resume: bool = False) -> dict:
+    """One NLT set per seed (built under out/seed-N/data), a benchmark each, then summary.json/.md.
+
+    With ``resume``, a seed whose results.json already holds every requested
+    method is read back instead of run again (its settings are not compared).
+    """
     out = Path(out)
     per_seed = {}
     for seed in seeds:
         folder = out / f"seed-{seed}"
         data = folder / "data"
+        finished = _finished(folder / "results.json", methods) if resume else None
+        if finished is not None:
+            log.info("seed %d: reusing %s", seed, folder / "results.json")
+            per_seed[seed] = finished
+            continue
         if not (data / "nlt.json").is_file():
             build(source, data, plan_profile(source, profile, noise, seed), keep_injected_in_test=keep_injected_in_test)
         per_seed[seed] = run_benchmark(data, folder, methods, search, options, progress, max_tail_rows)

@@ -192,6 +192,15 @@ def cmd_make_nlt(args: argparse.Namespace) -> None:
     print(f"{info['protocol']} protocol -> {args.dest}")
 
 
+def cmd_convert_visa(args: argparse.Namespace) -> None:
+    from .visa import convert_visa
+
+    counts = convert_visa(args.visa_root, args.split_csv, args.dest, link=not args.copy, overwrite=args.overwrite)
+    for name, item in counts.items():
+        print(f"{name:20s} " + "  ".join(f"{key} {value:5d}" for key, value in item.items()))
+    print(f"{len(counts)} objects -> {args.dest}")
+
+
 def cmd_benchmark(args: argparse.Namespace) -> None:
     from .benchmark import results_markdown, run_benchmark, run_seeds, summary_markdown
 
@@ -204,11 +213,13 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         if not args.profile:
             raise UsageError("--seeds needs --profile (DATA is then the source root the sets are built from)")
         summary = run_seeds(args.data, args.out, args.methods, args.profile, args.noise, args.seeds, search, options,
-                            not args.quiet, args.keep_injected_in_test, args.max_tail_rows)
+                            not args.quiet, args.keep_injected_in_test, args.max_tail_rows, args.resume)
         print(summary_markdown(summary, args.profile))
     else:
         if args.profile:
             raise UsageError("--profile needs --seeds (or build the set first with make-nlt)")
+        if args.resume:
+            raise UsageError("--resume needs --seeds")
         results = run_benchmark(args.data, args.out, args.methods, search, options, not args.quiet, args.max_tail_rows)
         print(results_markdown(results))
         if args.profile_stages:
@@ -285,6 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
     nlt.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     nlt.set_defaults(run=cmd_make_nlt)
 
+    visa = commands.add_parser("convert-visa", help="turn the VisA release into an MVTec-layout root")
+    visa.add_argument("visa_root", help="VisA release root (never modified)")
+    visa.add_argument("--split-csv", required=True, help="split CSV with columns object, split, label, image, mask")
+    visa.add_argument("--dest", required=True, help="destination folder (must not exist unless --overwrite)")
+    visa_files = visa.add_mutually_exclusive_group()
+    visa_files.add_argument("--link", action="store_true", help="hard-link images (default; copies across filesystems)")
+    visa_files.add_argument("--copy", action="store_true", help="copy images")
+    visa.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    visa.set_defaults(run=cmd_convert_visa)
+
     bench = commands.add_parser("benchmark", help="fit and evaluate several methods; head/tail report")
     bench.add_argument("data", help="an NLT set (make-nlt) or any MVTec-layout root; with --seeds the source root")
     bench.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
@@ -293,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--profile", help="NLT profile for --seeds (step-k1, step-k4, pareto)")
     bench.add_argument("--noise", type=float, default=0.1, help="noise for --seeds (default 0.1)")
     bench.add_argument("--keep-injected-in-test", action="store_true", help="leaky protocol for --seeds")
+    bench.add_argument("--resume", action="store_true",
+                       help="with --seeds, reuse seed-N/results.json when it holds every requested method")
     bench.add_argument("--backbone", default="efficientnet-lite0")
     bench.add_argument("--weights")
     bench.add_argument("--resize", type=int, default=256)

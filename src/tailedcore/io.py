@@ -7,7 +7,10 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,36 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def staged_directory(dest: Path) -> Iterator[Path]:
+    """A temporary folder beside ``dest`` that replaces ``dest`` when the block completes.
+
+    On any error (or interrupt) the temporary folder is removed and ``dest`` is untouched.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        yield staging
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def link_or_copy(src: Path, dst: Path, link: bool = True) -> None:
+    """Hard-link ``src`` to ``dst`` (creating folders), or copy when asked or when linking fails."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass  # another filesystem or links not allowed: copy instead
+    shutil.copy2(src, dst)
 
 
 def _json_ready(value):

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -31,7 +29,7 @@ import numpy as np
 from scipy.stats import pareto
 
 from .data import GOOD, load_mvtec
-from .io import write_json
+from .io import link_or_copy, staged_directory, write_json
 
 PRUNE_MANIFEST = "prune_good.txt"
 INJECT_MANIFEST = "inject_defects.txt"
@@ -170,17 +168,6 @@ def plan_from_manifests(source: str | os.PathLike, manifests: str | os.PathLike)
     return NLTPlan("manifests", None, None, train, kept, injected, head, [n for n in train if n not in head])
 
 
-def _place(src: Path, dst: Path, link: bool) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if link:
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass  # another filesystem or links not allowed: copy instead
-    shutil.copy2(src, dst)
-
-
 def build(source: str | os.PathLike, dest: str | os.PathLike, plan: NLTPlan, link: bool = True,
           keep_injected_in_test: bool = False, overwrite: bool = False) -> dict:
     """Materialise ``plan`` at ``dest``; returns the ``nlt.json`` document."""
@@ -210,21 +197,13 @@ def build(source: str | os.PathLike, dest: str | os.PathLike, plan: NLTPlan, lin
         if not path.resolve().is_relative_to(source):
             raise NLTError(f"{path}: resolves outside the source through a symlink")
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with staged_directory(dest) as staging:
         for target, origin in sorted(files.items()):
-            _place(source / origin, staging / target, link)
+            link_or_copy(source / origin, staging / target, link)
         (staging / PRUNE_MANIFEST).write_text("".join(f"{p}\n" for p in plan.pruned), encoding="utf-8")
         (staging / INJECT_MANIFEST).write_text("".join(f"{p}\n" for p in sorted(plan.injected)), encoding="utf-8")
         info = describe(plan, source, keep_injected_in_test)
         write_json(staging / "nlt.json", info)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return info
 
 
