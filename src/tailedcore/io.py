@@ -40,6 +40,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def destination_problem(dest: Path, source: Path, overwrite: bool) -> str | None:
+    """Why a builder must not write ``dest`` from ``source`` (both absolute), or None when it may."""
+    if dest.exists() and not overwrite:
+        return f"{dest}: already exists (use --overwrite to replace it)"
+    resolved = dest.resolve()
+    if resolved == source or source in resolved.parents or resolved in source.parents:
+        return f"{dest}: must not be {source}, inside it or contain it"
+    return None
+
+
 @contextmanager
 def staged_directory(dest: Path) -> Iterator[Path]:
     """A temporary folder beside ``dest`` that replaces ``dest`` when the block completes.

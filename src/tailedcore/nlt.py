@@ -29,7 +29,7 @@ import numpy as np
 from scipy.stats import pareto
 
 from .data import GOOD, load_mvtec
-from .io import link_or_copy, staged_directory, write_json
+from .io import destination_problem, link_or_copy, staged_directory, write_json
 
 PRUNE_MANIFEST = "prune_good.txt"
 INJECT_MANIFEST = "inject_defects.txt"
@@ -172,11 +172,9 @@ def build(source: str | os.PathLike, dest: str | os.PathLike, plan: NLTPlan, lin
           keep_injected_in_test: bool = False, overwrite: bool = False) -> dict:
     """Materialise ``plan`` at ``dest``; returns the ``nlt.json`` document."""
     source, dest = Path(source).resolve(), Path(dest).absolute()
-    if dest.exists() and not overwrite:
-        raise NLTError(f"{dest}: already exists (use --overwrite to replace it)")
-    resolved = dest.resolve()
-    if resolved == source or source in resolved.parents or resolved in source.parents:
-        raise NLTError(f"{dest}: must not be the source {source}, inside it or contain it")
+    problem = destination_problem(dest, source, overwrite)
+    if problem:
+        raise NLTError(problem)
     injected_sources = set(plan.injected.values())
     files: dict[str, str] = {}  # destination entry -> source entry
     for kept in plan.kept.values():

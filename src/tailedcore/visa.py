@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .data import GOOD
-from .io import link_or_copy, staged_directory, write_png
+from .io import destination_problem, link_or_copy, staged_directory, write_png
 
 DEFECT_TYPE = "bad"
 COLUMNS = ("object", "split", "label", "image", "mask")
@@ -113,11 +113,9 @@ def convert_visa(root: str | os.PathLike, split_csv: str | os.PathLike, dest: st
                  link: bool = True, overwrite: bool = False) -> dict[str, dict[str, int]]:
     """Write the MVTec layout of the VisA release at ``root`` to ``dest``; returns counts per object."""
     root, dest = Path(root).resolve(), Path(dest).absolute()
-    if dest.exists() and not overwrite:
-        raise VisAError(f"{dest}: already exists (use --overwrite to replace it)")
-    resolved = dest.resolve()
-    if resolved == root or root in resolved.parents or resolved in root.parents:
-        raise VisAError(f"{dest}: must not be the release root {root}, inside it or contain it")
+    problem = destination_problem(dest, root, overwrite)
+    if problem:
+        raise VisAError(problem)
     entries = read_split(root, split_csv)
     counts: dict[str, dict[str, int]] = {}
     with staged_directory(dest) as staging:

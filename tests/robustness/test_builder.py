@@ -65,6 +65,6 @@ def test_existing_destination_needs_overwrite(source, tmp_path):
     assert tree_digest(dest) != first and tree_digest(source) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dest.")]  # no staging left behind
     for overlapping in (source / "nested", source, source.parent):
-        with pytest.raises(NLTError, match="must not be the source"):
+        with pytest.raises(NLTError, match="must not be"):
             build(source, overlapping, plan, overwrite=True)
     assert tree_digest(source) == before
