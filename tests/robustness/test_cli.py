@@ -7,7 +7,7 @@ import pytest
 
 from tailedcore.cli import build_parser, main
 
-COMMANDS = ["fit", "predict", "calibrate", "evaluate", "make-nlt", "benchmark", "serve", "demo"]
+COMMANDS = ["fit", "predict", "calibrate", "evaluate", "make-nlt", "convert-visa", "benchmark", "serve", "demo"]
 
 
 def test_every_command_is_listed():
