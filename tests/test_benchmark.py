@@ -81,3 +81,17 @@ def test_resume_reuses_finished_seeds(source, tmp_path, monkeypatch):
     run_seeds(source, out, ["patchcore", "softpatch"], "step-k1", 0.1, [0], options=options, progress=False,
               resume=True)
     assert ran == [out / "seed-0"]  # a finished seed without every requested method is run again
+
+
+def test_summary_says_when_fewer_seeds_count():
+    from tailedcore.benchmark import summarise_seeds, summary_markdown
+
+    def result(pixel):
+        mean = {group: {metric: 0.5 for metric in METRIC_NAMES} for group in ("all", "head", "tail")}
+        mean["head"]["pixel_auroc"] = pixel
+        return {"methods": {"patchcore": {"mean": mean}}}
+
+    summary = summarise_seeds({0: result(0.8), 1: result(None), 2: result(None)})
+    assert summary["methods"]["patchcore"]["mean"]["head"]["pixel_auroc"] == {"mean": 0.8, "std": 0.0, "n": 1}
+    row = summary_markdown(summary, "step-k1").splitlines()[-1]
+    assert "80.0 (1 of 3 seeds)" in row and "50.0 ± 0.0 |" in row

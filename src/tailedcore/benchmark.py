@@ -268,6 +268,16 @@ def summarise_seeds(per_seed: dict[int, dict]) -> dict:
     return summary
 
 
+def _seed_stat(stat: dict, seeds: int) -> str:
+    """"mean ± std" in %, or the value and how many seeds had it when fewer than all did."""
+    if stat["mean"] is None:
+        return "n/a"
+    if stat["n"] < seeds:
+        return f"{100 * stat['mean']:.1f}" + (f" ± {100 * stat['std']:.1f}" if stat["n"] > 1 else "") + \
+            f" ({stat['n']} of {seeds} seeds)"
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+
+
 def summary_markdown(summary: dict, profile: str) -> str:
     header = ["method", *(f"{g} {m}" for g in GROUPS for m in ("image_auroc", "pixel_auroc"))]
     rows = []
@@ -275,8 +285,7 @@ def summary_markdown(summary: dict, profile: str) -> str:
         row = [method]
         for group in GROUPS:
             for metric in ("image_auroc", "pixel_auroc"):
-                stat = entry["mean"][group][metric]
-                row.append("n/a" if stat["mean"] is None else f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}")
+                row.append(_seed_stat(entry["mean"][group][metric], len(summary["seeds"])))
         rows.append(row)
     return f"Profile {profile}, seeds {summary['seeds']} (mean ± std over seeds, %)\n\n" + markdown_table(header, rows)
 
