@@ -19,6 +19,8 @@ def stat(values: list) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f} (n=1)"
     text = f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
     return text + (f" (n={len(values)})" if len(values) < 3 else "")
 
