@@ -19,8 +19,9 @@ from common import REAL_AD, print_table
 from tailedcore.data import training_images
 from tailedcore.features import FeatureExtractor
 from tailedcore.tail import tail_sampler
+from tailedcore.views import view_transforms
 
-VIEWS_PER_IMAGE = 48  # the image and its 47 rotated / flipped views
+VIEWS_PER_IMAGE = 1 + len(view_transforms())  # the image and its rotated / flipped views (paper defaults)
 
 
 def main() -> None:
