@@ -95,3 +95,22 @@ def test_summary_says_when_fewer_seeds_count():
     assert summary["methods"]["patchcore"]["mean"]["head"]["pixel_auroc"] == {"mean": 0.8, "std": 0.0, "n": 1}
     row = summary_markdown(summary, "step-k1").splitlines()[-1]
     assert "80.0 (1 of 3 seeds)" in row and "50.0 ± 0.0 |" in row
+
+
+def test_cli_method_options_go_to_the_methods_that_take_them(source, tmp_path, monkeypatch):
+    import tailedcore.benchmark as benchmark
+
+    calls = []
+    monkeypatch.setattr(benchmark, "run_seeds", lambda *args, **kwargs: calls.append(args) or {"seeds": [0],
+                                                                                              "methods": {}})
+    monkeypatch.setattr(benchmark, "summary_markdown", lambda *args: "")
+    assert main(["--quiet", "benchmark", str(source), "--out", str(tmp_path / "b"), "--profile", "step-k1",
+                 "--seeds", "0", "--methods", "patchcore", "softpatch", "tailedcore", "--lof-k", "3",
+                 "--tail-coreset", "per-image", "--max-tail-rows", "1000"]) == 0
+    method_options = calls[0][10]
+    assert method_options == {"patchcore": {}, "softpatch": {"lof_k": 3},
+                              "tailedcore": {"lof_k": 3, "tail_coreset": "per-image", "max_tail_rows": 1000}}
+    with pytest.raises(SystemExit) as info:
+        main(["benchmark", str(source), "--out", str(tmp_path / "b"), "--profile", "step-k1", "--seeds", "0",
+              "--methods", "patchcore", "--tail-coreset", "per-image"])
+    assert info.value.code == 2

@@ -33,8 +33,9 @@ def test_fit_predict_evaluate(cls, synthetic_root):
     assert report["mean"]["pixel_auroc"] > 0.8
 
 
-def test_tailedcore_keeps_tail_images_whole(synthetic_root):
-    detector = TailedCore(**SMALL).fit(synthetic_root)
+@pytest.mark.parametrize("tail_coreset", ["joint", "per-image"])
+def test_tailedcore_keeps_tail_images_whole(synthetic_root, tail_coreset):
+    detector = TailedCore(tail_coreset=tail_coreset, **SMALL).fit(synthetic_root)
     tail = set(detector.diagnostics_["tail_indices"].tolist())
     names = [p.parts[-4] for p in detector.training_paths_]
     # The three images of the two smallest classes are found as tail ...

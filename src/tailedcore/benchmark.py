@@ -101,11 +101,13 @@ def _skipped(error: TailTooLarge, data: Path, info: dict) -> dict:
 
 
 def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list[str], search: str = "exact",
-                  options: dict | None = None, progress: bool = True, max_tail_rows: int | None = None) -> dict:
+                  options: dict | None = None, progress: bool = True,
+                  method_options: dict[str, dict] | None = None) -> dict:
     """Fit and evaluate each method on ``data``; write results.json/.csv/.md and report.html in ``out``.
 
-    ``max_tail_rows`` bounds TailedCore's tail memory input; a run over it is
-    reported as skipped, with its TailSampler diagnostics.
+    ``options`` go to every detector, ``method_options[method]`` to that one
+    only. A TailedCore run refused by its ``max_tail_rows`` is reported as
+    skipped, with its TailSampler diagnostics.
     """
     data, out = Path(data), Path(out)
     info = dataset_info(data)
@@ -114,7 +116,7 @@ def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list
     results = {"dataset": info, "methods": {}}
     extras: dict[str, dict] = {}
     for method in methods:
-        extra = {"max_tail_rows": max_tail_rows} if method == "tailedcore" else {}
+        extra = (method_options or {}).get(method, {})
         detector = METHODS[method](search=search, progress=progress, **options, **extra)
         started = time.perf_counter()
         try:
@@ -302,7 +304,8 @@ def _finished(path: Path, methods: list[str]) -> dict | None:
 
 def run_seeds(source: str | os.PathLike, out: str | os.PathLike, methods: list[str], profile: str, noise: float,
               seeds: list[int], search: str = "exact", options: dict | None = None, progress: bool = True,
-              keep_injected_in_test: bool = False, max_tail_rows: int | None = None, resume: bool = False) -> dict:
+              keep_injected_in_test: bool = False, method_options: dict[str, dict] | None = None,
+              resume: bool = False) -> dict:
     """One NLT set per seed (built under out/seed-N/data), a benchmark each, then summary.json/.md.
 
     With ``resume``, a seed whose results.json already holds every requested
@@ -320,7 +323,7 @@ def run_seeds(source: str | os.PathLike, out: str | os.PathLike, methods: list[s
             continue
         if not (data / "nlt.json").is_file():
             build(source, data, plan_profile(source, profile, noise, seed), keep_injected_in_test=keep_injected_in_test)
-        per_seed[seed] = run_benchmark(data, folder, methods, search, options, progress, max_tail_rows)
+        per_seed[seed] = run_benchmark(data, folder, methods, search, options, progress, method_options)
     summary = summarise_seeds(per_seed)
     summary["profile"] = profile
     summary["noise"] = noise

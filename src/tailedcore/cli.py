@@ -31,6 +31,7 @@ METHOD_OPTIONS = {
     "--tail-keep": ("tail_keep", float, "TailSampler trim share (tailedcore; default 0.85)"),
     "--tail-share": ("tail_share", float, "15%% rule of max K (tailedcore; default 0.15)"),
     "--view-step": ("view_step_degrees", float, "rotation step of tail views in degrees (default 15)"),
+    "--tail-coreset": ("tail_coreset", str, "tail coreset scope: joint (the paper, default) or per-image"),
 }
 
 
@@ -45,8 +46,22 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--calibration-share", type=float, default=0.1,
                        help="share of training images set aside for thresholds (default 0.1; 0 = none)")
     group.add_argument("--false-alarm-rate", type=float, default=0.01, help="for thresholds (default 0.01)")
+    _add_method_options(group)
+
+
+def _add_method_options(parser) -> None:
     for option, (_, kind, text) in METHOD_OPTIONS.items():
-        group.add_argument(option, type=kind, help=text)
+        parser.add_argument(option, type=kind, help=text)
+
+
+def _given_method_options(args: argparse.Namespace) -> dict[str, object]:
+    """{option: value} of the METHOD_OPTIONS given on the command line."""
+    given = {}
+    for option in METHOD_OPTIONS:
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            given[option] = value
+    return given
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -82,14 +97,28 @@ def _detector_params(args: argparse.Namespace) -> dict:
             params[option] = getattr(args, option)
     params["search_options"] = _search_options(args)
     accepted = cls._param_names()
-    for option, (name, _, _) in METHOD_OPTIONS.items():
-        value = getattr(args, option[2:].replace("-", "_"))
-        if value is None:
-            continue
+    for option, value in _given_method_options(args).items():
+        name = METHOD_OPTIONS[option][0]
         if name not in accepted:
             raise UsageError(f"{option} does not apply to --method {args.method}")
         params[name] = value
     return params
+
+
+def _benchmark_method_options(args: argparse.Namespace) -> dict[str, dict]:
+    """Per-method parameters of a benchmark: each given option goes to the methods that take it."""
+    per_method: dict[str, dict] = {method: {} for method in args.methods}
+    given = _given_method_options(args)
+    if args.max_tail_rows is not None:
+        given["--max-tail-rows"] = args.max_tail_rows
+    for option, value in given.items():
+        name = METHOD_OPTIONS[option][0] if option in METHOD_OPTIONS else "max_tail_rows"
+        takers = [method for method in args.methods if name in METHODS[method]._param_names()]
+        if not takers:
+            raise UsageError(f"{option} does not apply to --methods {' '.join(args.methods)}")
+        for method in takers:
+            per_method[method][name] = value
+    return per_method
 
 
 class UsageError(ValueError):
@@ -213,14 +242,15 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         if not args.profile:
             raise UsageError("--seeds needs --profile (DATA is then the source root the sets are built from)")
         summary = run_seeds(args.data, args.out, args.methods, args.profile, args.noise, args.seeds, search, options,
-                            not args.quiet, args.keep_injected_in_test, args.max_tail_rows, args.resume)
+                            not args.quiet, args.keep_injected_in_test, _benchmark_method_options(args), args.resume)
         print(summary_markdown(summary, args.profile))
     else:
         if args.profile:
             raise UsageError("--profile needs --seeds (or build the set first with make-nlt)")
         if args.resume:
             raise UsageError("--resume needs --seeds")
-        results = run_benchmark(args.data, args.out, args.methods, search, options, not args.quiet, args.max_tail_rows)
+        results = run_benchmark(args.data, args.out, args.methods, search, options, not args.quiet,
+                                _benchmark_method_options(args))
         print(results_markdown(results))
         if args.profile_stages:
             for method, block in results["methods"].items():
@@ -325,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print wall time and peak RSS of every stage of each method")
     bench.add_argument("--max-tail-rows", type=int, help="report TailedCore as not run when its tail patches "
                                                           "(with views) exceed this (default: no limit)")
+    _add_method_options(bench.add_argument_group("method"))
     _add_run_options(bench)
     bench.set_defaults(run=cmd_benchmark)
 

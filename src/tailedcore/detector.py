@@ -271,6 +271,9 @@ class Detector:
         rng = np.random.default_rng([self.seed, 1])
         return np.sort(rng.choice(eligible, size=count, replace=False)) if count > 0 else np.empty(0, np.int64)
 
+    def _check_params(self) -> None:
+        """Raise ValueError for a method parameter out of range, before any image is read."""
+
     def fit(self, images, cache_dir: str | os.PathLike | None = None, strict: bool = False) -> Detector:
         """Fit on training images: a list of files/folders, or a dataset root (all train/good merged).
 
@@ -278,6 +281,7 @@ class Detector:
         ``skipped_`` (``strict``: raise instead). With ``cache_dir``, computed
         feature batches are kept there and reused by the next run.
         """
+        self._check_params()
         paths = _as_paths(images)
         if not paths:
             raise ValueError("no training images")
@@ -468,15 +472,18 @@ class TailedCore(Detector):
     view_step_degrees, view_flip: rotations every step in [0, 360) x flips.
     max_tail_rows: refuse (TailTooLarge) a tail whose patches with views exceed
         this many rows, before computing views (None: no limit, the paper).
+    tail_coreset: "joint", one coreset over all tail patches and views (the
+        paper), or "per-image", one per tail image (linear in the tail size).
     """
 
     method = "tailedcore"
 
     def __init__(self, lof_k: int = 6, lof_drop: float = 0.15, tail_keep: float = 0.85, tail_share: float = 0.15,
                  view_step_degrees: float = 15.0, view_flip: bool = True, max_tail_rows: int | None = None,
-                 **kwargs):
+                 tail_coreset: str = "joint", **kwargs):
         super().__init__(**kwargs)
         self.max_tail_rows = max_tail_rows
+        self.tail_coreset = tail_coreset
         self.lof_k = lof_k
         self.lof_drop = lof_drop
         self.tail_keep = tail_keep
@@ -487,9 +494,13 @@ class TailedCore(Detector):
     def _view_transforms(self) -> list[tuple[float, bool]]:
         return view_transforms(self.view_step_degrees, self.view_flip)
 
+    def _check_params(self) -> None:
+        if self.tail_coreset not in policies.TAIL_CORESETS:
+            raise ValueError(f"tail_coreset='{self.tail_coreset}': choose from {', '.join(policies.TAIL_CORESETS)}")
+
     def _policy(self, train, rng):
         return policies.tailedcore(train, rng, self.coreset_ratio, self.lof_k, self.lof_drop, self.tail_keep,
-                                   self.tail_share, self.max_tail_rows, self.progress)
+                                   self.tail_share, self.max_tail_rows, self.tail_coreset, self.progress)
 
 
 METHODS: dict[str, type[Detector]] = {cls.method: cls for cls in (PatchCore, SoftPatch, TailedCore)}

@@ -111,14 +111,42 @@ def softpatch(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: 
     return PolicyResult(memory, {"dropped_share": 1.0 - keep.mean(axis=1)})
 
 
+TAIL_CORESETS = ("joint", "per-image")
+
+
+def _tail_coreset(tail_rows: np.ndarray, n_images: int, rows_per_image: int, views_per_image: int, scope: str,
+                  ratio: float, rng: np.random.Generator, profiler: Profiler, progress: bool) -> np.ndarray:
+    """Coreset picks (row indices) of the tail rows: the images' own patches, then all their views.
+
+    tail_rows: (n_images * rows_per_image * (1 + views_per_image), d), own
+    patches of image j at [j * R, (j + 1) * R), its views at
+    n_images * R + [j * V * R, (j + 1) * V * R). scope "joint" (the paper):
+    one coreset over every row; "per-image": one coreset per image over its
+    own patches and views, so the cost grows linearly with the tail instead of
+    quadratically.
+    """
+    if scope == "joint":
+        return coreset(tail_rows, ratio, rng, profiler, progress)
+    own_start, view_rows = n_images * rows_per_image, views_per_image * rows_per_image
+    picks = []
+    for image in range(n_images):
+        rows = np.concatenate([np.arange(image * rows_per_image, (image + 1) * rows_per_image),
+                               own_start + np.arange(image * view_rows, (image + 1) * view_rows)])
+        picks.append(rows[coreset(tail_rows[rows], ratio, rng, profiler)])
+    return np.concatenate(picks)
+
+
 def tailedcore(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: float = 0.1, lof_k: int = 6,
                lof_drop: float = 0.15, tail_keep: float = 0.85, tail_share: float = 0.15,
-               max_tail_rows: int | None = None, progress: bool = False) -> PolicyResult:
+               max_tail_rows: int | None = None, tail_coreset: str = "joint", progress: bool = False) -> PolicyResult:
     """Memory = coreset(tail images + their views) followed by coreset(LOF inliers of all images).
 
     ``max_tail_rows`` (None = no limit) refuses, before any view is computed,
     a tail whose patches with views would exceed it (raises TailTooLarge).
+    ``tail_coreset``: "joint" (the paper) or "per-image" (see _tail_coreset).
     """
+    if tail_coreset not in TAIL_CORESETS:
+        raise ValueError(f"tail_coreset='{tail_coreset}': choose from {', '.join(TAIL_CORESETS)}")
     with train.profiler.stage("tail sampler"):
         estimate = tail_sampler(train.embeddings, tail_keep, tail_share)
     tail = estimate.tail_indices
@@ -131,7 +159,8 @@ def tailedcore(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio:
             views = train.views(tail)
         dim, patches_per_image = train.projected.shape[-1], train.projected.shape[1]
         tail_rows = np.concatenate([train.projected[tail].reshape(-1, dim), views.projected.reshape(-1, dim)])
-        picks = coreset(tail_rows, coreset_ratio, rng, train.profiler, progress)
+        picks = _tail_coreset(tail_rows, len(tail), patches_per_image, train.views_per_image, tail_coreset,
+                              coreset_ratio, rng, train.profiler, progress)
         n_own = len(tail) * patches_per_image
         own = picks[picks < n_own]
         own_rows = tail[own // patches_per_image] * patches_per_image + own % patches_per_image

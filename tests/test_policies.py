@@ -1,0 +1,45 @@
+"""Memory-bank policy building blocks on generated arrays."""
+
+import numpy as np
+import pytest
+
+from tailedcore.policies import _tail_coreset
+from tailedcore.profiling import Profiler
+from tailedcore.sampling import greedy_coreset
+
+
+def tail_rows(n_images=3, rows_per_image=20, views=4, dim=8, seed=0):
+    return np.random.default_rng(seed).standard_normal((n_images * rows_per_image * (1 + views), dim)).astype(
+        np.float32)
+
+
+def test_joint_tail_coreset_is_one_coreset_over_every_row():
+    rows = tail_rows()
+    picks = _tail_coreset(rows, 3, 20, 4, "joint", 0.1, np.random.default_rng(5), Profiler(), False)
+    start = int(np.random.default_rng(5).integers(len(rows)))
+    np.testing.assert_array_equal(picks, greedy_coreset(rows, 30, start=start))
+
+
+def test_per_image_tail_coreset_picks_within_each_image_and_its_views():
+    n_images, per_image, views = 3, 20, 4
+    rows = tail_rows(n_images, per_image, views)
+    picks = _tail_coreset(rows, n_images, per_image, views, "per-image", 0.1, np.random.default_rng(5), Profiler(),
+                          False)
+    assert len(picks) == n_images * 10 and len(set(picks.tolist())) == len(picks)
+    own_end = n_images * per_image
+    rng = np.random.default_rng(5)
+    for image in range(n_images):
+        own = np.arange(image * per_image, (image + 1) * per_image)
+        image_views = own_end + np.arange(image * views * per_image, (image + 1) * views * per_image)
+        allowed = np.concatenate([own, image_views])
+        chosen = picks[image * 10 : (image + 1) * 10]
+        assert np.isin(chosen, allowed).all()
+        start = int(rng.integers(len(allowed)))
+        np.testing.assert_array_equal(chosen, allowed[greedy_coreset(rows[allowed], 10, start=start)])
+
+
+def test_unknown_tail_coreset_is_refused_before_reading_images(tmp_path):
+    from tailedcore import TailedCore
+
+    with pytest.raises(ValueError, match="tail_coreset='whole'"):
+        TailedCore(tail_coreset="whole").fit(tmp_path / "no-such-folder")
