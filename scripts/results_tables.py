@@ -1,5 +1,8 @@
 """Markdown tables for docs/results.md from the benchmark runs (runs/<profile>/seed-N/results.json).
 
+TailedCore with one tail coreset per image (runs/<profile>-per-image) is added as its own row and
+compared, seed by seed, with the paper's joint tail coreset where both ran.
+
     python scripts/results_tables.py runs > /tmp/tables.md
 """
 
@@ -13,6 +16,7 @@ import numpy as np
 
 METHODS = ("patchcore", "softpatch", "tailedcore")
 PROFILES = ("step-k1", "step-k4", "pareto")
+VARIANT = "tailedcore per-image"  # TailedCore, tail_coreset="per-image"
 
 
 def stat(values: list) -> str:
@@ -31,11 +35,38 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def load(root: Path) -> dict:
+    """{profile: {seed: results}}; a per-image TailedCore run joins its seed as method VARIANT."""
     runs = {}
     for profile in PROFILES:
         for path in sorted((root / profile).glob("seed-*/results.json")):
             runs.setdefault(profile, {})[int(path.parent.name.split("-")[1])] = json.loads(path.read_text())
+        for path in sorted((root / f"{profile}-per-image").glob("seed-*/results.json")):
+            seed = int(path.parent.name.split("-")[1])
+            if seed in runs.get(profile, {}):
+                runs[profile][seed]["methods"][VARIANT] = json.loads(path.read_text())["methods"]["tailedcore"]
     return runs
+
+
+def stage_seconds(block: dict, stage: str) -> float:
+    return sum(s["seconds"] for s in block["diagnostics"].get("stages", []) if s["stage"] == stage)
+
+
+def variant_rows(seeds: dict) -> list[list]:
+    """Seed by seed: joint vs per-image tail coreset, where both ran."""
+    rows = []
+    for seed, result in sorted(seeds.items()):
+        methods = result["methods"]
+        if VARIANT not in methods or "skipped" in methods["tailedcore"]:
+            continue
+        joint, per_image = methods["tailedcore"], methods[VARIANT]
+        row = [seed, methods["tailedcore"]["diagnostics"].get("predicted_tail_images")]
+        for metric in ("image_auroc", "pixel_auroc", "aupro"):
+            a, b = joint["mean"]["all"][metric], per_image["mean"]["all"][metric]
+            row.append(f"{100 * a:.1f} / {100 * b:.1f} ({100 * (b - a):+.1f})" if None not in (a, b) else "n/a")
+        row.append(f"{joint['diagnostics']['memory_size']:,} / {per_image['diagnostics']['memory_size']:,}")
+        row.append(f"{stage_seconds(joint, 'coreset'):.0f} / {stage_seconds(per_image, 'coreset'):.0f}")
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -43,8 +74,9 @@ def main() -> None:
     out = []
     for profile, seeds in runs.items():
         out.append(f"### {profile} (seeds {', '.join(map(str, sorted(seeds)))})\n")
+        methods = [*METHODS, *([VARIANT] if any(VARIANT in r["methods"] for r in seeds.values()) else [])]
         rows = []
-        for method in METHODS:
+        for method in methods:
             blocks = [r["methods"][method] for r in seeds.values() if method in r["methods"]]
             row = [method]
             for metric in ("image_auroc", "pixel_auroc"):
@@ -58,7 +90,7 @@ def main() -> None:
                           "P-AUROC tail", "AUPRO all", "not run"], rows))
         classes = sorted({c for r in seeds.values() for c in r["dataset"]["classes"]})
         rows = []
-        for method in METHODS:
+        for method in methods:
             row = [method]
             for name in classes:
                 row.append(stat([r["methods"][method]["classes"].get(name, {}).get("image_auroc")
@@ -86,6 +118,12 @@ def main() -> None:
         out.append(table(["seed", "tail classes", "kept+injected per class", "max K", "tail found / true",
                           "tail recall %", "tail precision %", "injected in tail", "LOF dropped % injected / clean",
                           "TailedCore memory"], rows))
+        if rows := variant_rows(seeds):
+            out.append("TailedCore, joint (paper) vs per-image tail coreset, all-class means; coreset stage seconds "
+                       "cover the tail and head coresets:\n")
+            out.append(table(["seed", "tail images", "I-AUROC joint / per-image", "P-AUROC joint / per-image",
+                              "AUPRO joint / per-image", "memory joint / per-image", "coreset s joint / per-image"],
+                             rows))
     print("\n".join(out))
 
 
