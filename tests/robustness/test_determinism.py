@@ -3,7 +3,10 @@
 Across torch thread counts the backbone's oneDNN convolutions are only
 bitwise-identical for full batches of 16 images (oneDNN picks other,
 thread-dependent kernels for smaller batches: features then differ by about
-1e-6 relative); the thread test therefore uses full batches.
+1e-6 relative); the thread test therefore uses full batches. The memory bank is
+then bitwise-identical; test scores come from a float32 matrix product whose
+kernel may depend on the thread count (seen: 7e-6 relative), so they are
+compared to 1e-5.
 """
 
 import numpy as np
@@ -47,5 +50,7 @@ def test_bitwise_identical_with_one_and_two_threads(root, threads):
     for count in (1, 2):
         threads(count)
         runs.append(fit_and_score(SoftPatch, root, 7))  # 32 training and 16 test images: full batches
-    for a, b in zip(*runs):
-        np.testing.assert_array_equal(a, b)
+    (features_1, weights_1, maps_1), (features_2, weights_2, maps_2) = runs
+    np.testing.assert_array_equal(features_1, features_2)
+    np.testing.assert_array_equal(weights_1, weights_2)
+    np.testing.assert_allclose(maps_1, maps_2, rtol=1e-5)
