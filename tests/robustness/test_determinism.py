@@ -45,7 +45,7 @@ def test_bitwise_identical_runs(cls, root):
     assert not np.array_equal(fit_and_score(cls, root, 8)[0], first[0])
 
 
-def test_bitwise_identical_with_one_and_two_threads(root, threads):
+def test_same_memory_bank_with_one_and_two_threads(root, threads):
     runs = []
     for count in (1, 2):
         threads(count)
