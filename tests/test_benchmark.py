@@ -30,6 +30,7 @@ def test_tiny_benchmark_report(source, tmp_path):
     results = json.loads((out / "seed-0" / "results.json").read_text())
     assert results["dataset"]["profile"] == "step-k1" and results["dataset"]["protocol"] == "clean"
     assert set(results["methods"]) == {"patchcore", "softpatch", "tailedcore"}
+    assert results["environment"]["torch_threads"] >= 1 and results["environment"]["tailedcore"]
     for block in results["methods"].values():
         assert set(block["classes"]) == set(results["dataset"]["classes"])
         assert set(block["mean"]) == {"all", "head", "tail"}
@@ -113,4 +114,23 @@ def test_cli_method_options_go_to_the_methods_that_take_them(source, tmp_path, m
     with pytest.raises(SystemExit) as info:
         main(["benchmark", str(source), "--out", str(tmp_path / "b"), "--profile", "step-k1", "--seeds", "0",
               "--methods", "patchcore", "--tail-coreset", "per-image"])
+    assert info.value.code == 2
+
+
+def test_cli_threads_are_used_and_recorded(source, tmp_path):
+    import faiss
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "b"
+    try:
+        assert main(["--quiet", "--threads", "1", "benchmark", str(source), "--out", str(out), "--methods",
+                     "patchcore", "--resize", "64", "--crop", "48"]) == 0
+        assert faiss.omp_get_max_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+        faiss.omp_set_num_threads(before)
+    assert json.loads((out / "results.json").read_text())["environment"]["torch_threads"] == 1
+    with pytest.raises(SystemExit) as info:
+        main(["--threads", "0", "benchmark", str(source), "--out", str(out)])
     assert info.value.code == 2

@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from . import __version__
 from .data import load_mvtec, training_images
 from .detector import METHODS
 from .evaluation import evaluate_samples
@@ -89,6 +92,13 @@ def tail_diagnostics(diagnostics: dict, training_paths: list[Path], data: Path, 
     return result
 
 
+def run_environment() -> dict:
+    """What produced a result: versions, torch threads and CPU, so a figure can be traced and rerun alike."""
+    return {"tailedcore": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), "machine": platform.machine()}
+
+
 def _skipped(error: TailTooLarge, data: Path, info: dict) -> dict:
     """The result entry of a TailedCore run refused for its tail size: why, and what TailSampler found."""
     estimate = error.estimate
@@ -113,7 +123,7 @@ def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list
     info = dataset_info(data)
     test_classes = [c for c in load_mvtec(data) if c.test]
     options = {"calibration_share": 0.0, **(options or {})}  # the paper's protocol: train on every image
-    results = {"dataset": info, "methods": {}}
+    results = {"dataset": info, "environment": run_environment(), "methods": {}}
     extras: dict[str, dict] = {}
     for method in methods:
         extra = (method_options or {}).get(method, {})

@@ -267,11 +267,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(detector, args.host, args.port, max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
 
 
+def set_threads(threads: int) -> None:
+    """Use ``threads`` CPU threads in torch (backbone, exact search) and faiss (approximate search)."""
+    import faiss
+    import torch
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailedcore", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"tailedcore {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch and faiss (default: one per core); "
+                                                     "fix it to make benchmark figures exactly repeatable")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = commands.add_parser("fit", help="fit a model on a dataset root or image folder")
@@ -381,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        set_threads(args.threads)
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)
     try:
