@@ -73,6 +73,14 @@ def test_backbone_errors(tmp_path):
         build_backbone("efficientnet-lite0", weights=str(bad))
 
 
+def test_cache_settings_name_the_backbone_variant():
+    from tailedcore.features import FeatureExtractor
+
+    lite0 = FeatureExtractor("efficientnet-lite0", resize=64, crop=64, progress=False)
+    lite1 = FeatureExtractor("efficientnet-lite1", resize=64, crop=64, progress=False)
+    assert lite0.settings() != lite1.settings()  # same class, same dimensions: only the name tells them apart
+
+
 def test_bfloat16_precision_is_close_and_float32_out():
     from tailedcore.features import FeatureExtractor
 

@@ -141,6 +141,7 @@ class FeatureExtractor:
             raise ValueError(f"precision='{precision}': choose from {', '.join(PRECISIONS)}")
         self.precision = precision
         self.progress = progress
+        self.backbone_name = backbone
         self.backbone: Backbone = build_backbone(backbone, crop, weights)
         self.weights_id = None if weights is None else file_identity(Path(weights))
         with torch.inference_mode():
@@ -180,7 +181,7 @@ class FeatureExtractor:
 
     def settings(self) -> dict:
         """Everything that determines the features of an image (for cache keys)."""
-        return {"backbone": type(self.backbone).__name__, "embedding_dim": self.backbone.embedding_dim,
+        return {"backbone": self.backbone_name, "embedding_dim": self.backbone.embedding_dim,
                 "resize": self.resize, "crop": self.crop, "patch_size": self.patch_size,
                 "layer_dim": self.layer_dim, "feature_dim": self.feature_dim, "precision": self.precision,
                 "weights": self.weights_id}
