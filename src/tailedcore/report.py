@@ -107,14 +107,17 @@ def curve_figures(classes: dict[str, ClassResult]) -> str:
 
 
 def histogram_figure(classes: dict[str, ClassResult], threshold: float | None) -> str:
-    """Per class: image scores of normal vs anomalous test images, the threshold marked."""
+    """Per class with scored test images: scores of normal vs anomalous images, the threshold marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(classes), figsize=(3.4 * len(classes), 3), squeeze=False)
-    for axis, (name, result) in zip(axes[0], classes.items()):
+    scored = {name: result for name, result in classes.items() if len(result.image_scores)}
+    if not scored:
+        return "<p>No class has a readable test image.</p>"
+    fig, axes = plt.subplots(1, len(scored), figsize=(3.4 * len(scored), 3), squeeze=False)
+    for axis, (name, result) in zip(axes[0], scored.items()):
         bins = np.linspace(result.image_scores.min(), result.image_scores.max(), 25)
         axis.hist(result.image_scores[result.labels == 0], bins=bins, alpha=0.6, label="normal", color="#1a7f37")
         axis.hist(result.image_scores[result.labels == 1], bins=bins, alpha=0.6, label="anomalous", color="#c62828")

@@ -79,3 +79,16 @@ def test_metrics_that_cannot_be_computed(root):
     checker = evaluation.classes["checker"].metrics
     assert checker["image_auroc"] is None and checker["image_f1_max"] is None
     assert evaluation.metrics_json()["mean"]["image_auroc"] == evaluation.classes["stripes"].metrics["image_auroc"]
+
+
+def test_class_without_readable_test_images_still_gets_a_report(root, tmp_path):
+    from tailedcore.report import write_evaluation
+
+    for image in (root / "checker" / "test").rglob("*.png"):
+        image.write_bytes(b"not a picture")
+    evaluation = evaluate(PatchCore(**SMALL).fit(root), root)
+    checker = evaluation.classes["checker"]
+    assert "no readable test image" in checker.notes and checker.metrics["image_auroc"] is None
+    write_evaluation(evaluation, tmp_path / "report")
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "checker" in html and "data:image/png;base64," in html
