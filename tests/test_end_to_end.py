@@ -63,6 +63,7 @@ def test_cli_fit_predict_evaluate(synthetic_root, tmp_path, capsys):
     assert metrics["method"] == "patchcore" and set(metrics["mean"]) == {"image_auroc", "pixel_auroc", "aupro",
                                                                            "image_f1_max"}
     printed = capsys.readouterr().out
+    assert "from 25 training images" in printed and load(model).calibration_share == 0.0  # --calibration: none aside
     assert "| checker |" in printed and (evaluation_dir / "metrics.md").is_file()
     assert (evaluation_dir / "metrics.csv").is_file()
 
@@ -73,6 +74,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("tailedcore: error:") and "missing.safetensors" in err[0]
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", str(tmp_path), "--method", "patchcore", "--out", "m", "--lof-k", "3"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", str(tmp_path), "--out", "m", "--calibration", str(tmp_path), "--calibration-share", "0.2"])
     assert exit_info.value.code == 2
 
 

@@ -58,3 +58,17 @@ def test_fit_sets_images_aside_and_calibrates(tmp_path):
     assert load(path).thresholds_ == thresholds
     unchanged = PatchCore(calibration_share=0.0, **SMALL).fit(root)
     assert unchanged.thresholds_ is None and len(unchanged.training_paths_) == 33
+
+
+def test_cli_calibrate_on_validation_leaves_out_unreadable_and_unmasked_images(tmp_path):
+    from tailedcore.cli import main
+
+    root = make_dataset(tmp_path / "data", {"stripes": 8, "checker": 6}, test_good=3, test_defect=3, size=64, seed=4)
+    model = tmp_path / "model.safetensors"
+    PatchCore(**SMALL, calibration_share=0.0).fit(root).save(model)
+    (root / "checker" / "test" / "good" / "000.png").write_bytes(b"not a picture")
+    next((root / "stripes" / "ground_truth" / "defect").iterdir()).unlink()
+    assert main(["--quiet", "calibrate", str(model), "--validation", str(root)]) == 0
+    thresholds = load(model).thresholds_
+    assert thresholds.source == "F1-max on 11 labeled validation images"  # 12 test images, one unreadable
+    assert thresholds.pixel_range[0] <= thresholds.pixel <= thresholds.pixel_range[1]

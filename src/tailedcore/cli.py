@@ -13,12 +13,9 @@ import sys
 import traceback
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
-from .data import load_mask, load_mvtec
 from .detector import METHODS, load
-from .evaluation import evaluate
+from .evaluation import calibrate_on_validation, evaluate
 from .io import markdown_table
 from .report import write_evaluation, write_predictions
 
@@ -43,8 +40,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--crop", type=int, default=224, help="center crop size, a multiple of 16 (default 224)")
     group.add_argument("--coreset-ratio", type=float, default=0.1, help="share of patches in memory (default 0.1)")
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    group.add_argument("--calibration-share", type=float, default=0.1,
-                       help="share of training images set aside for thresholds (default 0.1; 0 = none)")
+    group.add_argument("--calibration-share", type=float,
+                       help="share of training images set aside for thresholds (default 0.1, none with "
+                            "--calibration; 0 = none)")
     group.add_argument("--false-alarm-rate", type=float, default=0.01, help="for thresholds (default 0.01)")
     _add_method_options(group)
 
@@ -126,6 +124,10 @@ class UsageError(ValueError):
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
+    if args.calibration and args.calibration_share:
+        raise UsageError("--calibration and --calibration-share both set the thresholds: give one")
+    if args.calibration_share is None:
+        args.calibration_share = 0.0 if args.calibration else 0.1  # with a calibration folder, train on all
     detector = METHODS[args.method](**_detector_params(args))
     detector.fit(args.data, cache_dir=args.cache, strict=args.strict)
     if args.calibration:
@@ -171,19 +173,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
-    from .thresholds import calibrate_f1
-
     detector = _load(args)
     if args.normal:
         thresholds = detector.calibrate(args.normal)
     else:
-        samples = [s for c in load_mvtec(args.validation) for s in c.test]
-        if not samples:
-            raise ValueError(f"{args.validation}: no test images to calibrate on")
-        predictions = detector.predict([s.path for s in samples])
-        labels = np.array([s.label for s in samples])
-        masks = np.stack([load_mask(s.mask_path, detector.resize, detector.crop) for s in samples])
-        thresholds = calibrate_f1(labels, predictions.image_scores, masks, predictions.anomaly_maps)
+        thresholds = calibrate_on_validation(detector, args.validation)
         detector.thresholds_ = thresholds
     detector.save(args.out or args.model)
     print(f"image threshold {thresholds.image:.6g}, pixel threshold {thresholds.pixel:.6g} ({thresholds.source}) "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,9 @@ from .data import Sample, image_size, load_image, load_mask, load_mvtec
 from .detector import Detector, Predictions
 from .metrics import METRIC_NAMES, evaluate_scores, mean_metrics
 from .render import prediction_images
-from .thresholds import Thresholds
+from .thresholds import Thresholds, calibrate_f1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,11 +93,29 @@ def _examples(predictions: Predictions, name: str, samples: list[Sample], resize
     return items
 
 
-def evaluate_samples(detector: Detector, name: str, samples: list[Sample], has_masks: bool) -> ClassResult:
-    """Score one class's test samples and compute its metrics, curves and example overlays.
+@dataclass
+class LabeledScores:
+    """Predictions of labeled test samples, aligned for metrics.
 
-    Unreadable test images are left out (noted); in a class with pixel masks,
-    defective images without a mask are left out of the pixel metrics (noted).
+    ``samples``: the readable ones, in the order of ``predictions`` and
+    ``labels`` (m,). ``masks``, ``maps``: (k, crop, crop) of the k samples with
+    pixel ground truth (normal, or defective with a mask); None without masks.
+    """
+
+    samples: list[Sample]
+    predictions: Predictions
+    labels: np.ndarray
+    masks: np.ndarray | None
+    maps: np.ndarray | None
+    notes: list[str]
+
+
+def score_labeled(detector: Detector, samples: list[Sample], has_masks: bool) -> LabeledScores:
+    """Predict ``samples`` and align labels and masks with what could be scored.
+
+    Unreadable images are left out (noted); in a class with pixel masks,
+    defective images without a mask are left out of the pixel arrays (noted),
+    never counted as defect-free.
     """
     predictions = detector.predict([s.path for s in samples])
     notes = []
@@ -105,10 +126,7 @@ def evaluate_samples(detector: Detector, name: str, samples: list[Sample], has_m
                      f"{predictions.failures[0][1]}")
     labels = np.array([s.label for s in samples], dtype=np.int64)
     masks = maps = None
-    if not samples:
-        empty = {metric: None for metric in METRIC_NAMES}
-        return ClassResult(name, [], predictions.image_scores, labels, empty, notes + ["no readable test image"])
-    if has_masks:
+    if has_masks and samples:
         with_truth = np.array([s.label == 0 or s.mask_path is not None for s in samples])
         if not with_truth.all():
             missing = [s.path for s, ok in zip(samples, with_truth) if not ok]
@@ -118,10 +136,25 @@ def evaluate_samples(detector: Detector, name: str, samples: list[Sample], has_m
                                     image_size(s.path) if s.mask_path is not None else None)
                           for s, ok in zip(samples, with_truth) if ok])
         maps = predictions.anomaly_maps[with_truth]
-    result = evaluate_scores(labels, predictions.image_scores, masks, maps)
-    return ClassResult(name, samples, predictions.image_scores, labels, result.values, notes + result.notes,
-                       has_masks, _thin(result.roc), _thin(result.pro),
-                       _examples(predictions, name, samples, detector.resize, detector.crop))
+    return LabeledScores(samples, predictions, labels, masks, maps, notes)
+
+
+def evaluate_samples(detector: Detector, name: str, samples: list[Sample], has_masks: bool) -> ClassResult:
+    """Score one class's test samples and compute its metrics, curves and example overlays.
+
+    Unreadable images and defective images without a mask are handled as in
+    ``score_labeled``; a class with no readable image gets metrics of None.
+    """
+    scored = score_labeled(detector, samples, has_masks)
+    predictions = scored.predictions
+    if not scored.samples:
+        empty = {metric: None for metric in METRIC_NAMES}
+        return ClassResult(name, [], predictions.image_scores, scored.labels, empty,
+                           scored.notes + ["no readable test image"])
+    result = evaluate_scores(scored.labels, predictions.image_scores, scored.masks, scored.maps)
+    return ClassResult(name, scored.samples, predictions.image_scores, scored.labels, result.values,
+                       scored.notes + result.notes, has_masks, _thin(result.roc), _thin(result.pro),
+                       _examples(predictions, name, scored.samples, detector.resize, detector.crop))
 
 
 def evaluate(detector: Detector, data: str | os.PathLike, classes: list[str] | None = None) -> Evaluation:
@@ -134,3 +167,27 @@ def evaluate(detector: Detector, data: str | os.PathLike, classes: list[str] | N
             continue
         results[item.name] = evaluate_samples(detector, item.name, item.test, item.has_masks)
     return Evaluation(detector.method, results, detector.thresholds_)
+
+
+def calibrate_on_validation(detector: Detector, data: str | os.PathLike) -> Thresholds:
+    """F1-max thresholds from the labeled test splits of ``data`` (MVTec layout).
+
+    Images are filtered as in evaluation (unreadable ones and defects without
+    a mask are left out, with a warning); the pixel threshold comes from the
+    classes with masks, or from normal images when no class has any.
+    """
+    parts = {c.name: score_labeled(detector, c.test, c.has_masks) for c in load_mvtec(Path(data)) if c.test}
+    for name, part in parts.items():
+        for note in part.notes:
+            log.warning("%s: %s", name, note)
+    parts = {name: part for name, part in parts.items() if part.samples}
+    if not parts:
+        raise ValueError(f"{data}: no readable test images to calibrate on")
+    labels = np.concatenate([p.labels for p in parts.values()])
+    scores = np.concatenate([p.predictions.image_scores for p in parts.values()])
+    with_truth = [p for p in parts.values() if p.masks is not None and p.masks.any()]
+    if with_truth:
+        masks = np.concatenate([p.masks for p in with_truth])
+        maps = np.concatenate([p.maps for p in with_truth])
+        return calibrate_f1(labels, scores, masks, maps)
+    return calibrate_f1(labels, scores, None, np.concatenate([p.predictions.anomaly_maps for p in parts.values()]))
