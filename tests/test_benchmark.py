@@ -83,6 +83,11 @@ def test_resume_reuses_finished_seeds(source, tmp_path, monkeypatch):
               resume=True)
     assert ran == [out / "seed-0"]  # a finished seed without every requested method is run again
 
+    with pytest.raises(ValueError, match=r"seed-0/results.json: built with other settings: profile 'step-k1'"):
+        run_seeds(source, out, ["patchcore"], "step-k4", 0.1, [0], options=options, progress=False, resume=True)
+    with pytest.raises(ValueError, match=r"seed-0/data/nlt.json: built with other settings: noise 0.1 \(asked 0.2\)"):
+        run_seeds(source, out, ["patchcore"], "step-k1", 0.2, [0], options=options, progress=False)
+
 
 def test_summary_says_when_fewer_seeds_count():
     from tailedcore.benchmark import summarise_seeds, summary_markdown

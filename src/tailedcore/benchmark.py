@@ -312,26 +312,40 @@ def _finished(path: Path, methods: list[str]) -> dict | None:
     return {**results, "methods": {m: results["methods"][m] for m in methods}}
 
 
+def _check_same_set(info: dict, wanted: dict, path: Path) -> None:
+    """Refuse to reuse a set (or its results) built with other NLT settings than ``wanted``."""
+    differing = [f"{key} {info.get(key)!r} (asked {value!r})"
+                 for key, value in wanted.items() if info.get(key) != value]
+    if differing:
+        raise ValueError(f"{path}: built with other settings: {', '.join(differing)}; choose another --out")
+
+
 def run_seeds(source: str | os.PathLike, out: str | os.PathLike, methods: list[str], profile: str, noise: float,
               seeds: list[int], search: str = "exact", options: dict | None = None, progress: bool = True,
               keep_injected_in_test: bool = False, method_options: dict[str, dict] | None = None,
               resume: bool = False) -> dict:
     """One NLT set per seed (built under out/seed-N/data), a benchmark each, then summary.json/.md.
 
-    With ``resume``, a seed whose results.json already holds every requested
-    method is read back instead of run again (its settings are not compared).
+    A set already built under out/seed-N/data is reused when its ``nlt.json``
+    has the same profile, seed, noise and protocol (otherwise: an error). With
+    ``resume``, a seed whose results.json already holds every requested method
+    (on a set of the same settings) is read back instead of run again.
     """
     out = Path(out)
     per_seed = {}
     for seed in seeds:
         folder = out / f"seed-{seed}"
         data = folder / "data"
+        wanted = {"profile": profile, "seed": seed, "noise": noise, "injected_in_test": keep_injected_in_test}
         finished = _finished(folder / "results.json", methods) if resume else None
         if finished is not None:
+            _check_same_set(finished["dataset"], wanted, folder / "results.json")
             log.info("seed %d: reusing %s", seed, folder / "results.json")
             per_seed[seed] = finished
             continue
-        if not (data / "nlt.json").is_file():
+        if (data / "nlt.json").is_file():
+            _check_same_set(dataset_info(data), wanted, data / "nlt.json")
+        else:
             build(source, data, plan_profile(source, profile, noise, seed), keep_injected_in_test=keep_injected_in_test)
         per_seed[seed] = run_benchmark(data, folder, methods, search, options, progress, method_options)
     summary = summarise_seeds(per_seed)
