@@ -139,3 +139,16 @@ def test_cli_threads_are_used_and_recorded(source, tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["--threads", "0", "benchmark", str(source), "--out", str(out)])
     assert info.value.code == 2
+
+
+def test_skipped_tailedcore_diagnostics_count_only_the_images_it_trained_on(tmp_path):
+    from tailedcore.benchmark import run_benchmark
+
+    root = make_dataset(tmp_path / "data", {"stripes": 10, "dots": 3}, test_good=2, test_defect=2, size=64, seed=5)
+    (root / "stripes" / "train" / "good" / "000.png").write_bytes(b"not a picture")
+    results = run_benchmark(root, tmp_path / "out", ["tailedcore"], options={"resize": 64, "crop": 48},
+                            progress=False, method_options={"tailedcore": {"max_tail_rows": 1}})
+    entry = results["methods"]["tailedcore"]
+    assert "max_tail_rows=1" in entry["skipped"]
+    sizes = entry["diagnostics"]["class_sizes"]
+    assert {name: item["true"] for name, item in sizes.items()} == {"stripes": 9, "dots": 3}

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .data import load_mvtec, training_images
+from .data import load_mvtec
 from .detector import METHODS
 from .evaluation import evaluate_samples
 from .html import figure, image_grid, page, table
@@ -99,13 +99,13 @@ def run_environment() -> dict:
             "cpu_count": os.cpu_count(), "machine": platform.machine()}
 
 
-def _skipped(error: TailTooLarge, data: Path, info: dict) -> dict:
+def _skipped(error: TailTooLarge, training_paths: list[Path], data: Path, info: dict) -> dict:
     """The result entry of a TailedCore run refused for its tail size: why, and what TailSampler found."""
     estimate = error.estimate
     diagnostics = {"class_sizes": estimate.class_sizes, "groups": estimate.groups, "max_k": estimate.max_k,
                    "tail_indices": estimate.tail_indices}
     empty = {name: None for name in METRIC_NAMES}
-    found = tail_diagnostics(diagnostics, training_images(data), data, info)
+    found = tail_diagnostics(diagnostics, training_paths, data, info)
     return {"skipped": str(error), "classes": {}, "mean": {group: dict(empty) for group in GROUPS},
             "diagnostics": {**found, "tail_rows": error.rows}}
 
@@ -132,7 +132,7 @@ def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list
         try:
             detector.fit(data)
         except TailTooLarge as error:
-            results["methods"][method] = _skipped(error, data, info)
+            results["methods"][method] = _skipped(error, detector.training_paths_, data, info)
             continue
         fit_seconds = time.perf_counter() - started
         class_results = {item.name: evaluate_samples(detector, item.name, item.test, item.has_masks)

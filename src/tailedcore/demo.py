@@ -102,7 +102,8 @@ def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tu
             lines += [f"## {method}  (fit {fit_seconds:.0f} s, fit + test {total_seconds:.0f} s, "
                       f"memory bank {len(detector.memory_)} features)", ""]
             if "tail_indices" in detector.diagnostics_:
-                tail_names = sorted({split.train[i].parts[-4] for i in detector.diagnostics_["tail_indices"]})
+                tail_names = sorted({detector.training_paths_[i].parts[-4]
+                                     for i in detector.diagnostics_["tail_indices"]})
                 lines += [f"TailSampler: {len(detector.diagnostics_['tail_indices'])} tail images "
                           f"(max K = {detector.diagnostics_['max_k']}), from {', '.join(tail_names) or 'no class'}", ""]
             lines += [table,

@@ -331,6 +331,9 @@ class Detector:
             self._view_features(kept_paths, folder, projection, stores), len(self._view_transforms()),
             self.profile_,
         )
+        # Set before the policy, so a fit it refuses (TailTooLarge) still tells which images it indexed.
+        self.training_paths_ = kept_paths
+        self.calibration_paths_ = [paths[i] for i in held_out]
         result = self._policy(train, rng)
         self.memory_, self.diagnostics_ = result.memory, result.diagnostics
         self._scorer, self.thresholds_ = None, None
@@ -342,8 +345,6 @@ class Detector:
                 maps = anomaly_maps(scores, self.crop, self.blur_sigma)
                 self.thresholds_ = calibrate_false_alarm(scores.reshape(len(scores), -1).max(axis=1), maps,
                                                          self.false_alarm_rate, "held-out training images")
-        self.training_paths_ = kept_paths
-        self.calibration_paths_ = [paths[i] for i in held_out]
         self.training_summary_ = {"memory_info": self.memory_.info, "training_images": len(kept),
                                   "calibration_images": len(held_out)}
 
