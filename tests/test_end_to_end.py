@@ -78,6 +78,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", str(tmp_path), "--out", "m", "--calibration", str(tmp_path), "--calibration-share", "0.2"])
     assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", str(tmp_path), "--out", "m", "--tail-coreset", "per_image"])
+    assert exit_info.value.code == 2
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="real images (../shared/data/real-ad) not present")

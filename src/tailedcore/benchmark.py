@@ -264,11 +264,11 @@ def write_results(results: dict, out: Path, extras: dict | None = None) -> None:
 
 
 def summarise_seeds(per_seed: dict[int, dict]) -> dict:
-    """mean and std over seeds of each method's group means and per-class metrics."""
+    """Mean and std over seeds of each method's group means (all, head, tail), with the seed count n."""
     summary: dict = {"seeds": sorted(per_seed), "methods": {}}
     methods = next(iter(per_seed.values()))["methods"].keys()
     for method in methods:
-        entry: dict = {"mean": {}, "classes": {}}
+        entry: dict = {"mean": {}}
         for group in GROUPS:
             entry["mean"][group] = {}
             for metric in METRIC_NAMES:

@@ -17,6 +17,7 @@ from . import __version__
 from .detector import METHODS, load
 from .evaluation import calibrate_on_validation, evaluate
 from .io import markdown_table
+from .policies import TAIL_CORESETS
 from .report import write_evaluation, write_predictions
 
 log = logging.getLogger("tailedcore")
@@ -47,9 +48,13 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     _add_method_options(group)
 
 
+# Options whose values come from a fixed list (argparse refuses others as a usage error).
+OPTION_CHOICES = {"--tail-coreset": TAIL_CORESETS}
+
+
 def _add_method_options(parser) -> None:
     for option, (_, kind, text) in METHOD_OPTIONS.items():
-        parser.add_argument(option, type=kind, help=text)
+        parser.add_argument(option, type=kind, choices=OPTION_CHOICES.get(option), help=text)
 
 
 def _given_method_options(args: argparse.Namespace) -> dict[str, object]:

@@ -25,11 +25,6 @@ def current_rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def peak_rss_bytes() -> int:
-    """Lifetime peak RSS of this process."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 @dataclass
 class StageRecord:
     name: str

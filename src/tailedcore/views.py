@@ -36,7 +36,8 @@ def rotate_flip(images: torch.Tensor, angle: float, flip: bool) -> torch.Tensor:
     cos, sin = math.cos(radians), math.sin(radians)
     height, width = images.shape[-2:]
     aspect = height / width
-    # Output pixel p samples the input at R(-angle) p (normalised coordinates, y down).
+    # Output pixel p samples the input at [[cos, -sin], [sin, cos]] p (normalised coordinates, x right,
+    # y down, aspect-corrected): the content turns counter-clockwise on screen.
     theta = torch.tensor(
         [[cos, -sin * aspect, 0.0], [sin / aspect, cos, 0.0]], dtype=images.dtype
     ).expand(images.shape[0], 2, 3)
