@@ -214,7 +214,8 @@ def load_mask(path: str | os.PathLike | None, resize: int = 256, crop: int = 224
     """A ground-truth mask as (crop, crop) bool; all False when ``path`` is None.
 
     Any nonzero-vs-zero labelling works (0/255, 0/1, gray): a pixel is a defect
-    above half the mask's largest value. ``image_size`` (width, height) of the
+    above half the largest value of the whole mask (EXIF orientation applied,
+    as for images). ``image_size`` (width, height) of the
     image: a mask of another size but the same aspect ratio is first resized
     to it; another aspect ratio is refused (DatasetError).
     """
@@ -222,7 +223,9 @@ def load_mask(path: str | os.PathLike | None, resize: int = 256, crop: int = 224
         return np.zeros((crop, crop), dtype=bool)
     try:
         with Image.open(path) as mask:
-            mask = mask.convert("L")
+            mask = ImageOps.exif_transpose(mask).convert("L")
+            top = int(np.asarray(mask).max())
+            mask = mask.point(lambda value: 255 if top and value > top / 2 else 0)
             if image_size is not None and mask.size != tuple(image_size):
                 mask_aspect, image_aspect = mask.size[0] / mask.size[1], image_size[0] / image_size[1]
                 if abs(mask_aspect - image_aspect) > 0.01 * image_aspect:
@@ -234,8 +237,7 @@ def load_mask(path: str | os.PathLike | None, resize: int = 256, crop: int = 224
         if isinstance(error, DatasetError):
             raise
         raise ImageLoadError(f"{path}: cannot read mask ({error})") from error
-    top = int(values.max())
-    return values > top / 2 if top > 0 else np.zeros((crop, crop), dtype=bool)
+    return values > 0
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

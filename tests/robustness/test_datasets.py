@@ -57,6 +57,14 @@ def test_masks_of_another_size_or_values(tmp_path):
         load_mask(tmp_path / "m.png", 32, 32, image_size=(50, 50))
 
 
+def test_mask_threshold_is_half_the_whole_masks_largest_value(tmp_path):
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:4, :4] = 255  # cropped away below
+    mask[28:36, 28:36] = 100  # under half of 255: not a defect
+    Image.fromarray(mask).save(tmp_path / "gray.png")
+    assert not load_mask(tmp_path / "gray.png", 64, 32).any()
+
+
 def test_orphan_masks_are_reported(root, caplog):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "stripes" / "ground_truth" / "defect" / "999_mask.png")
     with caplog.at_level(logging.WARNING, logger="tailedcore"):
