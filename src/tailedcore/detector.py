@@ -103,8 +103,10 @@ class Detector:
         batch_size: images per backbone batch.
         calibration_share: share of the training images set aside (never put in
             memory) to calibrate thresholds; drawn only among images whose
-            TailSampler class-size estimate is at least ``calibration_min_class``,
-            so rare classes stay whole. 0 = train on everything (the paper).
+            TailSampler class-size estimate (reference settings, whatever the
+            method's own, so every method holds out the same images) is at least
+            ``calibration_min_class``, so rare classes stay whole. 0 = train on
+            everything (the paper).
         false_alarm_rate: share of normal images allowed above the threshold.
         seed: seeds the projection, the coreset start and the calibration draw.
         progress: show progress bars.
