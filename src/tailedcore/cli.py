@@ -131,9 +131,10 @@ class UsageError(ValueError):
 def cmd_fit(args: argparse.Namespace) -> None:
     if args.calibration and args.calibration_share:
         raise UsageError("--calibration and --calibration-share both set the thresholds: give one")
-    if args.calibration_share is None:
-        args.calibration_share = 0.0 if args.calibration else 0.1  # with a calibration folder, train on all
-    detector = METHODS[args.method](**_detector_params(args))
+    params = _detector_params(args)
+    if args.calibration_share is None:  # with a calibration folder, train on every image
+        params["calibration_share"] = 0.0 if args.calibration else 0.1
+    detector = METHODS[args.method](**params)
     detector.fit(args.data, cache_dir=args.cache, strict=args.strict)
     if args.calibration:
         detector.calibrate(args.calibration)

@@ -214,10 +214,10 @@ def load_mask(path: str | os.PathLike | None, resize: int = 256, crop: int = 224
     """A ground-truth mask as (crop, crop) bool; all False when ``path`` is None.
 
     Any nonzero-vs-zero labelling works (0/255, 0/1, gray): a pixel is a defect
-    above half the largest value of the whole mask (EXIF orientation applied,
-    as for images). ``image_size`` (width, height) of the
-    image: a mask of another size but the same aspect ratio is first resized
-    to it; another aspect ratio is refused (DatasetError).
+    above half the largest value of the whole mask. EXIF orientation is applied
+    as for images. ``image_size`` (width, height) of the image: a mask of
+    another size but the same aspect ratio is first resized to it; another
+    aspect ratio is refused (DatasetError).
     """
     if path is None:
         return np.zeros((crop, crop), dtype=bool)
