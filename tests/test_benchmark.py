@@ -141,14 +141,15 @@ def test_cli_threads_are_used_and_recorded(source, tmp_path):
     assert info.value.code == 2
 
 
-def test_skipped_tailedcore_diagnostics_count_only_the_images_it_trained_on(tmp_path):
+def test_tailedcore_over_its_tail_limit_runs_two_round_and_counts_only_the_images_it_trained_on(tmp_path):
     from tailedcore.benchmark import run_benchmark
 
     root = make_dataset(tmp_path / "data", {"stripes": 10, "dots": 3}, test_good=2, test_defect=2, size=64, seed=5)
     (root / "stripes" / "train" / "good" / "000.png").write_bytes(b"not a picture")
     results = run_benchmark(root, tmp_path / "out", ["tailedcore"], options={"resize": 64, "crop": 48},
-                            progress=False, method_options={"tailedcore": {"max_tail_rows": 1}})
+                            progress=False, method_options={"tailedcore": {"max_tail_rows": 1,
+                                                                           "tail_estimator": "paper"}})
     entry = results["methods"]["tailedcore"]
-    assert "max_tail_rows=1" in entry["skipped"]
+    assert entry["diagnostics"]["memory_size"] > 0 and entry["mean"]["all"]["image_auroc"] is not None
     sizes = entry["diagnostics"]["class_sizes"]
     assert {name: item["true"] for name, item in sizes.items()} == {"stripes": 9, "dots": 3}

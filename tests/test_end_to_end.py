@@ -1,5 +1,6 @@
 """fit -> predict -> evaluate with the real Lite0 weights at a reduced input size."""
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -81,6 +82,34 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", str(tmp_path), "--out", "m", "--tail-coreset", "per_image"])
     assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", str(tmp_path), "--out", "m", "--tail-estimator", "knn"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", str(tmp_path), "--method", "softpatch", "--out", "m", "--tail-estimator", "paper"])
+    assert exit_info.value.code == 2
+
+
+# SHA-256 (first 16 hex digits) of each method's memory bank (features, then weights) on the synthetic
+# set, recorded before the tail estimator became a parameter; TailedCore then had only the paper's.
+RECORDED_MEMORY = {"patchcore": "ed5a3264361b5c65", "softpatch": "c583e664c5ca32db", "tailedcore": "2a3f727907fa497e"}
+
+
+@pytest.mark.parametrize("cls", [PatchCore, SoftPatch, TailedCore])
+def test_memory_bank_is_bitwise_as_recorded(cls, synthetic_root):
+    params = {"tail_estimator": "paper"} if cls is TailedCore else {}
+    memory = cls(**SMALL, calibration_share=0.0, **params).fit(synthetic_root).memory_
+    digest = hashlib.sha256(memory.features.tobytes() + (b"" if memory.weights is None else memory.weights.tobytes()))
+    assert digest.hexdigest()[:16] == RECORDED_MEMORY[cls.method]
+
+
+def test_tail_estimator_choice_reaches_the_fit(synthetic_root):
+    paper = TailedCore(**SMALL, calibration_share=0.0, tail_estimator="paper").fit(synthetic_root)
+    linkage = TailedCore(**SMALL, calibration_share=0.0).fit(synthetic_root)
+    assert linkage.tail_estimator == "linkage"
+    # The linkage clusters are the four texture classes: 12, 10, 2 and 1 images.
+    assert sorted(set(linkage.diagnostics_["class_sizes"].tolist())) == [1, 2, 10, 12]
+    assert not np.array_equal(paper.diagnostics_["class_sizes"], linkage.diagnostics_["class_sizes"])
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="real images (../shared/data/real-ad) not present")

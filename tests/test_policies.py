@@ -43,3 +43,12 @@ def test_unknown_tail_coreset_is_refused_before_reading_images(tmp_path):
 
     with pytest.raises(ValueError, match="tail_coreset='whole'"):
         TailedCore(tail_coreset="whole").fit(tmp_path / "no-such-folder")
+
+
+def test_two_round_tail_coreset_keeps_the_joint_count_from_every_image():
+    n_images, per_image, views = 4, 20, 4
+    rows = tail_rows(n_images, per_image, views)
+    picks = _tail_coreset(rows, n_images, per_image, views, "two-round", 0.1, np.random.default_rng(5), Profiler(),
+                          False)
+    assert len(picks) == int(0.1 * len(rows)) and len(set(picks.tolist())) == len(picks)
+    assert ((picks >= 0) & (picks < len(rows))).all()

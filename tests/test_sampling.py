@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tailedcore.sampling import greedy_coreset, greedy_coreset_reference, random_projection
+from tailedcore.sampling import greedy_coreset, greedy_coreset_reference, random_projection, two_round_coreset
 
 
 def brute_force_k_center(x, n, start):
@@ -71,3 +71,50 @@ def test_random_projection_is_seeded():
     np.testing.assert_array_equal(a, b)
     assert a.shape == (64, 16) and a.dtype == np.float32
     assert not np.array_equal(a, random_projection(64, 16, seed=2))
+
+
+def covering_radius(x, picks):
+    """Largest distance from a row of x to its nearest pick."""
+    d = ((x[:, None, :] - x[picks][None, :, :]) ** 2).sum(-1)
+    return float(np.sqrt(d.min(axis=1).max()))
+
+
+def clustered_rows(n_shards=8, per_shard=150, dim=6, seed=0):
+    """Shards of rows around a few shared centres (images of similar content)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((5, dim)) * 4
+    x = centres[rng.integers(5, size=n_shards * per_shard)] + rng.standard_normal((n_shards * per_shard, dim))
+    return x.astype(np.float32), [np.arange(i * per_shard, (i + 1) * per_shard) for i in range(n_shards)]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_two_round_coreset_covers_like_the_joint_one(seed):
+    x, shards = clustered_rows(seed=seed)
+    rng = np.random.default_rng(seed)
+    picks = two_round_coreset(x, shards, 0.1, rng, block_rows=10**9)
+    assert len(picks) == 120 and len(set(picks.tolist())) == 120
+    joint = greedy_coreset(x, 120, start=0)
+    # k-center greedy is a 2-approximation, so the two can differ by a factor of 2 either way;
+    # on data like this the composable coreset stays close to the joint one.
+    assert covering_radius(x, picks) <= 1.3 * covering_radius(x, joint)
+
+
+def test_two_round_coreset_blocks_group_consecutive_shards():
+    x, shards = clustered_rows(n_shards=4, per_shard=100)
+    # Round 1 keeps 20 rows a shard; blocks of at most 40 picks hold two shards each.
+    picks = two_round_coreset(x, shards, 0.1, np.random.default_rng(0), oversample=2.0, block_rows=40)
+    assert len(picks) == 40
+    assert np.isin(picks[:20], np.arange(200)).all() and np.isin(picks[20:], np.arange(200, 400)).all()
+    # A block as large as one shard: one round-2 coreset per shard, each within its shard.
+    per_shard = two_round_coreset(x, shards, 0.1, np.random.default_rng(0), block_rows=20)
+    for i, shard in enumerate(shards):
+        assert np.isin(per_shard[i * 10 : (i + 1) * 10], shard).all()
+
+
+def test_two_round_coreset_parameters_are_checked():
+    x, shards = clustered_rows(n_shards=2, per_shard=10)
+    with pytest.raises(ValueError, match="ratio=0"):
+        two_round_coreset(x, shards, 0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="oversample=0.5"):
+        two_round_coreset(x, shards, 0.1, np.random.default_rng(0), oversample=0.5)
+    assert len(two_round_coreset(x, [], 0.1, np.random.default_rng(0))) == 0

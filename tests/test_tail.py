@@ -2,9 +2,12 @@ import numpy as np
 import pytest
 
 from tailedcore.tail import (
+    LinkageTailSampler,
+    TailInputs,
     elbow,
     estimate_class_sizes,
     group_sizes,
+    make_tail_estimator,
     max_k,
     row_thresholds,
     select_tail,
@@ -72,3 +75,97 @@ def test_degenerate_inputs():
     assert elbow([4]) == 4
     with pytest.raises(ValueError, match="NaN"):
         estimate_class_sizes(np.array([[np.nan, 1.0], [1.0, 0.0]]))
+
+
+def planted_mix(sizes, defects_per_head=0.1, dim=64, seed=0):
+    """Clustered embeddings and mean patches; the classes of 20+ images get defective members.
+
+    A defective image is a member of its class moved by a local change: three times the class
+    spread along a random direction, far less than the distance between classes.
+    Returns (TailInputs, class labels, defective flags).
+    """
+    rng = np.random.default_rng(seed)
+    embeddings, labels = clustered_embeddings(sizes, dim, spread=0.05, seed=seed)
+    patches, _ = clustered_embeddings(sizes, dim // 2, spread=0.05, seed=seed + 1)
+    defective = np.zeros(len(labels), bool)
+    for cls, size in enumerate(sizes):
+        if size >= 20:
+            members = np.flatnonzero(labels == cls)
+            defective[rng.choice(members, size=int(defects_per_head * size), replace=False)] = True
+    for x in (embeddings, patches):
+        scale = np.linalg.norm(x, axis=1, keepdims=True) / np.sqrt(x.shape[1])
+        x[defective] += 0.15 * scale[defective] * rng.standard_normal((defective.sum(), x.shape[1]))
+    return TailInputs(embeddings, patches), labels, defective
+
+
+def test_linkage_finds_the_tail_and_keeps_planted_defects_out():
+    sizes = [300, 150, 80, 12, 4, 1, 1]
+    inputs, labels, defective = planted_mix(sizes)
+    estimate = LinkageTailSampler().estimate(inputs)
+    np.testing.assert_array_equal(estimate.class_sizes, np.asarray(sizes)[labels])
+    np.testing.assert_array_equal(estimate.tail_indices, np.flatnonzero(labels >= 3))
+    assert not np.isin(np.flatnonzero(defective), estimate.tail_indices).any()
+    np.testing.assert_array_equal(estimate.groups, sorted(sizes, reverse=True))
+
+
+def test_linkage_cap_and_the_papers_rule():
+    # Sizes 300, 150, 40, 12: the elbow alone (max_tail_class=None) puts the 40-image class in the tail.
+    inputs, labels, _ = planted_mix([300, 150, 40, 12], defects_per_head=0.0)
+    assert LinkageTailSampler(max_tail_class=None).estimate(inputs).max_k == 40
+    capped = LinkageTailSampler().estimate(inputs)
+    assert capped.max_k == 19
+    np.testing.assert_array_equal(capped.tail_indices, np.flatnonzero(labels == 3))
+
+
+def test_linkage_on_one_class_has_no_tail():
+    inputs, _, _ = planted_mix([120])
+    estimate = LinkageTailSampler().estimate(inputs)
+    assert len(estimate.tail_indices) == 0 and estimate.groups.tolist() == [120]
+
+
+@pytest.mark.parametrize("features", ["embedding", "patches"])
+def test_linkage_on_one_kind_of_feature(features):
+    inputs, labels, _ = planted_mix([100, 50, 3, 1], defects_per_head=0.0)
+    estimate = LinkageTailSampler(features=features).estimate(inputs)
+    np.testing.assert_array_equal(estimate.tail_indices, np.flatnonzero(labels >= 2))
+
+
+def test_linkage_distance_is_the_cut():
+    # Three points on a line in 2-D directions: 0 and 1 are 0.02 apart, 2 is far from both.
+    x = np.array([[1.0, 0.0], [np.cos(0.2), np.sin(0.2)], [0.0, 1.0]])
+    inputs = TailInputs(x, x)
+    assert LinkageTailSampler(distance=0.05).estimate(inputs).class_sizes.tolist() == [2, 2, 1]
+    assert LinkageTailSampler(distance=0.01).estimate(inputs).class_sizes.tolist() == [1, 1, 1]
+    assert LinkageTailSampler(distance=1.5).estimate(inputs).class_sizes.tolist() == [3, 3, 3]
+
+
+def test_linkage_degenerate_inputs():
+    one = LinkageTailSampler().estimate(TailInputs(np.ones((1, 4)), np.ones((1, 3))))
+    assert one.class_sizes.tolist() == [1] and one.tail_indices.tolist() == [0]
+    zeros = np.zeros((3, 4))
+    zeros[0, 0] = 1.0
+    estimate = LinkageTailSampler().estimate(TailInputs(zeros, zeros))  # all-zero rows give no NaN
+    assert estimate.class_sizes.tolist() == [1, 2, 2]
+    with pytest.raises(ValueError, match="mean_patches: 2 rows for 3"):
+        LinkageTailSampler().estimate(TailInputs(zeros, zeros[:2]))
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"distance": 0.0}, "tail distance=0.0"), ({"features": "pixels"}, "tail features='pixels'"),
+    ({"max_tail_class": 0}, "max_tail_class=0"), ({"share": 1.5}, "tail share=1.5"),
+])
+def test_linkage_parameters_are_checked(params, message):
+    with pytest.raises(ValueError, match=message):
+        LinkageTailSampler(**params).estimate(TailInputs(np.eye(3), np.eye(3)))
+
+
+def test_paper_estimator_is_tail_sampler():
+    x, _ = clustered_embeddings([200, 120, 60, 5, 3, 1])
+    expected = tail_sampler(x, 0.8, 0.2)
+    estimate = make_tail_estimator("paper", keep=0.8, share=0.2).estimate(TailInputs(x, np.zeros((len(x), 2))))
+    np.testing.assert_array_equal(estimate.class_sizes, expected.class_sizes)
+    np.testing.assert_array_equal(estimate.tail_indices, expected.tail_indices)
+    with pytest.raises(ValueError, match="tail keep=0.0"):
+        make_tail_estimator("paper", keep=0.0).estimate(TailInputs(x, x))
+    with pytest.raises(ValueError, match="tail_estimator='knn'"):
+        make_tail_estimator("knn")

@@ -27,7 +27,6 @@ from .html import figure, image_grid, page, table
 from .io import atomic_write_text, markdown_table, write_csv, write_json
 from .metrics import METRIC_NAMES, mean_metrics
 from .nlt import build, plan_profile
-from .policies import TailTooLarge
 
 GROUPS = ("all", "head", "tail")
 log = logging.getLogger(__name__)
@@ -99,25 +98,12 @@ def run_environment() -> dict:
             "cpu_count": os.cpu_count(), "machine": platform.machine()}
 
 
-def _skipped(error: TailTooLarge, training_paths: list[Path], data: Path, info: dict) -> dict:
-    """The result entry of a TailedCore run refused for its tail size: why, and what TailSampler found."""
-    estimate = error.estimate
-    diagnostics = {"class_sizes": estimate.class_sizes, "groups": estimate.groups, "max_k": estimate.max_k,
-                   "tail_indices": estimate.tail_indices}
-    empty = {name: None for name in METRIC_NAMES}
-    found = tail_diagnostics(diagnostics, training_paths, data, info)
-    return {"skipped": str(error), "classes": {}, "mean": {group: dict(empty) for group in GROUPS},
-            "diagnostics": {**found, "tail_rows": error.rows}}
-
-
 def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list[str], search: str = "exact",
                   options: dict | None = None, progress: bool = True,
                   method_options: dict[str, dict] | None = None) -> dict:
     """Fit and evaluate each method on ``data``; write results.json/.csv/.md and report.html in ``out``.
 
-    ``options`` go to every detector, ``method_options[method]`` to that one
-    only. A TailedCore run refused by its ``max_tail_rows`` is reported as
-    skipped, with its TailSampler diagnostics.
+    ``options`` go to every detector, ``method_options[method]`` to that one only.
     """
     data, out = Path(data), Path(out)
     info = dataset_info(data)
@@ -129,11 +115,7 @@ def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list
         extra = (method_options or {}).get(method, {})
         detector = METHODS[method](search=search, progress=progress, **options, **extra)
         started = time.perf_counter()
-        try:
-            detector.fit(data)
-        except TailTooLarge as error:
-            results["methods"][method] = _skipped(error, detector.training_paths_, data, info)
-            continue
+        detector.fit(data)
         fit_seconds = time.perf_counter() - started
         class_results = {item.name: evaluate_samples(detector, item.name, item.test, item.has_masks)
                          for item in test_classes}
@@ -144,6 +126,7 @@ def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list
             "diagnostics": {
                 **tail_diagnostics(detector.diagnostics_, detector.training_paths_, data, info),
                 "memory_size": len(detector.memory_),
+                "memory_info": detector.memory_.info,
                 "fit_seconds": fit_seconds,
                 "total_seconds": time.perf_counter() - started,
                 "stages": [{"stage": r[0], "seconds": r[1], "peak_rss_mib": r[2]} for r in detector.profile_.table()],
@@ -171,10 +154,6 @@ def _diagnostic_rows(results: dict) -> list[list]:
     rows = []
     for method, block in results["methods"].items():
         d = block["diagnostics"]
-        if "skipped" in block:
-            rows.append([method, "not run", "", d.get("predicted_tail_images", ""), d.get("tail_recall"),
-                         d.get("tail_precision"), f"{d['injected_in_tail']}/{d['injected_total']}", None, None])
-            continue
         rows.append([method, d["memory_size"], round(d["fit_seconds"]), d.get("predicted_tail_images", ""),
                      d.get("tail_recall"), d.get("tail_precision"),
                      f"{d['injected_in_tail']}/{d['injected_total']}" if "injected_in_tail" in d else "",
@@ -193,8 +172,6 @@ def results_markdown(results: dict) -> str:
             f"protocol: {info.get('protocol')}; head: {', '.join(info['head'])}; tail: {', '.join(info['tail'])}",
             "", markdown_table(header, rows), "Diagnostics", "",
             markdown_table(DIAGNOSTIC_HEADER, _diagnostic_rows(results))]
-    text += [f"{method} not run: {block['skipped']}" for method, block in results["methods"].items()
-             if "skipped" in block]
     return "\n".join(text)
 
 
@@ -244,8 +221,6 @@ def results_html(results: dict, extras: dict) -> str:
             f"tail classes: {', '.join(info['tail']) or 'none'}. Metrics in %; n/a = not defined for the class "
             "(no pixel masks).</p>",
             table(header, rows), "<h2>Diagnostics</h2>", table(DIAGNOSTIC_HEADER, _diagnostic_rows(results)),
-            "".join(f"<p><b>{method} not run</b>: {block['skipped']}</p>"
-                    for method, block in results["methods"].items() if "skipped" in block),
             _plots(results, extras)]
     for method, class_results in extras.items():
         body.append(f"<h2>{method}: highest- and lowest-scored test images per class</h2>")

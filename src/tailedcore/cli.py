@@ -19,6 +19,7 @@ from .evaluation import calibrate_on_validation, evaluate
 from .io import markdown_table
 from .policies import TAIL_CORESETS
 from .report import write_evaluation, write_predictions
+from .tail import TAIL_ESTIMATORS
 
 log = logging.getLogger("tailedcore")
 
@@ -26,10 +27,15 @@ log = logging.getLogger("tailedcore")
 METHOD_OPTIONS = {
     "--lof-k": ("lof_k", int, "LOF neighbours (softpatch, tailedcore; default 6)"),
     "--lof-drop": ("lof_drop", float, "share of patches dropped by LOF (default 0.15)"),
-    "--tail-keep": ("tail_keep", float, "TailSampler trim share (tailedcore; default 0.85)"),
+    "--tail-estimator": ("tail_estimator", str, "how tail images are found (tailedcore): linkage (default) or "
+                                                "paper (the published TailSampler)"),
+    "--tail-keep": ("tail_keep", float, "TailSampler trim share (tailedcore, paper estimator; default 0.85)"),
     "--tail-share": ("tail_share", float, "15%% rule of max K (tailedcore; default 0.15)"),
+    "--tail-distance": ("tail_distance", float, "cosine distance that cuts linkage clusters (default 0.4)"),
+    "--max-tail-class": ("max_tail_class", int, "largest class size counted as tail (linkage; default 19)"),
     "--view-step": ("view_step_degrees", float, "rotation step of tail views in degrees (default 15)"),
-    "--tail-coreset": ("tail_coreset", str, "tail coreset scope: joint (the paper, default) or per-image"),
+    "--tail-coreset": ("tail_coreset", str, "tail coreset scope: joint (the paper, default), per-image or "
+                                            "two-round"),
 }
 
 
@@ -49,7 +55,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 # Options whose values come from a fixed list (argparse refuses others as a usage error).
-OPTION_CHOICES = {"--tail-coreset": TAIL_CORESETS}
+OPTION_CHOICES = {"--tail-coreset": TAIL_CORESETS, "--tail-estimator": tuple(TAIL_ESTIMATORS)}
 
 
 def _add_method_options(parser) -> None:
@@ -364,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--coreset-ratio", type=float, default=0.1)
     bench.add_argument("--profile-stages", action="store_true",
                        help="print wall time and peak RSS of every stage of each method")
-    bench.add_argument("--max-tail-rows", type=int, help="report TailedCore as not run when its tail patches "
-                                                          "(with views) exceed this (default: no limit)")
+    bench.add_argument("--max-tail-rows", type=int, help="a joint tail coreset over more patch rows (with views) "
+                                                          "than this runs two-round (default: no limit)")
     _add_method_options(bench.add_argument_group("method"))
     _add_run_options(bench)
     bench.set_defaults(run=cmd_benchmark)

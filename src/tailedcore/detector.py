@@ -31,7 +31,7 @@ from .profiling import Profiler
 from .sampling import random_projection
 from .scoring import PatchScorer, anomaly_maps
 from .store import FeatureCache, FeatureStore, ImageSubset
-from .tail import estimate_class_sizes
+from .tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler, estimate_class_sizes
 from .thresholds import Thresholds, calibrate_false_alarm, defect_masks
 from .views import augmented_views, view_transforms
 
@@ -219,22 +219,24 @@ class Detector:
                  ) -> tuple[FeatureSet, np.ndarray, np.ndarray]:
         """Stream training features into a store under ``folder``; projections and embeddings stay in RAM.
 
-        Returns (features, embeddings (n_ok, E), indices of the readable images in ``paths``).
+        Returns (features, embeddings (n_ok, E), mean patch features (n_ok, D), indices of the
+        readable images in ``paths``).
         """
         extractor = self.extractor
         n_locations = extractor.grid_shape[0] * extractor.grid_shape[1]
         store = FeatureStore(folder / "patches.f32", self.feature_dim)
         projected = np.empty((len(paths), n_locations, self.projection_dim), dtype=np.float32)
-        embeddings, readable = [], []
+        embeddings, mean_patches, readable = [], [], []
         for positions, batch in extractor.iter_batches(paths, True, "features", on_error, cache):
             store.append(batch.patches.reshape(-1, self.feature_dim))
             projected[len(readable) : len(readable) + len(positions)] = batch.patches @ projection
             embeddings.append(batch.embeddings)
+            mean_patches.append(batch.patches.mean(axis=1))
             readable += positions
         if not readable:
             raise ValueError("no readable training images")
         return (FeatureSet(store, projected[: len(readable)]), np.concatenate(embeddings),
-                np.asarray(readable, dtype=np.int64))
+                np.concatenate(mean_patches), np.asarray(readable, dtype=np.int64))
 
     def _view_features(self, paths: list[Path], folder: Path, projection: np.ndarray, stores: list[FeatureStore]):
         """A function: training-image indices -> FeatureSet of all their rotated/flipped views.
@@ -318,7 +320,7 @@ class Detector:
         grid = self.extractor.grid_shape
         patches_per_image = grid[0] * grid[1]
         with self.profile_.stage("features"):
-            features, embeddings, readable = self._extract(paths, folder, projection, on_error, cache)
+            features, embeddings, mean_patches, readable = self._extract(paths, folder, projection, on_error, cache)
         stores.append(features.patches)
         if self.skipped_:
             log.warning("skipped %d unreadable training image(s) of %d", len(self.skipped_), len(paths))
@@ -329,11 +331,10 @@ class Detector:
         # Without a held-out share, no copy of the projections (the largest array in RAM).
         projected = features.projected[kept] if len(held_out) else features.projected
         train = TrainingFeatures(
-            ImageSubset(features.patches, kept, patches_per_image), projected, embeddings[kept],
+            ImageSubset(features.patches, kept, patches_per_image), projected, embeddings[kept], mean_patches[kept],
             self._view_features(kept_paths, folder, projection, stores), len(self._view_transforms()),
             self.profile_,
         )
-        # Set before the policy, so a fit it refuses (TailTooLarge) still tells which images it indexed.
         self.training_paths_ = kept_paths
         self.calibration_paths_ = [paths[i] for i in held_out]
         result = self._policy(train, rng)
@@ -470,40 +471,59 @@ class SoftPatch(Detector):
 class TailedCore(Detector):
     """TailedCore: tail images (TailSampler) kept whole with rotated/flipped views; LOF-denoised rest.
 
-    lof_k, lof_drop: as SoftPatch. tail_keep: share of candidate similarities
-    kept by the trim_min threshold. tail_share: the 15% rule of max K.
+    lof_k, lof_drop: as SoftPatch.
+    tail_estimator: how tail images are found: "linkage" (default; single-linkage
+        clusters of the images, see tail.LinkageTailSampler) or "paper" (the
+        published TailSampler).
+    tail_keep: share of candidate similarities kept by the trim_min threshold (paper).
+    tail_share: the 15% rule of max K (both estimators).
+    tail_distance: cosine distance at which linkage clusters are cut (linkage).
+    max_tail_class: largest class size counted as tail (linkage; None: the paper's rule alone).
     view_step_degrees, view_flip: rotations every step in [0, 360) x flips.
-    max_tail_rows: refuse (TailTooLarge) a tail whose patches with views exceed
-        this many rows, before computing views (None: no limit, the paper).
+    max_tail_rows: a joint tail coreset over more patch rows (with views) than
+        this runs as "two-round" instead (None: no limit, the paper).
     tail_coreset: "joint", one coreset over all tail patches and views (the
-        paper), or "per-image", one per tail image (linear in the tail size).
+        paper); "per-image", one per tail image; or "two-round", per-image
+        coresets then one over each block's union (both linear in the tail size).
     """
 
     method = "tailedcore"
 
-    def __init__(self, lof_k: int = 6, lof_drop: float = 0.15, tail_keep: float = 0.85, tail_share: float = 0.15,
-                 view_step_degrees: float = 15.0, view_flip: bool = True, max_tail_rows: int | None = None,
-                 tail_coreset: str = "joint", **kwargs):
+    def __init__(self, lof_k: int = 6, lof_drop: float = 0.15, tail_estimator: str = "linkage",
+                 tail_keep: float = 0.85, tail_share: float = 0.15, tail_distance: float = 0.4,
+                 max_tail_class: int | None = 19, view_step_degrees: float = 15.0, view_flip: bool = True,
+                 max_tail_rows: int | None = None, tail_coreset: str = "joint", **kwargs):
         super().__init__(**kwargs)
         self.max_tail_rows = max_tail_rows
         self.tail_coreset = tail_coreset
         self.lof_k = lof_k
         self.lof_drop = lof_drop
+        self.tail_estimator = tail_estimator
         self.tail_keep = tail_keep
         self.tail_share = tail_share
+        self.tail_distance = tail_distance
+        self.max_tail_class = max_tail_class
         self.view_step_degrees = view_step_degrees
         self.view_flip = view_flip
 
     def _view_transforms(self) -> list[tuple[float, bool]]:
         return view_transforms(self.view_step_degrees, self.view_flip)
 
+    def _tail_sampler(self) -> PaperTailSampler | LinkageTailSampler:
+        if self.tail_estimator == "paper":
+            return PaperTailSampler(self.tail_keep, self.tail_share)
+        if self.tail_estimator == "linkage":
+            return LinkageTailSampler(self.tail_distance, share=self.tail_share, max_tail_class=self.max_tail_class)
+        raise ValueError(f"tail_estimator='{self.tail_estimator}': choose from {', '.join(TAIL_ESTIMATORS)}")
+
     def _check_params(self) -> None:
         if self.tail_coreset not in policies.TAIL_CORESETS:
             raise ValueError(f"tail_coreset='{self.tail_coreset}': choose from {', '.join(policies.TAIL_CORESETS)}")
+        self._tail_sampler().check()
 
     def _policy(self, train, rng):
-        return policies.tailedcore(train, rng, self.coreset_ratio, self.lof_k, self.lof_drop, self.tail_keep,
-                                   self.tail_share, self.max_tail_rows, self.tail_coreset, self.progress)
+        return policies.tailedcore(train, rng, self.coreset_ratio, self.lof_k, self.lof_drop, self._tail_sampler(),
+                                   self.max_tail_rows, self.tail_coreset, self.progress)
 
 
 METHODS: dict[str, type[Detector]] = {cls.method: cls for cls in (PatchCore, SoftPatch, TailedCore)}

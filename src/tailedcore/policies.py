@@ -15,9 +15,9 @@ import numpy as np
 from .lof import inlier_mask, patchwise_lof_scores
 from .memory import MemoryBank
 from .profiling import Profiler
-from .sampling import greedy_coreset
+from .sampling import greedy_coreset, two_round_coreset
 from .store import FeatureStore, ImageSubset
-from .tail import TailEstimate, tail_sampler
+from .tail import LinkageTailSampler, PaperTailSampler, TailInputs
 
 
 @dataclass
@@ -36,25 +36,18 @@ class FeatureSet:
 
 @dataclass
 class TrainingFeatures(FeatureSet):
-    """The training set: patch features, image embeddings (n_images, E) and a view maker.
+    """The training set: patch features, image embeddings (n_images, E), mean patch features
+    (n_images, D) and a view maker.
 
     ``views(indices)`` returns the FeatureSet of all rotated/flipped views of
     the given training images; ``profiler`` times the policy's stages.
     """
 
     embeddings: np.ndarray
+    mean_patches: np.ndarray
     views: Callable[[np.ndarray], FeatureSet]
     views_per_image: int = 47
     profiler: Profiler = field(default_factory=Profiler)
-
-
-class TailTooLarge(RuntimeError):
-    """The tail memory input would exceed ``max_tail_rows``; carries the TailSampler estimate."""
-
-    def __init__(self, estimate: TailEstimate, rows: int, limit: int):
-        super().__init__(f"TailSampler found {len(estimate.tail_indices)} tail images: with their views that is "
-                         f"{rows:,} patches, over max_tail_rows={limit:,}")
-        self.estimate, self.rows, self.limit = estimate, rows, limit
 
 
 @dataclass
@@ -111,7 +104,7 @@ def softpatch(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: 
     return PolicyResult(memory, {"dropped_share": 1.0 - keep.mean(axis=1)})
 
 
-TAIL_CORESETS = ("joint", "per-image")
+TAIL_CORESETS = ("joint", "per-image", "two-round")
 
 
 def _tail_coreset(tail_rows: np.ndarray, n_images: int, rows_per_image: int, views_per_image: int, scope: str,
@@ -122,38 +115,42 @@ def _tail_coreset(tail_rows: np.ndarray, n_images: int, rows_per_image: int, vie
     patches of image j at [j * R, (j + 1) * R), its views at
     n_images * R + [j * V * R, (j + 1) * V * R). scope "joint" (the paper):
     one coreset over every row; "per-image": one coreset per image over its
-    own patches and views, so the cost grows linearly with the tail instead of
-    quadratically.
+    own patches and views; "two-round": per-image coresets (oversampled), then
+    coresets over the union of blocks of images (sampling.two_round_coreset).
+    Both grow linearly with the tail instead of quadratically.
     """
     if scope == "joint":
         return coreset(tail_rows, ratio, rng, profiler, progress)
     own_start, view_rows = n_images * rows_per_image, views_per_image * rows_per_image
-    picks = []
-    for image in range(n_images):
-        rows = np.concatenate([np.arange(image * rows_per_image, (image + 1) * rows_per_image),
-                               own_start + np.arange(image * view_rows, (image + 1) * view_rows)])
-        picks.append(rows[coreset(tail_rows[rows], ratio, rng, profiler)])
-    return np.concatenate(picks)
+    images = [np.concatenate([np.arange(image * rows_per_image, (image + 1) * rows_per_image),
+                              own_start + np.arange(image * view_rows, (image + 1) * view_rows)])
+              for image in range(n_images)]
+    if scope == "two-round":
+        with profiler.stage("coreset"):
+            return two_round_coreset(tail_rows, images, ratio, rng, progress=progress)
+    return np.concatenate([rows[coreset(tail_rows[rows], ratio, rng, profiler)] for rows in images])
 
 
 def tailedcore(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: float = 0.1, lof_k: int = 6,
-               lof_drop: float = 0.15, tail_keep: float = 0.85, tail_share: float = 0.15,
+               lof_drop: float = 0.15, tail_estimator: PaperTailSampler | LinkageTailSampler | None = None,
                max_tail_rows: int | None = None, tail_coreset: str = "joint", progress: bool = False) -> PolicyResult:
     """Memory = coreset(tail images + their views) followed by coreset(LOF inliers of all images).
 
-    ``max_tail_rows`` (None = no limit) refuses, before any view is computed,
-    a tail whose patches with views would exceed it (raises TailTooLarge).
-    ``tail_coreset``: "joint" (the paper) or "per-image" (see _tail_coreset).
+    ``tail_estimator`` picks the tail images (default: the paper's TailSampler).
+    ``tail_coreset``: "joint" (the paper), "per-image" or "two-round" (see
+    _tail_coreset). A joint coreset over more than ``max_tail_rows`` patch rows
+    (None = no limit) becomes "two-round", so its time stays linear in the tail.
     """
     if tail_coreset not in TAIL_CORESETS:
         raise ValueError(f"tail_coreset='{tail_coreset}': choose from {', '.join(TAIL_CORESETS)}")
+    estimator = tail_estimator or PaperTailSampler()
     with train.profiler.stage("tail sampler"):
-        estimate = tail_sampler(train.embeddings, tail_keep, tail_share)
+        estimate = estimator.estimate(TailInputs(train.embeddings, train.mean_patches))
     tail = estimate.tail_indices
     tail_patches = len(tail) * (1 + train.views_per_image) * train.projected.shape[1]
-    if max_tail_rows is not None and tail_patches > max_tail_rows:
-        raise TailTooLarge(estimate, tail_patches, max_tail_rows)
-    parts, info = [], {"tail_images": len(tail), "max_k": estimate.max_k}
+    if tail_coreset == "joint" and max_tail_rows is not None and tail_patches > max_tail_rows:
+        tail_coreset = "two-round"
+    parts, info = [], {"tail_images": len(tail), "max_k": estimate.max_k, "tail_coreset": tail_coreset}
     if len(tail):
         with train.profiler.stage("tail views"):
             views = train.views(tail)

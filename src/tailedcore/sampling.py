@@ -155,3 +155,39 @@ def greedy_coreset(x: np.ndarray, n: int, start: int = 0, block_rows: int = 1024
     bar.update(n - bar.n)
     bar.close()
     return picks
+
+
+def two_round_coreset(x: np.ndarray, shards: list[np.ndarray], ratio: float, rng: np.random.Generator,
+                      oversample: float = 2.0, block_rows: int = 65536, progress: bool = False) -> np.ndarray:
+    """Composable greedy coreset: about ``ratio`` x N rows of ``x`` in time linear in N.
+
+    x: (N, d) float32; shards: int64 row-index arrays that partition x (e.g. one per image).
+    Round 1: each shard keeps a greedy coreset of ``oversample`` x ``ratio`` of its rows (all if
+    that is more). Round 2: consecutive shards are grouped into blocks whose round-1 picks total at
+    most ``block_rows`` (at least one shard a block); each block keeps a greedy coreset of ``ratio``
+    x its shards' rows (at least one) out of those picks. Every greedy run starts at a random row
+    drawn from ``rng``. Returns (about ratio x N,) int64 row indices into x, block by block.
+    """
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio={ratio}: must be in (0, 1]")
+    if oversample < 1.0:
+        raise ValueError(f"oversample={oversample}: must be at least 1")
+
+    def pick(rows: np.ndarray, count: int) -> np.ndarray:
+        count = min(max(1, count), len(rows))
+        return rows[greedy_coreset(x[rows], count, start=int(rng.integers(len(rows))))]
+
+    shards = [np.asarray(s, dtype=np.int64) for s in shards if len(s)]
+    first = [pick(s, int(np.ceil(oversample * ratio * len(s)))) for s in tqdm(
+        shards, desc="coreset round 1", unit="shard", disable=not progress, leave=False)]
+    picks, block, block_size, block_picks = [], [], 0, 0
+    for shard, chosen in zip(shards, first):
+        if block and block_picks + len(chosen) > block_rows:
+            picks.append(pick(np.concatenate(block), int(ratio * block_size)))
+            block, block_size, block_picks = [], 0, 0
+        block.append(chosen)
+        block_size += len(shard)
+        block_picks += len(chosen)
+    if block:
+        picks.append(pick(np.concatenate(block), int(ratio * block_size)))
+    return np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)

@@ -1,17 +1,29 @@
-"""TailSampler: estimate each training image's class size and pick the tail images.
+"""Tail estimators: estimate each training image's class size and pick the tail images.
 
-Nothing here knows class labels. From image embeddings alone:
+Nothing here knows class labels. Two estimators share one interface
+(``estimate(TailInputs) -> TailEstimate``), chosen by name in
+``TAIL_ESTIMATORS``:
+
+``paper`` (TailSampler, as published), from image embeddings alone:
 1. per row of the cosine-similarity matrix, a threshold from the symmetric
    ("trim_min") assumption; 2. each row's count of images above its threshold;
 3. a mode vote of those counts per image (its class size); 4. group sizes;
 5. ``max_k`` = min(elbow, 15% rule) over the group sizes; tail = size <= max_k.
+
+``linkage``: classes are the clusters of single-linkage clustering, cut at a
+cosine distance, over the image embedding and the image's mean patch feature;
+class size = cluster size; ``max_k`` = min(elbow, 15% rule, ``max_tail_class``)
+over the cluster sizes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import pdist
 
 
 def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
@@ -148,6 +160,113 @@ def tail_sampler(embeddings: np.ndarray, keep: float = 0.85, share: float = 0.15
     groups = group_sizes(sizes)
     limit = max_k(groups, share)
     return TailEstimate(sizes, groups, limit, np.flatnonzero(sizes <= limit))
+
+
+@dataclass
+class TailInputs:
+    """What a tail estimator sees of n training images.
+
+    embeddings: (n, E) float32 backbone image embeddings (global average pool
+    of the last stage); mean_patches: (n, D) float32 mean of each image's patch
+    features (the PatchCore features, before any projection).
+    """
+
+    embeddings: np.ndarray
+    mean_patches: np.ndarray
+
+
+class PaperTailSampler:
+    """The published TailSampler on the image embeddings (keep: trim share; share: the 15% rule)."""
+
+    name: ClassVar[str] = "paper"
+
+    def __init__(self, keep: float = 0.85, share: float = 0.15, quantize: bool = True):
+        self.keep, self.share, self.quantize = keep, share, quantize
+
+    def check(self) -> None:
+        if not 0.0 < self.keep <= 1.0:
+            raise ValueError(f"tail keep={self.keep}: must be in (0, 1]")
+        if not 0.0 < self.share < 1.0:
+            raise ValueError(f"tail share={self.share}: must be in (0, 1)")
+
+    def estimate(self, inputs: TailInputs) -> TailEstimate:
+        self.check()
+        return tail_sampler(inputs.embeddings, self.keep, self.share, self.quantize)
+
+
+LINKAGE_FEATURES = ("both", "embedding", "patches")
+
+
+class LinkageTailSampler:
+    """Class sizes from single-linkage clusters of the images.
+
+    The distance between two images is the cosine distance of their
+    embeddings and of their mean patch features, averaged (``features``
+    "both"; or one of the two). Clusters are the connected parts left when
+    every link longer than ``distance`` is cut, so an image joins a class
+    when it is close to any one of its images: a local defect moves an image
+    a little, never as far as another product. Class size = cluster size;
+    ``max_k`` = min(elbow, ``share`` rule, ``max_tail_class``) over the
+    cluster sizes (None: no cap, the paper's rule alone).
+    """
+
+    name: ClassVar[str] = "linkage"
+
+    def __init__(self, distance: float = 0.4, features: str = "both", share: float = 0.15,
+                 max_tail_class: int | None = 19):
+        self.distance, self.features, self.share, self.max_tail_class = distance, features, share, max_tail_class
+
+    def check(self) -> None:
+        if not 0.0 < self.share < 1.0:
+            raise ValueError(f"tail share={self.share}: must be in (0, 1)")
+        if not 0.0 < self.distance < 2.0:
+            raise ValueError(f"tail distance={self.distance}: must be a cosine distance in (0, 2)")
+        if self.features not in LINKAGE_FEATURES:
+            raise ValueError(f"tail features='{self.features}': choose from {', '.join(LINKAGE_FEATURES)}")
+        if self.max_tail_class is not None and self.max_tail_class < 1:
+            raise ValueError(f"max_tail_class={self.max_tail_class}: must be at least 1")
+
+    def distances(self, inputs: TailInputs) -> np.ndarray:
+        """Condensed (n * (n - 1) / 2,) float64 cosine distances between the images (scipy's pdist order).
+
+        1 - cos = |u - v|^2 / 2 on unit rows; an all-zero row is at distance 0.5 from every other.
+        """
+        parts = {"embedding": inputs.embeddings, "patches": inputs.mean_patches}
+        used = ["embedding", "patches"] if self.features == "both" else [self.features]
+        total = 0.0
+        for name in used:
+            x = _check_embeddings(parts[name])
+            unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+            total = total + pdist(unit, "sqeuclidean") / 2.0
+        return total / len(used)
+
+    def estimate(self, inputs: TailInputs) -> TailEstimate:
+        self.check()
+        n = len(_check_embeddings(inputs.embeddings))
+        if len(inputs.mean_patches) != n:
+            raise ValueError(f"mean_patches: {len(inputs.mean_patches)} rows for {n} embeddings")
+        if n == 1:
+            labels = np.ones(1, dtype=np.int64)
+        else:
+            tree = linkage(self.distances(inputs), method="single")
+            labels = fcluster(tree, t=self.distance, criterion="distance")
+        _, cluster, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        sizes = counts[cluster].astype(np.int64)
+        groups = np.sort(counts).astype(np.int64)[::-1]
+        limit = max_k(groups, self.share)
+        if self.max_tail_class is not None:
+            limit = min(limit, self.max_tail_class)
+        return TailEstimate(sizes, groups, limit, np.flatnonzero(sizes <= limit))
+
+
+TAIL_ESTIMATORS = {cls.name: cls for cls in (PaperTailSampler, LinkageTailSampler)}
+
+
+def make_tail_estimator(name: str, **params) -> PaperTailSampler | LinkageTailSampler:
+    """The estimator registered as ``name``, with its own parameters."""
+    if name not in TAIL_ESTIMATORS:
+        raise ValueError(f"tail_estimator='{name}': choose from {', '.join(TAIL_ESTIMATORS)}")
+    return TAIL_ESTIMATORS[name](**params)
 
 
 def select_tail(embeddings: np.ndarray, keep: float = 0.85, share: float = 0.15, quantize: bool = True) -> np.ndarray:
