@@ -1,7 +1,9 @@
-"""Markdown tables for docs/results.md from the benchmark runs (runs/<profile>/seed-N/results.json).
+"""Markdown tables for docs/results.md from the benchmark runs (runs/<profile>*/seed-N/results.json).
 
-TailedCore with one tail coreset per image (runs/<profile>-per-image) is added as its own row and
-compared, seed by seed, with the paper's joint tail coreset where both ran.
+The methods of one seed may come from several folders run side by side: runs/<profile> and
+runs/<profile>-tailedcore hold methods under their own names; runs/<profile>-paper-tail (TailedCore
+with the paper's TailSampler) and runs/<profile>-two-round (TailedCore with the two-round tail
+coreset) join as rows of their own, the latter compared seed by seed with the joint tail coreset.
 
     python scripts/results_tables.py runs > /tmp/tables.md
 """
@@ -16,7 +18,10 @@ import numpy as np
 
 METHODS = ("patchcore", "softpatch", "tailedcore")
 PROFILES = ("step-k1", "step-k4", "pareto")
-VARIANT = "tailedcore per-image"  # TailedCore, tail_coreset="per-image"
+# Folder suffix -> the row name of the TailedCore run it holds (None: methods under their own names).
+FOLDERS = {"": None, "-tailedcore": None, "-paper-tail": "tailedcore (paper TailSampler)",
+           "-two-round": "tailedcore two-round"}
+VARIANT = FOLDERS["-two-round"]
 
 
 def stat(values: list) -> str:
@@ -35,15 +40,16 @@ def table(header: list[str], rows: list[list]) -> str:
 
 
 def load(root: Path) -> dict:
-    """{profile: {seed: results}}; a per-image TailedCore run joins its seed as method VARIANT."""
-    runs = {}
+    """{profile: {seed: results}}, the methods of every folder of a profile merged per seed."""
+    runs: dict = {}
     for profile in PROFILES:
-        for path in sorted((root / profile).glob("seed-*/results.json")):
-            runs.setdefault(profile, {})[int(path.parent.name.split("-")[1])] = json.loads(path.read_text())
-        for path in sorted((root / f"{profile}-per-image").glob("seed-*/results.json")):
-            seed = int(path.parent.name.split("-")[1])
-            if seed in runs.get(profile, {}):
-                runs[profile][seed]["methods"][VARIANT] = json.loads(path.read_text())["methods"]["tailedcore"]
+        for suffix, name in FOLDERS.items():
+            for path in sorted((root / f"{profile}{suffix}").glob("seed-*/results.json")):
+                result = json.loads(path.read_text())
+                seed = runs.setdefault(profile, {}).setdefault(int(path.parent.name.split("-")[1]),
+                                                              {**result, "methods": {}})
+                methods = result["methods"] if name is None else {name: result["methods"]["tailedcore"]}
+                seed["methods"].update(methods)
     return runs
 
 
@@ -52,11 +58,11 @@ def stage_seconds(block: dict, stage: str) -> float:
 
 
 def variant_rows(seeds: dict) -> list[list]:
-    """Seed by seed: joint vs per-image tail coreset, where both ran."""
+    """Seed by seed: joint vs two-round tail coreset, where both ran."""
     rows = []
     for seed, result in sorted(seeds.items()):
         methods = result["methods"]
-        if VARIANT not in methods or "skipped" in methods["tailedcore"]:
+        if VARIANT not in methods or "tailedcore" not in methods:
             continue
         joint, per_image = methods["tailedcore"], methods[VARIANT]
         row = [seed, methods["tailedcore"]["diagnostics"].get("predicted_tail_images")]
@@ -74,7 +80,8 @@ def main() -> None:
     out = []
     for profile, seeds in runs.items():
         out.append(f"### {profile} (seeds {', '.join(map(str, sorted(seeds)))})\n")
-        methods = [*METHODS, *([VARIANT] if any(VARIANT in r["methods"] for r in seeds.values()) else [])]
+        found = {m for r in seeds.values() for m in r["methods"]}
+        methods = [m for m in [*METHODS, *(n for n in FOLDERS.values() if n)] if m in found]
         rows = []
         for method in methods:
             blocks = [r["methods"][method] for r in seeds.values() if method in r["methods"]]
@@ -83,11 +90,10 @@ def main() -> None:
                 for group in ("all", "head", "tail"):
                     row.append(stat([b["mean"][group][metric] for b in blocks]))
             row.append(stat([b["mean"]["all"]["aupro"] for b in blocks]))
-            skipped = sum("skipped" in b for b in blocks)
-            row.append(f"{skipped} of {len(blocks)}" if skipped else "")
+            row.append(", ".join(str(seed) for seed, r in sorted(seeds.items()) if method in r["methods"]))
             rows.append(row)
         out.append(table(["method", "I-AUROC all", "I-AUROC head", "I-AUROC tail", "P-AUROC all", "P-AUROC head",
-                          "P-AUROC tail", "AUPRO all", "not run"], rows))
+                          "P-AUROC tail", "AUPRO all", "seeds"], rows))
         classes = sorted({c for r in seeds.values() for c in r["dataset"]["classes"]})
         rows = []
         for method in methods:
@@ -102,27 +108,28 @@ def main() -> None:
         for seed, result in sorted(seeds.items()):
             info = result["dataset"]
             sizes = ", ".join(f"{n} {c['kept']}+{c['injected']}" for n, c in info["classes"].items())
-            d = result["methods"]["tailedcore"]["diagnostics"]
-            lof = result["methods"]["softpatch"]["diagnostics"]
-            rows.append([seed, ", ".join(info["tail"]), sizes, d.get("max_k"),
-                         f"{d.get('predicted_tail_images')} / {d.get('true_tail_images')}",
-                         f"{100 * d['tail_recall']:.0f}" if d.get("tail_recall") is not None else "n/a",
-                         f"{100 * d['tail_precision']:.0f}" if d.get("tail_precision") is not None else "n/a",
-                         f"{d.get('injected_in_tail')}/{d.get('injected_total')}",
-                         f"{100 * lof['lof_dropped_share_injected']:.0f} / {100 * lof['lof_dropped_share_clean']:.0f}"
-                         if lof.get("lof_dropped_share_injected") is not None else "n/a",
-                         "not run: " + result["methods"]["tailedcore"]["skipped"]
-                         if "skipped" in result["methods"]["tailedcore"] else
-                         f"{result['methods']['tailedcore']['diagnostics']['memory_size']:,}"])
-        out.append("TailSampler and LOF diagnostics (TailedCore; LOF shares from SoftPatch's identical LOF step):\n")
-        out.append(table(["seed", "tail classes", "kept+injected per class", "max K", "tail found / true",
+            for method in methods:
+                d = result["methods"].get(method, {}).get("diagnostics", {})
+                if "max_k" not in d:
+                    continue
+                rows.append([seed, method, ", ".join(info["tail"]), sizes, d["max_k"],
+                             f"{d['predicted_tail_images']} / {d['true_tail_images']}",
+                             f"{100 * d['tail_recall']:.0f}" if d.get("tail_recall") is not None else "n/a",
+                             f"{100 * d['tail_precision']:.0f}" if d.get("tail_precision") is not None else "n/a",
+                             f"{d['injected_in_tail']}/{d['injected_total']}",
+                             f"{100 * d['lof_dropped_share_injected']:.0f} / {100 * d['lof_dropped_share_clean']:.0f}"
+                             if d.get("lof_dropped_share_injected") is not None else "n/a",
+                             f"{d['memory_size']:,}" if "memory_size" in d else "n/a",
+                             f"{stage_seconds(result['methods'][method], 'coreset'):.0f}"])
+        out.append("Tail and LOF diagnostics of the TailedCore runs:\n")
+        out.append(table(["seed", "method", "tail classes", "kept+injected per class", "max K", "tail found / true",
                           "tail recall %", "tail precision %", "injected in tail", "LOF dropped % injected / clean",
-                          "TailedCore memory"], rows))
+                          "memory", "coreset s"], rows))
         if rows := variant_rows(seeds):
-            out.append("TailedCore, joint (paper) vs per-image tail coreset, all-class means; coreset stage seconds "
+            out.append("TailedCore, joint (paper) vs two-round tail coreset, all-class means; coreset stage seconds "
                        "cover the tail and head coresets:\n")
-            out.append(table(["seed", "tail images", "I-AUROC joint / per-image", "P-AUROC joint / per-image",
-                              "AUPRO joint / per-image", "memory joint / per-image", "coreset s joint / per-image"],
+            out.append(table(["seed", "tail images", "I-AUROC joint / two-round", "P-AUROC joint / two-round",
+                              "AUPRO joint / two-round", "memory joint / two-round", "coreset s joint / two-round"],
                              rows))
     print("\n".join(out))
 
