@@ -173,6 +173,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if detector.thresholds_ is None:
         log.warning("%s has no thresholds: raw scores only (calibrate with 'tailedcore calibrate')", args.model)
     predictions = detector.predict(args.inputs)
+    if not predictions.paths:
+        if not predictions.failures:
+            raise ValueError(f"no images in {' '.join(args.inputs)}")
+        raise ValueError(f"no image could be scored: {len(predictions.failures)} unreadable, e.g. "
+                         f"{predictions.failures[0][1]}")
     records = write_predictions(predictions, Path(args.out), detector.resize, detector.crop, args.min_area)
     for record in records:
         if "error" in record:

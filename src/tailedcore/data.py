@@ -59,22 +59,22 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """All image files directly inside ``folder``, sorted by name."""
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """All image files inside ``folder`` (and its sub-folders when ``recursive``), sorted by path."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder")
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
+    return sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir()) if is_image_file(p))
 
 
-def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
+def collect_images(inputs: list[str | os.PathLike], recursive: bool = False) -> list[Path]:
     """Expand files and folders into image paths: files in the given order, each folder's images
-    (non-recursive) sorted by name, in place of the folder."""
+    (with its sub-folders' when ``recursive``) sorted by path, in place of the folder."""
     paths: list[Path] = []
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            paths.extend(list_images(item))
+            paths.extend(list_images(item, recursive))
         elif item.is_file():
             paths.append(item)
         else:

@@ -392,12 +392,12 @@ class Detector:
                            self.thresholds_)
 
     def predict(self, images, strict: bool = False) -> Predictions:
-        """Score image files: a list of files/folders (or one) -> Predictions.
+        """Score image files: a list of files/folders (or one; folders with their sub-folders) -> Predictions.
 
         Unreadable files are left out and listed in ``Predictions.failures``
         (``strict``: raise instead).
         """
-        paths = collect_images([images] if isinstance(images, (str, os.PathLike)) else list(images))
+        paths = collect_images([images] if isinstance(images, (str, os.PathLike)) else list(images), recursive=True)
         self.build_index()  # fails before any image is read when the model is not fitted
         failures: list[tuple[Path, str]] = []
         scored: list[Path] = []

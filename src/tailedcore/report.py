@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +15,27 @@ from .io import atomic_write_text, markdown_table, write_csv, write_json, write_
 from .render import prediction_images
 
 
-def _safe_stem(path: Path, used: set[str]) -> str:
-    stem = f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
-    candidate, k = stem, 1
-    while candidate in used:
-        k += 1
-        candidate = f"{stem}_{k}"
-    used.add(candidate)
-    return candidate
+def output_names(paths: list[Path]) -> list[str]:
+    """Each path relative to the folder all of them share, without suffix; repeated names get _2, _3, ..."""
+    if not paths:
+        return []
+    base = Path(os.path.commonpath([path.absolute().parent for path in paths]))
+    names, used = [], set()
+    for path in paths:
+        name = path.absolute().relative_to(base).with_suffix("").as_posix()
+        candidate, k = name, 1
+        while candidate in used:
+            k += 1
+            candidate = f"{name}_{k}"
+        used.add(candidate)
+        names.append(candidate)
+    return names
 
 
 def write_predictions(predictions: Predictions, out: Path, resize: int, crop: int, min_area: int = 16) -> list[dict]:
     """scores.csv, scores.json, overlays/<name>.png and, for a calibrated model, masks/<name>.png.
+
+    ``<name>`` is the image's path relative to the folder all images share, without suffix.
 
     Records per image: raw score, and with thresholds the normalised score
     (0.5 = threshold) and the decision ("ok" / "defect"); an unreadable image
@@ -38,9 +48,8 @@ def write_predictions(predictions: Predictions, out: Path, resize: int, crop: in
     high = float(predictions.anomaly_maps.max()) if len(predictions.paths) else 1.0
     masks = predictions.defect_masks(min_area) if calibrated else None
     normalised = predictions.normalised_scores if calibrated else None
-    records, used = [], set()
-    for index, path in enumerate(predictions.paths):
-        name = _safe_stem(path, used)
+    records = []
+    for index, (path, name) in enumerate(zip(predictions.paths, output_names(predictions.paths))):
         record = {"image": str(path), "raw_score": float(predictions.image_scores[index])}
         mask = masks[index] if calibrated else None
         if calibrated:

@@ -1,0 +1,42 @@
+"""tailedcore predict: which images are scored, where the outputs go, when it fails."""
+
+import json
+
+import pytest
+
+from tailedcore import PatchCore
+from tailedcore.cli import main
+
+from .conftest import SMALL
+
+
+@pytest.fixture(scope="module")
+def model(synthetic_root, tmp_path_factory):
+    detector = PatchCore(**SMALL, calibration_share=0.0).fit(synthetic_root / "checker" / "train" / "good")
+    detector.calibrate([synthetic_root / "checker" / "test" / "good"])
+    path = tmp_path_factory.mktemp("model") / "model.safetensors"
+    detector.save(path)
+    return str(path)
+
+
+def predict(model, *inputs, out):
+    return main(["--quiet", "predict", model, *map(str, inputs), "--out", str(out)])
+
+
+def test_folders_are_searched_recursively_and_names_keep_the_relative_path(model, synthetic_root, tmp_path):
+    out = tmp_path / "p"
+    assert predict(model, synthetic_root / "checker" / "test", out=out) == 0
+    overlays = sorted(r["overlay"] for r in json.loads((out / "scores.json").read_text()))
+    assert overlays == [f"overlays/{kind}/00{i}.png" for kind in ("defect", "good") for i in range(3)]
+    assert all((out / overlay).is_file() for overlay in overlays)
+
+
+def test_nothing_scored_is_a_failure(model, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert predict(model, tmp_path / "empty", out=tmp_path / "p1") == 1
+    assert "no images" in capsys.readouterr().err
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a picture")
+    assert predict(model, broken, out=tmp_path / "p2") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no image could be scored" in err and "broken.png" in err
