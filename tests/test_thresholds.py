@@ -72,3 +72,19 @@ def test_cli_calibrate_on_validation_leaves_out_unreadable_and_unmasked_images(t
     thresholds = load(model).thresholds_
     assert thresholds.source == "F1-max on 11 labeled validation images"  # 12 test images, one unreadable
     assert thresholds.pixel_range[0] <= thresholds.pixel <= thresholds.pixel_range[1]
+
+
+def test_cli_calibrate_takes_a_false_alarm_rate(tmp_path):
+    from tailedcore.cli import main
+
+    root = make_dataset(tmp_path / "data", {"stripes": 8}, test_good=3, test_defect=3, size=64, seed=4)
+    model = tmp_path / "model.safetensors"
+    PatchCore(**SMALL, calibration_share=0.0).fit(root).save(model)
+    normal = str(root / "stripes" / "train" / "good")
+    assert main(["--quiet", "calibrate", str(model), "--normal", normal, "--false-alarm-rate", "0.5"]) == 0
+    calibrated = load(model)
+    assert calibrated.thresholds_.source == "false-alarm rate 0.5 on 8 normal calibration images"
+    assert calibrated.false_alarm_rate == 0.5
+    with pytest.raises(SystemExit) as info:
+        main(["calibrate", str(model), "--validation", str(root), "--false-alarm-rate", "0.5"])
+    assert info.value.code == 2

@@ -190,7 +190,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
+    if args.validation and args.false_alarm_rate is not None:
+        raise UsageError("--false-alarm-rate applies to --normal; --validation takes the F1-max thresholds")
     detector = _load(args)
+    if args.false_alarm_rate is not None:
+        detector.set_params(false_alarm_rate=args.false_alarm_rate)
     if args.normal:
         thresholds = detector.calibrate(args.normal)
     else:
@@ -322,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = calibrate.add_mutually_exclusive_group(required=True)
     source.add_argument("--normal", nargs="+", help="normal images or folders: threshold at the false-alarm rate")
     source.add_argument("--validation", help="MVTec-layout root with labeled test splits: F1-max thresholds")
+    calibrate.add_argument("--false-alarm-rate", type=float,
+                           help="with --normal: share of normal images allowed above the threshold "
+                                "(default: the model's, 0.01 unless fitted with another)")
     calibrate.add_argument("--out", help="write the calibrated model here instead")
     _add_run_options(calibrate)
     calibrate.set_defaults(run=cmd_calibrate)
