@@ -88,3 +88,16 @@ def test_cli_calibrate_takes_a_false_alarm_rate(tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["calibrate", str(model), "--validation", str(root), "--false-alarm-rate", "0.5"])
     assert info.value.code == 2
+
+
+def test_validation_root_needs_no_training_images(tmp_path):
+    import shutil
+
+    from tailedcore.evaluation import calibrate_on_validation
+
+    root = make_dataset(tmp_path / "data", {"stripes": 6, "checker": 6}, test_good=3, test_defect=3, size=64, seed=4)
+    detector = PatchCore(**SMALL, calibration_share=0.0).fit(root)
+    for name in ("stripes", "checker"):
+        shutil.rmtree(root / name / "train")
+    thresholds = calibrate_on_validation(detector, root)
+    assert thresholds.source == "F1-max on 12 labeled validation images"

@@ -97,17 +97,19 @@ def _mask_for(root: Path, defect_type: str, image: Path) -> Path | None:
     return None
 
 
-def load_mvtec_class(class_dir: str | os.PathLike) -> MVTecClass:
+def load_mvtec_class(class_dir: str | os.PathLike, need_train: bool = True) -> MVTecClass:
     """Read one class folder: ``train/good``, ``test/<type>``, ``ground_truth/<type>``.
 
+    Without ``need_train`` a missing ``train/good`` means no training images.
     Mask files that belong to no test image are reported (one warning line).
     """
     class_dir = Path(class_dir)
     train_dir = class_dir / "train" / GOOD
-    if not train_dir.is_dir():
+    if need_train and not train_dir.is_dir():
         raise DatasetError(f"{train_dir}: missing train/good folder")
     item = MVTecClass(name=class_dir.name)
-    item.train = [Sample(p, item.name, 0, GOOD) for p in list_images(train_dir)]
+    if train_dir.is_dir():
+        item.train = [Sample(p, item.name, 0, GOOD) for p in list_images(train_dir)]
     test_dir = class_dir / "test"
     if test_dir.is_dir():
         for type_dir in sorted(d for d in test_dir.iterdir() if d.is_dir()):
@@ -125,18 +127,26 @@ def load_mvtec_class(class_dir: str | os.PathLike) -> MVTecClass:
     return item
 
 
-def load_mvtec(root: str | os.PathLike) -> list[MVTecClass]:
-    """All classes of an MVTec-layout root, sorted by name."""
+def load_mvtec(root: str | os.PathLike, need_train: bool = True) -> list[MVTecClass]:
+    """All classes of an MVTec-layout root, sorted by name.
+
+    Without ``need_train`` (test or validation roots) a class folder needs ``test/`` only.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
     folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    for folder in folders:
-        if not (folder / "train" / GOOD).is_dir() and ((folder / "test").is_dir() or (folder / "train").is_dir()):
-            raise DatasetError(f"{folder}: class folder without train/good")
-    classes = [load_mvtec_class(d) for d in folders if (d / "train" / GOOD).is_dir()]
+    if need_train:
+        for folder in folders:
+            if not (folder / "train" / GOOD).is_dir() and ((folder / "test").is_dir() or (folder / "train").is_dir()):
+                raise DatasetError(f"{folder}: class folder without train/good")
+        classes = [load_mvtec_class(d) for d in folders if (d / "train" / GOOD).is_dir()]
+        if not classes:
+            raise DatasetError(f"{root}: no <class>/train/good folders (not an MVTec-layout root)")
+        return classes
+    classes = [load_mvtec_class(d, need_train=False) for d in folders if (d / "test").is_dir()]
     if not classes:
-        raise DatasetError(f"{root}: no <class>/train/good folders (not an MVTec-layout root)")
+        raise DatasetError(f"{root}: no <class>/test folders (not an MVTec-layout root)")
     return classes
 
 

@@ -170,13 +170,14 @@ def evaluate(detector: Detector, data: str | os.PathLike, classes: list[str] | N
 
 
 def calibrate_on_validation(detector: Detector, data: str | os.PathLike) -> Thresholds:
-    """F1-max thresholds from the labeled test splits of ``data`` (MVTec layout).
+    """F1-max thresholds from the labeled test splits of ``data`` (MVTec layout; no train/good needed).
 
     Images are filtered as in evaluation (unreadable ones and defects without
     a mask are left out, with a warning); the pixel threshold comes from the
     classes with masks, or from normal images when no class has any.
     """
-    parts = {c.name: score_labeled(detector, c.test, c.has_masks) for c in load_mvtec(Path(data)) if c.test}
+    parts = {c.name: score_labeled(detector, c.test, c.has_masks)
+             for c in load_mvtec(Path(data), need_train=False) if c.test}
     for name, part in parts.items():
         for note in part.notes:
             log.warning("%s: %s", name, note)
