@@ -130,7 +130,7 @@ def load_mvtec_class(class_dir: str | os.PathLike, need_train: bool = True) -> M
 def load_mvtec(root: str | os.PathLike, need_train: bool = True) -> list[MVTecClass]:
     """All classes of an MVTec-layout root, sorted by name.
 
-    Without ``need_train`` (test or validation roots) a class folder needs ``test/`` only.
+    Without ``need_train`` (test or validation roots) a class folder is one with ``test/`` or ``train/good``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -144,9 +144,10 @@ def load_mvtec(root: str | os.PathLike, need_train: bool = True) -> list[MVTecCl
         if not classes:
             raise DatasetError(f"{root}: no <class>/train/good folders (not an MVTec-layout root)")
         return classes
-    classes = [load_mvtec_class(d, need_train=False) for d in folders if (d / "test").is_dir()]
+    classes = [load_mvtec_class(d, need_train=False) for d in folders
+               if (d / "test").is_dir() or (d / "train" / GOOD).is_dir()]
     if not classes:
-        raise DatasetError(f"{root}: no <class>/test folders (not an MVTec-layout root)")
+        raise DatasetError(f"{root}: no <class>/test or <class>/train/good folders (not an MVTec-layout root)")
     return classes
 
 

@@ -139,18 +139,24 @@ def score_labeled(detector: Detector, samples: list[Sample], has_masks: bool) ->
     return LabeledScores(samples, predictions, labels, masks, maps, notes)
 
 
+def _unscored(name: str, notes: list[str]) -> ClassResult:
+    """The result of a class without a scored test image: metrics of None and the reason in the notes."""
+    return ClassResult(name, [], np.empty(0, np.float32), np.empty(0, np.int64),
+                       {metric: None for metric in METRIC_NAMES}, notes)
+
+
 def evaluate_samples(detector: Detector, name: str, samples: list[Sample], has_masks: bool) -> ClassResult:
     """Score one class's test samples and compute its metrics, curves and example overlays.
 
     Unreadable images and defective images without a mask are handled as in
     ``score_labeled``; a class with no readable image gets metrics of None.
     """
+    if not samples:
+        return _unscored(name, ["no test images"])
     scored = score_labeled(detector, samples, has_masks)
     predictions = scored.predictions
     if not scored.samples:
-        empty = {metric: None for metric in METRIC_NAMES}
-        return ClassResult(name, [], predictions.image_scores, scored.labels, empty,
-                           scored.notes + ["no readable test image"])
+        return _unscored(name, scored.notes + ["no readable test image"])
     result = evaluate_scores(scored.labels, predictions.image_scores, scored.masks, scored.maps)
     return ClassResult(name, scored.samples, predictions.image_scores, scored.labels, result.values,
                        scored.notes + result.notes, has_masks, _thin(result.roc), _thin(result.pro),
@@ -158,14 +164,17 @@ def evaluate_samples(detector: Detector, name: str, samples: list[Sample], has_m
 
 
 def evaluate(detector: Detector, data: str | os.PathLike, classes: list[str] | None = None) -> Evaluation:
-    """Predict every test image of ``data`` (MVTec layout) and compute per-class metrics."""
+    """Predict every test image of ``data`` (MVTec layout) and compute per-class metrics.
+
+    Every class is in the result, one without a readable test image with metrics of None and a
+    note; no readable test image in any class is a ValueError.
+    """
     results = {}
-    for item in load_mvtec(Path(data)):
-        if classes is not None and item.name not in classes:
-            continue
-        if not item.test:
-            continue
-        results[item.name] = evaluate_samples(detector, item.name, item.test, item.has_masks)
+    for item in load_mvtec(Path(data), need_train=False):
+        if classes is None or item.name in classes:
+            results[item.name] = evaluate_samples(detector, item.name, item.test, item.has_masks)
+    if not any(result.samples for result in results.values()):
+        raise ValueError(f"{data}: no readable test image in any class")
     return Evaluation(detector.method, results, detector.thresholds_)
 
 

@@ -100,3 +100,21 @@ def test_class_without_readable_test_images_still_gets_a_report(root, tmp_path):
     write_evaluation(evaluation, tmp_path / "report")
     html = (tmp_path / "report" / "report.html").read_text()
     assert "checker" in html and "data:image/png;base64," in html
+
+
+def test_every_class_is_in_the_table_and_no_test_image_at_all_is_an_error(root, tmp_path, capsys):
+    from tailedcore.cli import main
+
+    detector = PatchCore(**SMALL).fit(root)
+    shutil.rmtree(root / "checker" / "test")
+    evaluation = evaluate(detector, root)
+    assert evaluation.classes["checker"].notes == ["no test images"]
+    assert evaluation.classes["checker"].metrics["image_auroc"] is None
+    for image in (root / "stripes" / "test").rglob("*.png"):
+        image.write_bytes(b"not a picture")
+    with pytest.raises(ValueError, match="no readable test image in any class"):
+        evaluate(detector, root)
+    model = tmp_path / "model.safetensors"
+    detector.save(model)
+    assert main(["--quiet", "evaluate", str(model), str(root), "--out", str(tmp_path / "out")]) == 1
+    assert "no readable test image in any class" in capsys.readouterr().err
