@@ -173,13 +173,20 @@ def training_images(data: str | os.PathLike) -> list[Path]:
     return paths
 
 
+# Full scale of Pillow's high-bit-depth gray modes ("I" is how Pillow may hold a 16-bit file).
+FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0, "F": 1.0}
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB with the EXIF orientation applied; 16/32-bit gray is scaled by its maximum."""
+    """8-bit RGB with the EXIF orientation applied.
+
+    16-bit gray is scaled by its bit depth (65535 -> 255) and float gray by 1.0, values outside
+    clipped: never by the image's own content, so brightness is kept.
+    """
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = max(float(array.max()), 1.0)
-        image = Image.fromarray(np.round(np.clip(array, 0, None) * (255.0 / top)).astype(np.uint8))
+    if image.mode in FULL_SCALE:
+        array = np.asarray(image, dtype=np.float64) * (255.0 / FULL_SCALE[image.mode])
+        image = Image.fromarray(np.round(np.clip(array, 0, 255)).astype(np.uint8))
     return image.convert("RGB")
 
 

@@ -55,7 +55,16 @@ def test_modes_are_converted(tmp_path, mode):
     loaded = load_image(path, 32, 32)
     assert loaded.shape == (32, 32, 3) and loaded.dtype == np.uint8
     if mode == "I;16":
-        assert loaded.max() > 240 and loaded.min() < 10  # 16-bit range scaled to 8 bits, not clipped
+        assert loaded.max() > 220 and loaded.min() < 10  # 16-bit range scaled to 8 bits, not clipped
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_images_are_scaled_by_the_bit_depth_not_their_content(tmp_path, suffix):
+    dim = np.random.default_rng(2).integers(0, 120, (30, 40)).astype(np.uint8)  # a dark image
+    save(dim, tmp_path / "8bit.png")
+    save(dim.astype(np.uint16) * 257, tmp_path / f"16bit{suffix}")  # the same image at 16 bits
+    expected = load_image(tmp_path / "8bit.png", 32, 32)
+    np.testing.assert_array_equal(load_image(tmp_path / f"16bit{suffix}", 32, 32), expected)
 
 
 def test_exif_orientation_is_applied(tmp_path):
