@@ -17,15 +17,23 @@ import numpy as np
 from PIL import Image
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` via a temp file in the same folder and a rename.
 
-    An interrupted write leaves either the old file or the complete new one.
+    An interrupted write leaves either the old file or the complete new one. The file gets
+    the usual permissions of a new file (0666 & ~umask), not the temp file's 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -54,11 +62,13 @@ def destination_problem(dest: Path, source: Path, overwrite: bool) -> str | None
 def staged_directory(dest: Path) -> Iterator[Path]:
     """A temporary folder beside ``dest`` that replaces ``dest`` when the block completes.
 
-    On any error (or interrupt) the temporary folder is removed and ``dest`` is untouched.
+    On any error (or interrupt) the temporary folder is removed and ``dest`` is untouched. The
+    folder gets the usual permissions of a new folder (0777 & ~umask), not the temp folder's 0700.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
+        staging.chmod(0o777 & ~_current_umask())
         yield staging
         if dest.exists():
             shutil.rmtree(dest)

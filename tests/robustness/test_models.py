@@ -67,3 +67,18 @@ def test_unknown_method_or_parameters_are_refused(tmp_path):
     with pytest.raises(ModelFileError, match="unknown parameters"):
         load(path)
     assert PatchCore  # the registry is what load trusts
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_writes_keep_the_usual_permissions(tmp_path, umask):
+    from tailedcore.io import atomic_write_bytes, staged_directory
+
+    previous = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "file", b"x")
+        with staged_directory(tmp_path / "folder") as staging:
+            (staging / "inside").write_bytes(b"x")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "file").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~umask
