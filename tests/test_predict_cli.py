@@ -40,3 +40,19 @@ def test_nothing_scored_is_a_failure(model, tmp_path, capsys):
     assert predict(model, broken, out=tmp_path / "p2") == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no image could be scored" in err and "broken.png" in err
+
+
+def test_an_existing_output_folder_is_refused_or_replaced_never_mixed(model, synthetic_root, tmp_path, capsys):
+    out = tmp_path / "p"
+    assert predict(model, synthetic_root / "checker" / "test", out=out) == 0
+    assert predict(model, synthetic_root / "checker" / "test" / "good" / "000.png", out=out) == 1
+    assert "--overwrite" in capsys.readouterr().err and len(list((out / "overlays").rglob("*.png"))) == 6
+    assert main(["--quiet", "predict", model, str(synthetic_root / "checker" / "test" / "good" / "000.png"),
+                 "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["masks/000.png", "overlays/000.png"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert main(["--quiet", "predict", model, str(synthetic_root / "checker" / "test" / "good"), "--out", str(other),
+                 "--overwrite"]) == 1
+    assert "scores.csv" in capsys.readouterr().err and [p.name for p in other.iterdir()] == ["notes.txt"]

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__
 from .detector import METHODS, load
 from .evaluation import calibrate_on_validation, evaluate
-from .io import markdown_table
+from .io import markdown_table, staged_directory
 from .policies import TAIL_CORESETS
 from .report import write_evaluation, write_predictions
 from .tail import TAIL_ESTIMATORS
@@ -168,7 +168,20 @@ def _load(args: argparse.Namespace):
     return load(args.model, **overrides)
 
 
+def check_predictions_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that is not empty, unless ``overwrite`` and it holds a previous run's scores."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise ValueError(f"{out}: not empty (use --overwrite to replace a previous run's predictions)")
+    if not (out / "scores.csv").is_file():
+        raise ValueError(f"{out}: --overwrite replaces only a previous predictions folder (one with scores.csv)")
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
+    check_predictions_folder(Path(args.out), args.overwrite)
     detector = _load(args)
     if detector.thresholds_ is None:
         log.warning("%s has no thresholds: raw scores only (calibrate with 'tailedcore calibrate')", args.model)
@@ -178,7 +191,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
             raise ValueError(f"no images in {' '.join(args.inputs)}")
         raise ValueError(f"no image could be scored: {len(predictions.failures)} unreadable, e.g. "
                          f"{predictions.failures[0][1]}")
-    records = write_predictions(predictions, Path(args.out), detector.resize, detector.crop, args.min_area)
+    with staged_directory(Path(args.out)) as staging:
+        records = write_predictions(predictions, staging, detector.resize, detector.crop, args.min_area)
     for record in records:
         if "error" in record:
             print(f"error\t{record['error']}")
@@ -316,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="score images; write scores and heatmap overlays")
     predict.add_argument("model", help="model file")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
-    predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument("--out", required=True, help="output folder (new or empty)")
+    predict.add_argument("--overwrite", action="store_true", help="replace a previous run's output folder")
     predict.add_argument("--min-area", type=int, default=16, help="smallest defect blob kept in masks, in pixels")
     _add_run_options(predict)
     predict.set_defaults(run=cmd_predict)
