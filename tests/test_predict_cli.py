@@ -1,11 +1,15 @@
 """tailedcore predict: which images are scored, where the outputs go, when it fails."""
 
 import json
+import logging
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from tailedcore import PatchCore
+from tailedcore import PatchCore, load
 from tailedcore.cli import main
+from tailedcore.data import ImageLoadError
 
 from .conftest import SMALL
 
@@ -56,3 +60,16 @@ def test_an_existing_output_folder_is_refused_or_replaced_never_mixed(model, syn
     assert main(["--quiet", "predict", model, str(synthetic_root / "checker" / "test" / "good"), "--out", str(other),
                  "--overwrite"]) == 1
     assert "scores.csv" in capsys.readouterr().err and [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_small_images_are_warned_about_or_refused_with_strict(model, tmp_path, caplog, capsys):
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.full((10, 10, 3), 128, np.uint8)).save(tiny)
+    detector = load(model)
+    with caplog.at_level(logging.WARNING, logger="tailedcore"):
+        assert len(detector.predict([tiny]).paths) == 1
+    assert any("tiny.png: 10x10 image upscaled 8.0x" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ImageLoadError, match="tiny.png: 10x10 image upscaled"):
+        detector.predict([tiny], strict=True)
+    assert main(["--quiet", "predict", model, str(tiny), "--out", str(tmp_path / "p"), "--strict"]) == 1
+    assert "tiny.png: 10x10 image upscaled" in capsys.readouterr().err

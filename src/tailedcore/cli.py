@@ -185,7 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     detector = _load(args)
     if detector.thresholds_ is None:
         log.warning("%s has no thresholds: raw scores only (calibrate with 'tailedcore calibrate')", args.model)
-    predictions = detector.predict(args.inputs)
+    predictions = detector.predict(args.inputs, strict=args.strict)
     if not predictions.paths:
         if not predictions.failures:
             raise ValueError(f"no images in {' '.join(args.inputs)}")
@@ -332,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True, help="output folder (new or empty)")
     predict.add_argument("--overwrite", action="store_true", help="replace a previous run's output folder")
+    predict.add_argument("--strict", action="store_true",
+                         help="fail on the first unreadable image or image upscaled more than 4x")
     predict.add_argument("--min-area", type=int, default=16, help="smallest defect blob kept in masks, in pixels")
     _add_run_options(predict)
     predict.set_defaults(run=cmd_predict)

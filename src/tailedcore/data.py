@@ -206,6 +206,19 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
         raise ImageLoadError(f"{path}: cannot read image ({reason})") from error
 
 
+# Upscaling beyond this factor invents the detail the backbone sees: such scores are unreliable.
+MAX_UPSCALE = 4.0
+
+
+def upscale_problem(size: tuple[int, int], resize: int) -> str | None:
+    """Why an image of ``size`` (width, height) is too small for ``resize``, or None."""
+    factor = resize / min(size)
+    if factor <= MAX_UPSCALE:
+        return None
+    return (f"{size[0]}x{size[1]} image upscaled {factor:.1f}x to {resize} px (more than {MAX_UPSCALE:g}x): "
+            "its score is unreliable")
+
+
 def resize_and_crop(image: Image.Image, resize: int, crop: int, resample: int) -> Image.Image:
     """Resize the shorter side to ``resize``, then center-crop ``crop`` x ``crop``."""
     width, height = image.size

@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import policies
-from .data import collect_images, load_image, preprocess, training_images
+from .data import ImageLoadError, collect_images, image_size, load_image, preprocess, training_images, upscale_problem
 from .features import FeatureBatch, FeatureExtractor
 from .memory import MemoryBank, ModelFileError, read_model, write_model
 from .policies import FeatureSet, PolicyResult, TrainingFeatures
@@ -73,6 +73,15 @@ class Predictions:
 
     def defect_masks(self, min_area: int = 16) -> np.ndarray:
         return defect_masks(self.anomaly_maps, self._require_thresholds().pixel, min_area)
+
+
+def _check_upscale(name, size: tuple[int, int], resize: int, strict: bool) -> None:
+    """Warn about an image too small for ``resize`` (``strict``: raise ImageLoadError)."""
+    problem = upscale_problem(size, resize)
+    if problem and strict:
+        raise ImageLoadError(f"{name}: {problem}")
+    if problem:
+        log.warning("%s: %s", name, problem)
 
 
 def _as_paths(images) -> list[Path]:
@@ -395,10 +404,17 @@ class Detector:
         """Score image files: a list of files/folders (or one; folders with their sub-folders) -> Predictions.
 
         Unreadable files are left out and listed in ``Predictions.failures``
-        (``strict``: raise instead).
+        (``strict``: raise instead). Images upscaled more than ``data.MAX_UPSCALE``
+        times get a warning each (``strict``: ImageLoadError).
         """
         paths = collect_images([images] if isinstance(images, (str, os.PathLike)) else list(images), recursive=True)
         self.build_index()  # fails before any image is read when the model is not fitted
+        for path in paths:
+            try:
+                size = image_size(path)
+            except ImageLoadError:
+                continue  # reported when the image is read
+            _check_upscale(path, size, self.resize, strict)
         failures: list[tuple[Path, str]] = []
         scored: list[Path] = []
 
@@ -417,11 +433,14 @@ class Detector:
         if names is not None and len(names) != len(images):
             raise ValueError(f"names: {len(names)} given for {len(images)} images")
         self.build_index()
+        names = names or [f"image-{i}" for i in range(len(images))]
+        for image, name in zip(images, names):
+            _check_upscale(name, image.size, self.resize, strict=False)
         arrays = [preprocess(image, self.resize, self.crop) for image in images]
         extractor = self.extractor
         batches = (extractor.features(extractor.normalise(arrays[i : i + self.batch_size]))
                    for i in range(0, len(arrays), self.batch_size))
-        return self._predictions(batches, [Path(n) for n in (names or [f"image-{i}" for i in range(len(arrays))])])
+        return self._predictions(batches, [Path(n) for n in names])
 
     # -- persistence ------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
