@@ -72,6 +72,36 @@ def test_upload_limits(client, synthetic_root):
     assert client.post("/predict").status_code == 422
 
 
+def test_unreadable_upload_names_the_file_without_internals(client):
+    answer = client.post("/predict", files={"file": ("a.png", b"not really a png", "image/png")})
+    assert answer.status_code == 400
+    assert "'a.png' is not a readable image" in answer.json()["detail"] and "BytesIO" not in answer.json()["detail"]
+
+
+def test_max_pixels_is_the_one_pixel_limit(detector, synthetic_root, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's own limit below the 96 x 96 test images
+    image = png(synthetic_root / "dots" / "train" / "good" / "000.png")
+    above_pillow = TestClient(create_app(detector, max_pixels=20_000))
+    assert above_pillow.post("/predict", files={"file": ("a.png", image, "image/png")}).status_code == 200
+    below_image = TestClient(create_app(detector, max_pixels=5_000))
+    answer = below_image.post("/predict", files={"file": ("a.png", image, "image/png")})
+    assert answer.status_code == 413 and "pixel limit" in answer.json()["detail"]
+
+
+def test_busy_port_is_one_line_and_exit_status_1(detector, tmp_path, capsys):
+    from tailedcore.cli import main
+
+    model = tmp_path / "model.safetensors"
+    detector.save(model)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["--quiet", "serve", str(model), "--port", str(port)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and f"127.0.0.1:{port}" in captured.err and not captured.out
+
+
 def test_concurrent_requests_agree(client, synthetic_root):
     files = sorted((synthetic_root / "checker" / "test").rglob("*.png"))
     single = [client.post("/predict", files={"file": (f.name, png(f), "image/png")}).json()["raw_score"] for f in files]

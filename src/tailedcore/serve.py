@@ -12,12 +12,13 @@ answers); one lock serialises scoring, so concurrent requests are safe.
 
 import base64
 import io
+import socket
 import threading
 import warnings
 
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .data import preprocess
 from .detector import Detector
@@ -47,7 +48,13 @@ def _b64png(array) -> str:
 
 
 def create_app(detector: Detector, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS):
-    """The FastAPI application serving ``detector``."""
+    """The FastAPI application serving ``detector``.
+
+    ``max_pixels`` is the one pixel limit: Pillow's decompression-bomb limit
+    (``Image.MAX_IMAGE_PIXELS``, process-wide) is raised to it when lower.
+    """
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     app = FastAPI(title="tailedcore", version="1")
     lock = threading.Lock()
     summary = model_summary(detector)
@@ -82,8 +89,11 @@ def create_app(detector: Detector, max_bytes: int = DEFAULT_MAX_BYTES, max_pixel
                 image.load()
         except HTTPException:
             raise
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-                Image.DecompressionBombWarning) as error:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise HTTPException(413, f"image is over the {max_pixels:,}-pixel limit") from error
+        except UnidentifiedImageError as error:
+            raise HTTPException(400, f"'{file.filename}' is not a readable image (unknown format)") from error
+        except (OSError, SyntaxError, ValueError) as error:
             raise HTTPException(400, f"'{file.filename}' is not a readable image ({error})") from error
         with lock:
             predictions = detector.predict_images([image], [file.filename or "upload"])
@@ -105,9 +115,19 @@ def create_app(detector: Detector, max_bytes: int = DEFAULT_MAX_BYTES, max_pixel
 
 
 def serve(detector: Detector, host: str = "127.0.0.1", port: int = 8000, **limits) -> None:
+    """Serve ``detector`` until interrupted; a port that cannot be bound is an OSError naming it."""
     import uvicorn
 
-    uvicorn.run(create_app(detector, **limits), host=host, port=port, log_level="info")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+    config = uvicorn.Config(create_app(detector, **limits), host=host, port=port, log_level="info")
+    uvicorn.Server(config).run(sockets=[listener])
 
 
 PAGE = """<!DOCTYPE html>
