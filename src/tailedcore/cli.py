@@ -2,13 +2,14 @@
 
 A thin shell over the Python API. Errors are one line on stderr (``--debug``
 shows the traceback); exit codes: 0 success, 1 failure, 2 usage error,
-130 interrupted.
+130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -132,6 +133,14 @@ def _benchmark_method_options(args: argparse.Namespace) -> dict[str, dict]:
 
 class UsageError(ValueError):
     """A combination of options that does not make sense."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM as an exception, so that a run cleans up (temporary feature files) as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
@@ -433,20 +442,24 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(args.threads)
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         args.run(args)
     except UsageError as error:
         parser.error(str(error))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         kept = " (completed feature batches are kept in --cache)" if getattr(args, "cache", None) else ""
-        print(f"tailedcore: interrupted{kept}", file=sys.stderr)
-        return 130
+        terminated = isinstance(interruption, Terminated)
+        print(f"tailedcore: {'terminated' if terminated else 'interrupted'}{kept}", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as error:  # noqa: BLE001 - the CLI turns any failure into one line
         if args.debug:
             traceback.print_exc()
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"tailedcore: error: {message}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     return 0
 
 

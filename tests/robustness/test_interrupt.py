@@ -36,3 +36,22 @@ def test_sigint_then_resume_from_cache(tmp_path):
     assert (tmp_path / "m.safetensors").is_file()
     assert len(list((cache / "features").glob("*.npz"))) == 81  # 162 images in batches of 2
     assert time.time() - started < 300
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_sigterm_during_fit_removes_the_feature_files(tmp_path):
+    root = make_dataset(tmp_path / "data", {"stripes": 160, "dots": 2}, test_good=1, test_defect=1, size=64, seed=9)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    command = [sys.executable, "-m", "tailedcore", "--quiet", "fit", str(root), "--method", "patchcore",
+               "--out", str(tmp_path / "m.safetensors"), "--resize", "80", "--crop", "64", "--batch-size", "2"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(temp)})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(temp.glob("tailedcore-*/patches.f32")):
+        time.sleep(0.05)
+    assert list(temp.glob("tailedcore-*/patches.f32")), "fit did not start writing features"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "tailedcore: terminated"
+    assert not list(temp.iterdir()) and not (tmp_path / "m.safetensors").exists()
