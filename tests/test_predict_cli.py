@@ -73,3 +73,14 @@ def test_small_images_are_warned_about_or_refused_with_strict(model, tmp_path, c
         detector.predict([tiny], strict=True)
     assert main(["--quiet", "predict", model, str(tiny), "--out", str(tmp_path / "p"), "--strict"]) == 1
     assert "tiny.png: 10x10 image upscaled" in capsys.readouterr().err
+
+
+def test_only_images_decided_defect_carry_a_mask(model, synthetic_root, tmp_path):
+    predictions = load(model).predict(synthetic_root / "checker" / "test" / "good")
+    ok = ~predictions.decisions
+    assert ok.any() and not predictions.defect_masks()[ok].any()
+    assert predict(model, synthetic_root / "checker" / "test", out=tmp_path / "p") == 0
+    for record in json.loads((tmp_path / "p" / "scores.json").read_text()):
+        mask = np.asarray(Image.open(tmp_path / "p" / record["mask"]))
+        assert (record["defect_pixels"] > 0) <= (record["decision"] == "defect")
+        assert record["defect_pixels"] == np.count_nonzero(mask)

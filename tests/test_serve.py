@@ -57,6 +57,7 @@ def test_predict_defect_and_normal(client, synthetic_root):
     good = synthetic_root / "stripes" / "train" / "good" / "000.png"
     answer = client.post("/predict", files={"file": ("good.png", png(good), "image/png")}).json()
     assert answer["decision"] == "ok" and answer["score"] < 0.5
+    assert not np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["mask"])))).any()  # no mask when ok
 
 
 def test_upload_limits(client, synthetic_root):

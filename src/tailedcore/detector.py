@@ -47,7 +47,7 @@ class Predictions:
     ``failures``: (path, reason) of images that could not be read (not in m).
     With ``thresholds`` (a calibrated model): ``normalised_scores`` (m,) in
     [0, 1] with 0.5 = threshold, ``decisions`` (m,) bool (True = defect) and
-    ``defect_masks(min_area)`` (m, crop, crop) bool.
+    ``defect_masks(min_area)`` (m, crop, crop) bool, empty for images decided ok.
     """
 
     paths: list[Path]
@@ -72,7 +72,9 @@ class Predictions:
         return self.image_scores >= self._require_thresholds().image
 
     def defect_masks(self, min_area: int = 16) -> np.ndarray:
-        return defect_masks(self.anomaly_maps, self._require_thresholds().pixel, min_area)
+        """Pixels above the pixel threshold, blobs under ``min_area`` removed; empty for images decided ok."""
+        masks = defect_masks(self.anomaly_maps, self._require_thresholds().pixel, min_area)
+        return masks & self.decisions[:, None, None]
 
 
 def _check_upscale(name, size: tuple[int, int], resize: int, strict: bool) -> None:
