@@ -1,4 +1,4 @@
-"""Command line: ``tailedcore fit | predict | evaluate | demo``.
+"""Command line: ``tailedcore [OPTIONS] COMMAND ...``, one command per step of the work.
 
 A thin shell over the Python API. Errors are one line on stderr (``--debug``
 shows the traceback); exit codes: 0 success, 1 failure, 2 usage error,
@@ -314,13 +314,26 @@ def set_threads(threads: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
+DESCRIPTION = ("Anomaly detection for industrial image sets (PatchCore, SoftPatch, TailedCore): fit, predict, "
+               "calibrate, evaluate, serve, make-nlt, convert-visa, benchmark, demo.")
+EPILOG = "Global options go before or after the command. 'tailedcore COMMAND --help' describes each command."
+
+
+def _add_global_options(parser, suppress: bool) -> None:
+    """--debug, --quiet, --threads. Commands take them too, with defaults suppressed so that a value
+    given before the command is kept."""
+    default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
+    parser.add_argument("--debug", action="store_true", default=default(False), help="show tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", default=default(False), help="no progress bars")
+    parser.add_argument("--threads", type=int, default=default(None),
+                        help="CPU threads for torch and faiss (default: one per core); fix it to make benchmark "
+                             "figures exactly repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tailedcore", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="tailedcore", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"tailedcore {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch and faiss (default: one per core); "
-                                                     "fix it to make benchmark figures exactly repeatable")
+    _add_global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = commands.add_parser("fit", help="fit a model on a dataset root or image folder")
@@ -430,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--crop", type=int, default=144, help="reduced for speed (default 144)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=cmd_demo)
+    for command in commands.choices.values():
+        _add_global_options(command.add_argument_group("global options (also before the command)"), suppress=True)
     return parser
 
 

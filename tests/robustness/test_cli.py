@@ -43,3 +43,21 @@ def test_module_entry_point_exit_code(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tailedcore", "predict", str(tmp_path / "none.safetensors"),
                              str(tmp_path), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
+
+
+def test_top_level_help_names_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "fit | predict | evaluate | demo" not in text
+    assert all(command in text.split("positional arguments")[0] for command in COMMANDS)
+
+
+@pytest.mark.parametrize("place", ["before", "after"])
+def test_global_options_before_or_after_the_command(place):
+    options = ["--threads", "2", "--quiet", "--debug"]
+    command = ["predict", "m.safetensors", "images", "--out", "o"]
+    args = build_parser().parse_args(options + command if place == "before" else command + options)
+    assert (args.threads, args.quiet, args.debug) == (2, True, True)
+    plain = build_parser().parse_args(command)
+    assert (plain.threads, plain.quiet, plain.debug) == (None, False, False)
