@@ -8,7 +8,7 @@ is subsampled to ``test_per_label`` normal and anomalous images per class.
 
 The defaults are reduced so that all three methods run in a few minutes on a
 2-core CPU: input 160 -> 144 px (an 18 x 18 patch grid instead of 28 x 28)
-and small classes. Every method step is the full one (TailSampler, 47 views
+and small classes. Every method step is the full one (tail estimator, 47 views
 per tail image, LOF, 10% greedy coreset, exact nearest-neighbour search).
 """
 
@@ -102,9 +102,9 @@ def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tu
             lines += [f"## {method}  (fit {fit_seconds:.0f} s, fit + test {total_seconds:.0f} s, "
                       f"memory bank {len(detector.memory_)} features)", ""]
             if "tail_indices" in detector.diagnostics_:
-                tail_names = sorted({detector.training_paths_[i].parts[-4]
-                                     for i in detector.diagnostics_["tail_indices"]})
-                lines += [f"TailSampler: {len(detector.diagnostics_['tail_indices'])} tail images "
+                tail_images = detector.diagnostics_["tail_indices"]
+                tail_names = sorted({detector.training_paths_[i].parts[-4] for i in tail_images})
+                lines += [f"Tail ({detector.tail_estimator} estimator): {len(tail_images)} tail images "
                           f"(max K = {detector.diagnostics_['max_k']}), from {', '.join(tail_names) or 'no class'}", ""]
             lines += [table,
                       markdown_table(["stage", "seconds", "peak RSS MiB"], detector.profile_.table(), percent=False)]
