@@ -14,16 +14,17 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
+from pathlib import Path
 
-import numpy as np
 from common import REAL_AD, print_table
+from tail_quality import compute_inputs
 
 from tailedcore.data import training_images
-from tailedcore.features import FeatureExtractor
 from tailedcore.tail import TAIL_ESTIMATORS, TailInputs, make_tail_estimator
 from tailedcore.views import view_transforms
 
 VIEWS_PER_IMAGE = 1 + len(view_transforms())  # the image and its rotated / flipped views (paper defaults)
+PATCHES_PER_IMAGE = 28 * 28  # the default 224 px crop's stride-8 grid
 
 
 def main() -> None:
@@ -31,15 +32,13 @@ def main() -> None:
     parser.add_argument("--data", default=str(REAL_AD))
     parser.add_argument("--estimator", choices=list(TAIL_ESTIMATORS), default="linkage")
     args = parser.parse_args()
-    paths = training_images(args.data)
-    extractor = FeatureExtractor(progress=True)
-    embeddings = np.empty((len(paths), extractor.backbone.embedding_dim), np.float32)
-    mean_patches = np.empty((len(paths), extractor.feature_dim), np.float32)
-    for indices, batch in extractor.iter_batches(paths, with_embeddings=True):
-        embeddings[indices] = batch.embeddings
-        mean_patches[indices] = batch.patches.mean(axis=1)
+    source = Path(args.data)
+    paths = training_images(source)
+    inputs = compute_inputs(source)  # every train/good and defective test image, cached
+    rows = inputs.rows([path.relative_to(source).as_posix() for path in paths])
     started = time.perf_counter()
-    estimate = make_tail_estimator(args.estimator).estimate(TailInputs(embeddings, mean_patches))
+    estimate = make_tail_estimator(args.estimator).estimate(TailInputs(inputs.embeddings[rows],
+                                                                        inputs.mean_patches[rows]))
     seconds = time.perf_counter() - started
     classes = [p.parts[-4] for p in paths]
     per_class, in_tail = Counter(classes), Counter(classes[i] for i in estimate.tail_indices)
@@ -47,10 +46,9 @@ def main() -> None:
           f"tail = {len(estimate.tail_indices)} images")
     print_table(["class", "training images", "in the tail"],
                 [[name, per_class[name], in_tail[name]] for name in sorted(per_class)])
-    grid = int(np.prod(extractor.grid_shape))
-    rows = len(estimate.tail_indices) * VIEWS_PER_IMAGE * grid
-    print(f"\ntail coreset input: {rows:,} rows ({len(estimate.tail_indices)} x {VIEWS_PER_IMAGE} views x {grid}); "
-          f"10% picks -> {rows * rows // 10:.3e} row-centre pairs")
+    tail_rows = len(estimate.tail_indices) * VIEWS_PER_IMAGE * PATCHES_PER_IMAGE
+    print(f"\ntail coreset input: {tail_rows:,} rows ({len(estimate.tail_indices)} x {VIEWS_PER_IMAGE} views x "
+          f"{PATCHES_PER_IMAGE}); 10% picks -> {tail_rows * tail_rows // 10:.3e} row-centre pairs")
 
 
 if __name__ == "__main__":
