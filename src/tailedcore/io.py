@@ -7,8 +7,8 @@ import io
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,30 +17,29 @@ import numpy as np
 from PIL import Image
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _temp_beside(path: Path) -> Path:
+    """An unused hidden name beside ``path`` for a temporary file or folder."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` via a temp file in the same folder and a rename.
 
-    An interrupted write leaves either the old file or the complete new one. The file gets
-    the usual permissions of a new file (0666 & ~umask), not the temp file's 0600.
+    An interrupted write leaves either the old file or the complete new one. The temp file is
+    created with mode 0666, so the file gets the usual permissions of a new file (0666 & ~umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _temp_beside(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -63,12 +62,12 @@ def staged_directory(dest: Path) -> Iterator[Path]:
     """A temporary folder beside ``dest`` that replaces ``dest`` when the block completes.
 
     On any error (or interrupt) the temporary folder is removed and ``dest`` is untouched. The
-    folder gets the usual permissions of a new folder (0777 & ~umask), not the temp folder's 0700.
+    folder is created as any new folder is (0777 & ~umask).
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    staging = _temp_beside(dest)
+    staging.mkdir()
     try:
-        staging.chmod(0o777 & ~_current_umask())
         yield staging
         if dest.exists():
             shutil.rmtree(dest)
