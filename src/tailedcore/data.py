@@ -140,14 +140,11 @@ def load_mvtec(root: str | os.PathLike, need_train: bool = True) -> list[MVTecCl
         for folder in folders:
             if not (folder / "train" / GOOD).is_dir() and ((folder / "test").is_dir() or (folder / "train").is_dir()):
                 raise DatasetError(f"{folder}: class folder without train/good")
-        classes = [load_mvtec_class(d) for d in folders if (d / "train" / GOOD).is_dir()]
-        if not classes:
-            raise DatasetError(f"{root}: no <class>/train/good folders (not an MVTec-layout root)")
-        return classes
-    classes = [load_mvtec_class(d, need_train=False) for d in folders
-               if (d / "test").is_dir() or (d / "train" / GOOD).is_dir()]
+    classes = [load_mvtec_class(d, need_train) for d in folders
+               if (d / "train" / GOOD).is_dir() or (not need_train and (d / "test").is_dir())]
     if not classes:
-        raise DatasetError(f"{root}: no <class>/test or <class>/train/good folders (not an MVTec-layout root)")
+        wanted = "<class>/train/good" if need_train else "<class>/test or <class>/train/good"
+        raise DatasetError(f"{root}: no {wanted} folders (not an MVTec-layout root)")
     return classes
 
 
