@@ -11,6 +11,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -457,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(args.threads)
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)
-    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         args.run(args)
     except UsageError as error:
@@ -474,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tailedcore: error: {message}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_handler)
     return 0
 
 

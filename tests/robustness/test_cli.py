@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -61,3 +62,13 @@ def test_global_options_before_or_after_the_command(place):
     assert (args.threads, args.quiet, args.debug) == (2, True, True)
     plain = build_parser().parse_args(command)
     assert (plain.threads, plain.quiet, plain.debug) == (None, False, False)
+
+
+def test_main_outside_the_main_thread_fails_in_one_line(tmp_path, capsys):
+    codes = []
+    argv = ["predict", str(tmp_path / "none.safetensors"), str(tmp_path), "--out", str(tmp_path / "o")]
+    worker = threading.Thread(target=lambda: codes.append(main(argv)))
+    worker.start()
+    worker.join()
+    err = capsys.readouterr().err
+    assert codes == [1] and err.count("\n") == 1 and err.startswith("tailedcore: error:")
