@@ -315,8 +315,7 @@ def set_threads(threads: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
-DESCRIPTION = ("Anomaly detection for industrial image sets (PatchCore, SoftPatch, TailedCore): fit, predict, "
-               "calibrate, evaluate, serve, make-nlt, convert-visa, benchmark, demo.")
+DESCRIPTION = "Anomaly detection for industrial image sets (PatchCore, SoftPatch, TailedCore)"
 EPILOG = "Global options go before or after the command. 'tailedcore COMMAND --help' describes each command."
 
 
@@ -332,7 +331,7 @@ def _add_global_options(parser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tailedcore", description=DESCRIPTION, epilog=EPILOG)
+    parser = argparse.ArgumentParser(prog="tailedcore", epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"tailedcore {__version__}")
     _add_global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -446,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
     for command in commands.choices.values():
         _add_global_options(command.add_argument_group("global options (also before the command)"), suppress=True)
+    parser.description = f"{DESCRIPTION}: {', '.join(commands.choices)}."
     return parser
 
 
