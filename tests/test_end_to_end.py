@@ -65,6 +65,8 @@ def test_cli_fit_predict_evaluate(synthetic_root, tmp_path, capsys):
                                                                            "image_f1_max"}
     printed = capsys.readouterr().out
     assert "from 25 training images" in printed and load(model).calibration_share == 0.0  # --calibration: none aside
+    assert "images: 25 used, 0 skipped (unreadable), 0 set aside for thresholds" in printed
+    assert "(false-alarm rate 0.01 on 6 normal calibration images)" in printed and "thresholds: image " in printed
     assert "| checker |" in printed and (evaluation_dir / "metrics.md").is_file()
     assert (evaluation_dir / "metrics.csv").is_file()
 
@@ -130,3 +132,27 @@ def test_real_images_small_subset(tmp_path):
     detector.save(path)
     good = [root / "bottle" / "test" / "good"]
     np.testing.assert_array_equal(load(path).predict(good).image_scores, detector.predict(good).image_scores)
+
+
+def test_cli_fit_says_what_it_did(synthetic_root, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_root, data)
+    (data / "stripes" / "train" / "good" / "broken.png").write_bytes(b"not a picture")
+    model = tmp_path / "model.safetensors"
+    assert main(["--quiet", "fit", str(data), "--out", str(model), "--resize", "80", "--crop", "64"]) == 0
+    printed = capsys.readouterr().out
+    detector = load(model)
+    info = detector.memory_.info
+    assert "images: 25 used, 1 skipped (unreadable), 0 set aside for thresholds" in printed
+    assert f"tail: {info['tail_images']} images found, max K {info['max_k']}" in printed
+    assert (f"memory: {len(detector.memory_)} rows ({info['tail_memory']} from the tail, "
+            f"{info['head_memory']} from the head)") in printed
+    assert "thresholds: not set (no class of 20 or more training images to set images aside from; " \
+           "use --calibration DIR)" in printed
+    assert f"model file: {model} ({model.stat().st_size / 2**20:.1f} MiB)" in printed
+    calibrated = tmp_path / "calibrated.safetensors"
+    assert main(["--quiet", "fit", str(synthetic_root), "--method", "patchcore", "--out", str(calibrated),
+                 "--resize", "80", "--crop", "64", "--calibration-share", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "tail:" not in printed and f"memory: {len(load(calibrated).memory_)} rows\n" in printed
+    assert "thresholds: not set (--calibration-share 0 and no --calibration)" in printed

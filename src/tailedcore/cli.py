@@ -155,12 +155,40 @@ def cmd_fit(args: argparse.Namespace) -> None:
     if args.calibration:
         detector.calibrate(args.calibration)
     elif detector.thresholds_ is None:
-        log.warning("no thresholds: no class is large enough to set images aside; use --calibration DIR")
+        log.warning("no thresholds: %s", _no_thresholds_reason(detector))
     detector.save(args.out)
     print(f"{args.method}: {len(detector.memory_)} memory features from {len(detector.training_paths_)} "
           f"training images -> {args.out}")
+    print("\n".join(f"  {line}" for line in fit_summary(detector, Path(args.out))))
     if args.profile_stages:
         print(stage_table(detector.profile_.table()))
+
+
+def _no_thresholds_reason(detector) -> str:
+    if detector.calibration_share <= 0:
+        return "--calibration-share 0 and no --calibration"
+    return (f"no class of {detector.calibration_min_class} or more training images to set images aside from; "
+            "use --calibration DIR")
+
+
+def fit_summary(detector, model_file: Path) -> list[str]:
+    """What a fit did: images used and skipped, the tail (TailedCore), memory rows, thresholds, file size."""
+    info = detector.memory_.info
+    lines = [f"images: {len(detector.training_paths_)} used, {len(detector.skipped_)} skipped (unreadable), "
+             f"{len(detector.calibration_paths_)} set aside for thresholds"]
+    if "tail_images" in info:
+        lines.append(f"tail: {info['tail_images']} images found, max K {info['max_k']}")
+    rows = f"memory: {len(detector.memory_)} rows"
+    if "head_memory" in info and "tail_images" in info:
+        rows += f" ({info.get('tail_memory', 0)} from the tail, {info['head_memory']} from the head)"
+    lines.append(rows)
+    thresholds = detector.thresholds_
+    if thresholds is None:
+        lines.append(f"thresholds: not set ({_no_thresholds_reason(detector)})")
+    else:
+        lines.append(f"thresholds: image {thresholds.image:.4g}, pixel {thresholds.pixel:.4g} ({thresholds.source})")
+    lines.append(f"model file: {model_file} ({model_file.stat().st_size / 2**20:.1f} MiB)")
+    return lines
 
 
 def stage_table(rows: list[list]) -> str:
