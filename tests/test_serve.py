@@ -148,3 +148,8 @@ def test_browser_drop_image_shows_result(detector, synthetic_root, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_model_says_how_many_images_the_thresholds_rest_on(client):
+    thresholds = client.get("/model").json()["thresholds"]
+    assert thresholds["images"] == 6 and thresholds["few_images"] is True  # 6 normal images at a 1% false-alarm rate

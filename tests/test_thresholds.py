@@ -101,3 +101,41 @@ def test_validation_root_needs_no_training_images(tmp_path):
         shutil.rmtree(root / name / "train")
     thresholds = calibrate_on_validation(detector, root)
     assert thresholds.source == "F1-max on 12 labeled validation images"
+
+
+def test_thresholds_on_few_images_warn_and_keep_the_count(caplog):
+    import logging
+
+    maps = np.zeros((6, 4, 4))
+    with caplog.at_level(logging.WARNING, logger="tailedcore"):
+        thresholds = calibrate_false_alarm(np.arange(6.0), maps, false_alarm_rate=0.01)
+    assert thresholds.images == 6 and thresholds.few_images
+    assert any("rest on 6 images" in r.getMessage() and "at least 100" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tailedcore"):
+        enough = calibrate_false_alarm(np.arange(200.0), np.zeros((200, 4, 4)), false_alarm_rate=0.01)
+    assert enough.images == 200 and not enough.few_images and not caplog.records
+    with caplog.at_level(logging.WARNING, logger="tailedcore"):
+        maps = np.arange(4.0)[:, None, None] + np.zeros((4, 2, 2))
+        f1 = calibrate_f1(np.array([0, 0, 1, 1]), np.arange(4.0), maps=maps)
+    assert f1.images == 4 and f1.few_images and any("rest on 4 images" in r.getMessage() for r in caplog.records)
+    old = thresholds.to_dict()  # a model file written before the count was stored
+    del old["images"], old["false_alarm_rate"]
+    assert Thresholds.from_dict(old) == thresholds
+
+
+def test_cli_warns_about_thresholds_on_few_images(tmp_path, caplog):
+    import logging
+
+    from tailedcore.cli import main
+
+    root = make_dataset(tmp_path / "data", {"stripes": 8}, test_good=3, test_defect=3, size=64, seed=4)
+    model = tmp_path / "model.safetensors"
+    PatchCore(**SMALL, calibration_share=0.0).fit(root).save(model)
+    with caplog.at_level(logging.WARNING, logger="tailedcore"):
+        assert main(["--quiet", "calibrate", str(model), "--normal", str(root / "stripes" / "test" / "good")]) == 0
+        assert main(["--quiet", "predict", str(model), str(root / "stripes" / "test" / "good"),
+                     "--out", str(tmp_path / "p")]) == 0
+    warnings = [r.getMessage() for r in caplog.records if "rest on 3 images" in r.getMessage()]
+    assert len(warnings) == 2  # calibrate, then predict with the calibrated model
+    assert load(model).thresholds_.images == 3

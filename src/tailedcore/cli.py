@@ -186,7 +186,9 @@ def fit_summary(detector, model_file: Path) -> list[str]:
     if thresholds is None:
         lines.append(f"thresholds: not set ({_no_thresholds_reason(detector)})")
     else:
-        lines.append(f"thresholds: image {thresholds.image:.4g}, pixel {thresholds.pixel:.4g} ({thresholds.source})")
+        few = f"; a rough guess: at least {thresholds.images_needed} images needed" if thresholds.few_images else ""
+        lines.append(f"thresholds: image {thresholds.image:.4g}, pixel {thresholds.pixel:.4g} "
+                     f"({thresholds.source}{few})")
     lines.append(f"model file: {model_file} ({model_file.stat().st_size / 2**20:.1f} MiB)")
     return lines
 
@@ -223,6 +225,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     detector = _load(args)
     if detector.thresholds_ is None:
         log.warning("%s has no thresholds: raw scores only (calibrate with 'tailedcore calibrate')", args.model)
+    elif detector.thresholds_.few_images:
+        log.warning("%s: %s", args.model, detector.thresholds_.few_images_warning())
     predictions = detector.predict(args.inputs, strict=args.strict)
     if not predictions.paths:
         if not predictions.failures:
@@ -331,6 +335,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     detector = _load(args)
     if detector.thresholds_ is None:
         log.warning("%s has no thresholds: answers carry raw scores and no decision", args.model)
+    elif detector.thresholds_.few_images:
+        log.warning("%s: %s", args.model, detector.thresholds_.few_images_warning())
     serve(detector, args.host, args.port, max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
 
 

@@ -3,7 +3,8 @@
 - ``POST /predict``: multipart upload (field ``file``) -> JSON with the
   normalised ``score`` (0.5 = threshold), ``raw_score``, ``decision``
   ("ok" / "defect"), and the overlay and defect mask as base64 PNG.
-- ``GET /health``, ``GET /model`` (method, backbone, thresholds, training summary).
+- ``GET /health``, ``GET /model`` (method, backbone, thresholds with the number of
+  images they rest on and ``few_images``, training summary).
 - ``GET /``: a page where a person drops images and sees decision, score, overlay.
 
 Uploads are limited in size, pixel count and content type (clear 4xx
@@ -37,7 +38,8 @@ def model_summary(detector: Detector) -> dict:
         "backbone": detector.backbone,
         "input": {"resize": detector.resize, "crop": detector.crop},
         "memory_size": len(detector.memory_) if detector.memory_ is not None else 0,
-        "thresholds": detector.thresholds_.to_dict() if detector.thresholds_ else None,
+        "thresholds": ({**detector.thresholds_.to_dict(), "few_images": detector.thresholds_.few_images}
+                       if detector.thresholds_ else None),
         "training": detector.training_summary_,
         "params": params,
     }

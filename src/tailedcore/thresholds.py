@@ -6,22 +6,36 @@ their image scores, for pixels their anomaly-map values. With a labeled
 validation set the F1-max threshold is offered too. Scores are normalised
 linearly so that the threshold maps to 0.5 (clipped to [0, 1]), the way
 anomalib users read them; raw scores stay available.
+
+Thresholds found on few images (fewer than ``MIN_IMAGES``, or fewer than
+1 / false-alarm rate, so that not even one normal image is expected above
+the threshold) are rough guesses: calibrating warns, and ``Thresholds``
+keeps the image count so that a loaded model can say so too.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from skimage.morphology import remove_small_objects
 from sklearn.metrics import precision_recall_curve
 
+log = logging.getLogger(__name__)
+
+# Fewest images a threshold should rest on, whatever the false-alarm rate.
+MIN_IMAGES = 20
+
 
 @dataclass
 class Thresholds:
     """Image and pixel thresholds (raw score units) with the score ranges used to normalise.
 
-    ``source`` says how they were found (e.g. "far=0.01 on 42 held-out normal images").
+    ``source`` says how they were found (e.g. "false-alarm rate 0.01 on 42 held-out training images");
+    ``images``: how many images they rest on; ``false_alarm_rate``: the rate (None for F1-max).
     """
 
     image: float
@@ -29,14 +43,44 @@ class Thresholds:
     image_range: tuple[float, float]
     pixel_range: tuple[float, float]
     source: str
+    images: int | None = None
+    false_alarm_rate: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> Thresholds:
+        images, rate = data.get("images"), data.get("false_alarm_rate")
+        source = str(data["source"])
+        if images is None:  # written before the count was stored: read it from the source text
+            count = re.search(r" on (\d+) ", source)
+            images = int(count.group(1)) if count else None
+            found = re.match(r"false-alarm rate ([0-9.eE+-]+) on ", source)
+            rate = float(found.group(1)) if found else None
         return cls(float(data["image"]), float(data["pixel"]), tuple(data["image_range"]),
-                   tuple(data["pixel_range"]), str(data["source"]))
+                   tuple(data["pixel_range"]), source, None if images is None else int(images),
+                   None if rate is None else float(rate))
+
+    @property
+    def images_needed(self) -> int:
+        """Fewest images these thresholds should rest on: MIN_IMAGES, and 1 / false-alarm rate."""
+        if self.false_alarm_rate is None:
+            return MIN_IMAGES
+        return max(MIN_IMAGES, math.ceil(1.0 / self.false_alarm_rate - 1e-9))
+
+    @property
+    def few_images(self) -> bool:
+        """True when the thresholds rest on fewer images than ``images_needed`` (rough guesses)."""
+        return self.images is not None and self.images < self.images_needed
+
+    def few_images_warning(self) -> str | None:
+        """A one-line warning when ``few_images``, else None."""
+        if not self.few_images:
+            return None
+        rate = f" at a false-alarm rate of {self.false_alarm_rate:g}" if self.false_alarm_rate is not None else ""
+        return (f"thresholds rest on {self.images} images{rate}: at least {self.images_needed} are needed for "
+                "more than a rough guess; calibrate on more images (tailedcore calibrate MODEL --normal DIR)")
 
     def normalise_image(self, raw: np.ndarray) -> np.ndarray:
         return normalise(raw, self.image, self.image_range)
@@ -65,8 +109,17 @@ def calibrate_false_alarm(image_scores: np.ndarray, maps: np.ndarray, false_alar
         raise ValueError(f"false_alarm_rate={false_alarm_rate}: must be in (0, 1)")
     image = float(np.quantile(image_scores, 1.0 - false_alarm_rate))
     pixel = float(np.quantile(maps, 1.0 - false_alarm_rate))
-    return Thresholds(image, pixel, _range(image_scores), _range(maps),
-                      f"false-alarm rate {false_alarm_rate:g} on {image_scores.size} {what}")
+    return _warned(Thresholds(image, pixel, _range(image_scores), _range(maps),
+                              f"false-alarm rate {false_alarm_rate:g} on {image_scores.size} {what}",
+                              int(image_scores.size), float(false_alarm_rate)))
+
+
+def _warned(thresholds: Thresholds) -> Thresholds:
+    """``thresholds``, after a warning when they rest on few images."""
+    warning = thresholds.few_images_warning()
+    if warning:
+        log.warning("%s", warning)
+    return thresholds
 
 
 def _f1_max_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -90,8 +143,8 @@ def calibrate_f1(labels: np.ndarray, image_scores: np.ndarray, masks: np.ndarray
         if normal_maps is None or normal_maps.size == 0:
             raise ValueError("F1-max calibration needs pixel masks or normal images for the pixel threshold")
         pixel, pixel_range = float(np.quantile(normal_maps, 0.99)), _range(normal_maps)
-    return Thresholds(image, pixel, _range(image_scores), pixel_range,
-                      f"F1-max on {labels.size} labeled validation images")
+    return _warned(Thresholds(image, pixel, _range(image_scores), pixel_range,
+                              f"F1-max on {labels.size} labeled validation images", int(labels.size)))
 
 
 def defect_masks(maps: np.ndarray, threshold: float, min_area: int = 16) -> np.ndarray:
