@@ -22,8 +22,8 @@ def test_false_alarm_thresholds_hand_checked():
 
 
 def test_normalisation_puts_threshold_at_half():
-    assert normalise(np.array([5.0]), 5.0, (0.0, 10.0))[0] == 0.5
-    np.testing.assert_allclose(normalise(np.array([0.0, 7.5, 100.0]), 5.0, (0.0, 10.0)), [0.0, 0.75, 1.0])
+    assert normalise(np.array([5.0]), 5.0)[0] == 0.5
+    np.testing.assert_allclose(normalise(np.array([0.0, 15.0, 45.0]), 5.0), [0.0, 0.75, 0.9])
     t = Thresholds(2.0, 3.0, (0.0, 4.0), (0.0, 6.0), "test")
     assert Thresholds.from_dict(t.to_dict()) == t
 
@@ -139,3 +139,13 @@ def test_cli_warns_about_thresholds_on_few_images(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if "rest on 3 images" in r.getMessage()]
     assert len(warnings) == 2  # calibrate, then predict with the calibrated model
     assert load(model).thresholds_.images == 3
+
+
+def test_normalised_score_keeps_the_ranking_beyond_the_calibration_range():
+    t = Thresholds(5.0, 2.0, (0.0, 10.0), (0.0, 4.0), "test")
+    raw = np.array([0.0, 1.0, 4.9, 5.0, 5.1, 10.0, 15.0, 30.0, 100.0, 1e4])
+    scores = t.normalise_image(raw)
+    assert scores[3] == 0.5 and scores[0] == 0.0
+    assert np.all(np.diff(scores) > 0) and np.all(scores < 1.0)  # no saturation at 1.0: ranking is kept
+    np.testing.assert_allclose(scores, raw / (raw + 5.0))  # score / threshold = x -> x / (1 + x)
+    assert t.normalise_pixel(np.array([2.0]))[0] == 0.5

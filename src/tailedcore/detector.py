@@ -45,9 +45,10 @@ class Predictions:
     image_scores: (m,) float32 raw; patch_scores: (m, h, w) float32;
     anomaly_maps: (m, crop, crop) float32 (upsampled, blurred patch scores).
     ``failures``: (path, reason) of images that could not be read (not in m).
-    With ``thresholds`` (a calibrated model): ``normalised_scores`` (m,) in
-    [0, 1] with 0.5 = threshold, ``decisions`` (m,) bool (True = defect) and
-    ``defect_masks(min_area)`` (m, crop, crop) bool, empty for images decided ok.
+    With ``thresholds`` (a calibrated model): ``normalised_scores`` (m,) float64
+    in [0, 1), x / (1 + x) of x = raw / threshold (0.5 = threshold, ranking kept),
+    ``decisions`` (m,) bool (True = defect) and ``defect_masks(min_area)`` (m, crop, crop) bool, empty for
+    images decided ok.
     """
 
     paths: list[Path]

@@ -4,8 +4,10 @@ With normal images only (the usual case) a threshold is the score that a
 chosen share of normal images exceeds (the false-alarm rate): for images
 their image scores, for pixels their anomaly-map values. With a labeled
 validation set the F1-max threshold is offered too. Scores are normalised
-linearly so that the threshold maps to 0.5 (clipped to [0, 1]), the way
-anomalib users read them; raw scores stay available.
+by x / (1 + x) of x = raw / threshold: the threshold maps to 0.5 (as anomalib
+users read them), the map is strictly increasing and stays below 1, so the
+ranking of raw scores is kept however far above the threshold they are; raw
+scores stay available.
 
 Thresholds found on few images (fewer than ``MIN_IMAGES``, or fewer than
 1 / false-alarm rate, so that not even one normal image is expected above
@@ -83,16 +85,17 @@ class Thresholds:
                 "more than a rough guess; calibrate on more images (tailedcore calibrate MODEL --normal DIR)")
 
     def normalise_image(self, raw: np.ndarray) -> np.ndarray:
-        return normalise(raw, self.image, self.image_range)
+        return normalise(raw, self.image)
 
     def normalise_pixel(self, raw: np.ndarray) -> np.ndarray:
-        return normalise(raw, self.pixel, self.pixel_range)
+        return normalise(raw, self.pixel)
 
 
-def normalise(raw: np.ndarray, threshold: float, value_range: tuple[float, float]) -> np.ndarray:
-    """0.5 + (raw - threshold) / (max - min), clipped to [0, 1]: the threshold becomes 0.5."""
-    span = max(value_range[1] - value_range[0], 1e-12)
-    return np.clip(0.5 + (np.asarray(raw, dtype=np.float64) - threshold) / span, 0.0, 1.0).astype(np.float32)
+def normalise(raw: np.ndarray, threshold: float) -> np.ndarray:
+    """x / (1 + x) with x = raw / threshold (raw scores are >= 0): 0 -> 0, threshold -> 0.5, 3 x threshold
+    -> 0.75, strictly increasing and below 1 (float64, so that no two raw scores merge)."""
+    x = np.maximum(np.asarray(raw, dtype=np.float64), 0.0) / max(float(threshold), 1e-12)
+    return x / (1.0 + x)
 
 
 def _range(values: np.ndarray) -> tuple[float, float]:
