@@ -84,3 +84,32 @@ def test_only_images_decided_defect_carry_a_mask(model, synthetic_root, tmp_path
         mask = np.asarray(Image.open(tmp_path / "p" / record["mask"]))
         assert (record["defect_pixels"] > 0) <= (record["decision"] == "defect")
         assert record["defect_pixels"] == np.count_nonzero(mask)
+
+
+def test_scores_csv_has_the_same_columns_calibrated_or_not_and_errors_go_to_stderr(model, synthetic_root, tmp_path,
+                                                                                      capsys):
+    import csv
+    import shutil
+
+    uncalibrated = load(model)
+    uncalibrated.thresholds_ = None
+    uncalibrated.save(tmp_path / "uncalibrated.safetensors")
+    images = tmp_path / "images"
+    shutil.copytree(synthetic_root / "checker" / "test" / "good", images)
+    (images / "broken.png").write_bytes(b"not a picture")
+    columns = ["image", "score", "decision", "raw_score", "defect_pixels", "overlay", "mask", "error"]
+    for name, path in (("calibrated", model), ("uncalibrated", str(tmp_path / "uncalibrated.safetensors"))):
+        capsys.readouterr()
+        assert predict(path, images, out=tmp_path / name) == 0
+        captured = capsys.readouterr()
+        with open(tmp_path / name / "scores.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+            assert list(rows[0]) == columns
+        broken = [row for row in rows if row["image"].endswith("broken.png")]
+        assert len(broken) == 1 and broken[0]["error"] and not any(broken[0][c] for c in columns[1:-1])
+        assert all(not row["error"] and row["raw_score"] for row in rows if row not in broken)
+        assert all(bool(row["score"]) == (name == "calibrated") for row in rows if row not in broken)
+        assert [line for line in captured.err.splitlines() if "broken.png" in line] == [
+            line for line in captured.err.splitlines() if line.startswith("tailedcore: skipped: ")]
+        assert len([line for line in captured.err.splitlines() if "broken.png" in line]) == 1
+        assert "broken.png" not in captured.out

@@ -237,7 +237,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         records = write_predictions(predictions, staging, detector.resize, detector.crop, args.min_area)
     for record in records:
         if "error" in record:
-            print(f"error\t{record['error']}")
+            print(f"tailedcore: skipped: {' '.join(record['error'].split())}", file=sys.stderr)
             continue
         decision = f"{record['decision']}\t{record['score']:.3f}\t" if "decision" in record else ""
         print(f"{decision}{record['raw_score']:.6g}\t{record['image']}")

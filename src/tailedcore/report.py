@@ -32,6 +32,11 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
+# Columns of scores.csv, calibrated model or not (score, decision, defect_pixels and mask are empty when not;
+# error is empty for scored images, and the only filled cell besides image for unreadable ones).
+SCORE_COLUMNS = ["image", "score", "decision", "raw_score", "defect_pixels", "overlay", "mask", "error"]
+
+
 def write_predictions(predictions: Predictions, out: Path, resize: int, crop: int, min_area: int = 16) -> list[dict]:
     """scores.csv, scores.json, overlays/<name>.png and, for a calibrated model, masks/<name>.png.
 
@@ -39,8 +44,10 @@ def write_predictions(predictions: Predictions, out: Path, resize: int, crop: in
 
     Records per image: raw score, and with thresholds the normalised score
     (0.5 = threshold) and the decision ("ok" / "defect"); an unreadable image
-    gets a record with its "error" instead. Without thresholds heatmaps share
-    one colour scale over the run (lowest to highest map value).
+    gets a record with its "error" instead. ``scores.csv`` has the columns
+    SCORE_COLUMNS either way, with empty cells where a value does not apply.
+    Without thresholds heatmaps share one colour scale over the run (lowest
+    to highest map value).
     """
     out.mkdir(parents=True, exist_ok=True)
     calibrated = predictions.thresholds is not None
@@ -61,11 +68,9 @@ def write_predictions(predictions: Predictions, out: Path, resize: int, crop: in
         write_png(out / record["overlay"],
                   prediction_images(predictions, index, load_image(path, resize, crop), mask, low, high))
         records.append(record)
-    columns = ["image", "score", "decision", "raw_score", "defect_pixels", "overlay", "mask"] if calibrated else [
-        "image", "raw_score", "overlay"]
     for path, reason in predictions.failures:
         records.append({"image": str(path), "error": reason})
-    columns += ["error"]
+    columns = SCORE_COLUMNS  # the same whether or not the model is calibrated: empty cells when not
     write_csv(out / "scores.csv", columns, [[r.get(c, "") for c in columns] for r in records])
     write_json(out / "scores.json", records)
     return records
