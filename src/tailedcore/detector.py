@@ -228,7 +228,7 @@ class Detector:
         return []
 
     def _extract(self, paths: list[Path], folder: Path, projection: np.ndarray, on_error, cache: FeatureCache | None
-                 ) -> tuple[FeatureSet, np.ndarray, np.ndarray]:
+                 ) -> tuple[FeatureSet, np.ndarray, np.ndarray, np.ndarray]:
         """Stream training features into a store under ``folder``; projections and embeddings stay in RAM.
 
         Returns (features, embeddings (n_ok, E), mean patch features (n_ok, D), indices of the
