@@ -4,7 +4,7 @@
 # against exact search in docs/performance.md.
 # Two lanes, one torch thread each, run side by side:
 #   runs/PROFILE             PatchCore and SoftPatch
-#   runs/PROFILE-tailedcore  TailedCore (default: linkage tail estimator), then
+#   runs/PROFILE-tailedcore  TailedCore (default: linkage tail estimator) on every profile, then
 #   runs/PROFILE-paper-tail  TailedCore with the paper's TailSampler (its own row in the tables).
 # A joint tail coreset over more than 2M patch rows runs two-round (--max-tail-rows).
 # --resume reads finished seeds back instead of running them again.
@@ -25,6 +25,8 @@ tailedcore() {
     for profile in $PROFILES; do
         .venv/bin/tailedcore --quiet "${common[@]}" --profile "$profile" --methods tailedcore \
             --max-tail-rows 2000000 --out "$OUT/$profile-tailedcore"
+    done
+    for profile in $PROFILES; do
         .venv/bin/tailedcore --quiet "${common[@]}" --profile "$profile" --methods tailedcore \
             --tail-estimator paper --max-tail-rows 2000000 --out "$OUT/$profile-paper-tail"
     done
