@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from common import CACHE, print_table
 
+from tailedcore.bench.nlt import plan_profile
 from tailedcore.data import load_mvtec
 from tailedcore.features import FeatureExtractor
-from tailedcore.nlt import plan_profile
 from tailedcore.tail import TailInputs, make_tail_estimator
 
 # Each estimator as NAME or NAME:KEY=VALUE,...; "centre=1" (harness only) centres the embeddings first.

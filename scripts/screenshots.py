@@ -23,9 +23,9 @@ import uvicorn
 from playwright.sync_api import sync_playwright
 
 from tailedcore import PatchCore
+from tailedcore.app.serve import create_app
 from tailedcore.evaluation import evaluate
-from tailedcore.report import write_evaluation
-from tailedcore.serve import create_app
+from tailedcore.report.writers import write_evaluation
 
 REAL_AD = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ad"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -6,7 +6,7 @@ import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from tailedcore.synthetic import make_dataset  # noqa: E402
+from tailedcore.bench.synthetic import make_dataset  # noqa: E402
 
 # Reduced input for fast tests: 80 px resized, 64 px crop -> an 8 x 8 patch grid.
 SMALL = {"resize": 80, "crop": 64, "progress": False, "batch_size": 8}

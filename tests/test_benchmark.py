@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from tailedcore.benchmark import run_seeds
-from tailedcore.cli import main
+from tailedcore.app.cli import main
+from tailedcore.bench.benchmark import run_seeds
+from tailedcore.bench.synthetic import make_dataset
 from tailedcore.metrics import METRIC_NAMES
-from tailedcore.synthetic import make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_resume_reuses_finished_seeds(source, tmp_path, monkeypatch):
     finished = (out / "seed-0" / "results.json").read_text()
 
     ran = []
-    import tailedcore.benchmark as benchmark
+    import tailedcore.bench.benchmark as benchmark
 
     real = benchmark.run_benchmark
     monkeypatch.setattr(benchmark, "run_benchmark", lambda data, folder, *a, **k: ran.append(folder) or real(
@@ -90,7 +90,7 @@ def test_resume_reuses_finished_seeds(source, tmp_path, monkeypatch):
 
 
 def test_summary_says_when_fewer_seeds_count():
-    from tailedcore.benchmark import summarise_seeds, summary_markdown
+    from tailedcore.bench.benchmark import summarise_seeds, summary_markdown
 
     def result(pixel):
         mean = {group: {metric: 0.5 for metric in METRIC_NAMES} for group in ("all", "head", "tail")}
@@ -104,7 +104,7 @@ def test_summary_says_when_fewer_seeds_count():
 
 
 def test_cli_method_options_go_to_the_methods_that_take_them(source, tmp_path, monkeypatch):
-    import tailedcore.benchmark as benchmark
+    import tailedcore.bench.benchmark as benchmark
 
     calls = []
     monkeypatch.setattr(benchmark, "run_seeds", lambda *args, **kwargs: calls.append(args) or {"seeds": [0],
@@ -142,7 +142,7 @@ def test_cli_threads_are_used_and_recorded(source, tmp_path):
 
 
 def test_tailedcore_over_its_tail_limit_runs_two_round_and_counts_only_the_images_it_trained_on(tmp_path):
-    from tailedcore.benchmark import run_benchmark
+    from tailedcore.bench.benchmark import run_benchmark
 
     root = make_dataset(tmp_path / "data", {"stripes": 10, "dots": 3}, test_good=2, test_defect=2, size=64, seed=5)
     (root / "stripes" / "train" / "good" / "000.png").write_bytes(b"not a picture")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tailedcore import PatchCore, SoftPatch, TailedCore, load
-from tailedcore.cli import main
+from tailedcore.app.cli import main
 from tailedcore.evaluation import evaluate
 
 from .conftest import SMALL

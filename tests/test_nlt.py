@@ -4,10 +4,10 @@ import os
 import numpy as np
 import pytest
 
-from tailedcore.cli import main
+from tailedcore.app.cli import main
+from tailedcore.bench.nlt import NLTError, build, pareto_sizes, plan_from_manifests, plan_profile
+from tailedcore.bench.synthetic import make_dataset
 from tailedcore.data import load_mvtec
-from tailedcore.nlt import NLTError, build, pareto_sizes, plan_from_manifests, plan_profile
-from tailedcore.synthetic import make_dataset
 
 from .conftest import tree_digest
 

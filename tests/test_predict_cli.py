@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tailedcore import PatchCore, load
-from tailedcore.cli import main
+from tailedcore.app.cli import main
 from tailedcore.data import ImageLoadError
 
 from .conftest import SMALL

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tailedcore import PatchCore
-from tailedcore.serve import create_app
+from tailedcore.app.serve import create_app
 
 from .conftest import SMALL
 
@@ -90,7 +90,7 @@ def test_max_pixels_is_the_one_pixel_limit(detector, synthetic_root, monkeypatch
 
 
 def test_busy_port_is_one_line_and_exit_status_1(detector, tmp_path, capsys):
-    from tailedcore.cli import main
+    from tailedcore.app.cli import main
 
     model = tmp_path / "model.safetensors"
     detector.save(model)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tailedcore import PatchCore, load
-from tailedcore.synthetic import make_dataset
+from tailedcore.bench.synthetic import make_dataset
 from tailedcore.thresholds import Thresholds, calibrate_f1, calibrate_false_alarm, defect_masks, normalise
 
 from .conftest import SMALL
@@ -61,7 +61,7 @@ def test_fit_sets_images_aside_and_calibrates(tmp_path):
 
 
 def test_cli_calibrate_on_validation_leaves_out_unreadable_and_unmasked_images(tmp_path):
-    from tailedcore.cli import main
+    from tailedcore.app.cli import main
 
     root = make_dataset(tmp_path / "data", {"stripes": 8, "checker": 6}, test_good=3, test_defect=3, size=64, seed=4)
     model = tmp_path / "model.safetensors"
@@ -75,7 +75,7 @@ def test_cli_calibrate_on_validation_leaves_out_unreadable_and_unmasked_images(t
 
 
 def test_cli_calibrate_takes_a_false_alarm_rate(tmp_path):
-    from tailedcore.cli import main
+    from tailedcore.app.cli import main
 
     root = make_dataset(tmp_path / "data", {"stripes": 8}, test_good=3, test_defect=3, size=64, seed=4)
     model = tmp_path / "model.safetensors"
@@ -127,7 +127,7 @@ def test_thresholds_on_few_images_warn_and_keep_the_count(caplog):
 def test_cli_warns_about_thresholds_on_few_images(tmp_path, caplog):
     import logging
 
-    from tailedcore.cli import main
+    from tailedcore.app.cli import main
 
     root = make_dataset(tmp_path / "data", {"stripes": 8}, test_good=3, test_defect=3, size=64, seed=4)
     model = tmp_path / "model.safetensors"

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tailedcore.cli import main
+from tailedcore.app.cli import main
+from tailedcore.bench.nlt import build, plan_profile
+from tailedcore.bench.visa import VisAError, convert_visa
 from tailedcore.data import load_mvtec
-from tailedcore.nlt import build, plan_profile
-from tailedcore.visa import VisAError, convert_visa
 
 SIZE = (40, 30)  # width, height
 

@@ -6,7 +6,8 @@
     model.save("model.safetensors"); model = load("model.safetensors")
 """
 
-from .detector import METHODS, Detector, PatchCore, Predictions, SoftPatch, TailedCore, load
+from .detector import METHODS, Detector, PatchCore, SoftPatch, TailedCore, load
+from .predictions import Predictions
 
 __all__ = ["METHODS", "Detector", "PatchCore", "Predictions", "SoftPatch", "TailedCore", "load"]
 __version__ = "0.1.0"

@@ -13,7 +13,6 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,55 +26,16 @@ from .data import ImageLoadError, collect_images, image_size, load_image, prepro
 from .features import FeatureBatch, FeatureExtractor
 from .memory import MemoryBank, ModelFileError, read_model, write_model
 from .policies import FeatureSet, PolicyResult, TrainingFeatures
+from .predictions import Predictions
 from .profiling import Profiler
 from .sampling import random_projection
 from .scoring import PatchScorer, anomaly_maps
 from .store import FeatureCache, FeatureStore, ImageSubset
 from .tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler, estimate_class_sizes
-from .thresholds import Thresholds, calibrate_false_alarm, defect_masks
+from .thresholds import Thresholds, calibrate_false_alarm
 from .views import augmented_views, view_transforms
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Predictions:
-    """Scores of m images.
-
-    image_scores: (m,) float32 raw; patch_scores: (m, h, w) float32;
-    anomaly_maps: (m, crop, crop) float32 (upsampled, blurred patch scores).
-    ``failures``: (path, reason) of images that could not be read (not in m).
-    With ``thresholds`` (a calibrated model): ``normalised_scores`` (m,) float64
-    in [0, 1), x / (1 + x) of x = raw / threshold (0.5 = threshold, ranking kept),
-    ``decisions`` (m,) bool (True = defect) and ``defect_masks(min_area)`` (m, crop, crop) bool, empty for
-    images decided ok.
-    """
-
-    paths: list[Path]
-    image_scores: np.ndarray
-    patch_scores: np.ndarray
-    anomaly_maps: np.ndarray
-    thresholds: Thresholds | None = None
-    failures: list[tuple[Path, str]] = field(default_factory=list)
-
-    def _require_thresholds(self) -> Thresholds:
-        if self.thresholds is None:
-            raise RuntimeError("the model has no thresholds: calibrate it (fit with a calibration share, "
-                               "or calibrate() with normal images)")
-        return self.thresholds
-
-    @property
-    def normalised_scores(self) -> np.ndarray:
-        return self._require_thresholds().normalise_image(self.image_scores)
-
-    @property
-    def decisions(self) -> np.ndarray:
-        return self.image_scores >= self._require_thresholds().image
-
-    def defect_masks(self, min_area: int = 16) -> np.ndarray:
-        """Pixels above the pixel threshold, blobs under ``min_area`` removed; empty for images decided ok."""
-        masks = defect_masks(self.anomaly_maps, self._require_thresholds().pixel, min_area)
-        return masks & self.decisions[:, None, None]
 
 
 def _check_upscale(name, size: tuple[int, int], resize: int, strict: bool) -> None:

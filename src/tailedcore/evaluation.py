@@ -10,12 +10,30 @@ from pathlib import Path
 import numpy as np
 
 from .data import Sample, image_size, load_image, load_mask, load_mvtec
-from .detector import Detector, Predictions
+from .detector import Detector
 from .metrics import METRIC_NAMES, evaluate_scores, mean_metrics
-from .render import prediction_images
+from .predictions import Predictions
 from .thresholds import Thresholds, calibrate_f1
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Example:
+    """A test image shown in reports, with what its picture is drawn from.
+
+    image: (crop, crop, 3) uint8; anomaly_map: (crop, crop) float32; mask:
+    (crop, crop) bool defect mask (calibrated models) or None; low, high: the
+    class's anomaly-map range, so a class's pictures share one colour scale.
+    """
+
+    caption: str
+    image: np.ndarray
+    anomaly_map: np.ndarray
+    mask: np.ndarray | None
+    thresholds: Thresholds | None
+    low: float
+    high: float
 
 
 @dataclass
@@ -35,7 +53,7 @@ class ClassResult:
     has_masks: bool = False
     roc: tuple[np.ndarray, np.ndarray] | None = None
     pro: tuple[np.ndarray, np.ndarray] | None = None
-    examples: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    examples: list[Example] = field(default_factory=list)
 
 
 @dataclass
@@ -77,20 +95,18 @@ def _thin(curve: tuple[np.ndarray, np.ndarray] | None, points: int = 400):
 
 
 def _examples(predictions: Predictions, name: str, samples: list[Sample], resize: int, crop: int,
-              count: int = 2) -> list[tuple[np.ndarray, str]]:
-    """Overlays of the ``count`` highest- and lowest-scored images, with captions."""
+              count: int = 2) -> list[Example]:
+    """The ``count`` highest- and lowest-scored images of a class, with captions."""
     order = np.argsort(-predictions.image_scores)
     chosen = [(i, "highest") for i in order[:count]] + [(i, "lowest") for i in order[::-1][:count]
                                                          if i not in order[:count]]
     low, high = float(predictions.anomaly_maps.min()), float(predictions.anomaly_maps.max())
     masks = predictions.defect_masks() if predictions.thresholds is not None else None
-    items = []
-    for index, rank in chosen:
-        image = load_image(samples[index].path, resize, crop)
-        picture = prediction_images(predictions, index, image, None if masks is None else masks[index], low, high)
-        items.append((picture, f"{name}/{samples[index].defect_type} {samples[index].path.name} ({rank}, "
-                               f"{predictions.image_scores[index]:.3g})"))
-    return items
+    return [Example(f"{name}/{samples[index].defect_type} {samples[index].path.name} ({rank}, "
+                    f"{predictions.image_scores[index]:.3g})",
+                    load_image(samples[index].path, resize, crop), predictions.anomaly_maps[index],
+                    None if masks is None else masks[index], predictions.thresholds, low, high)
+            for index, rank in chosen]
 
 
 @dataclass
@@ -146,7 +162,7 @@ def _unscored(name: str, notes: list[str]) -> ClassResult:
 
 
 def evaluate_samples(detector: Detector, name: str, samples: list[Sample], has_masks: bool) -> ClassResult:
-    """Score one class's test samples and compute its metrics, curves and example overlays.
+    """Score one class's test samples and compute its metrics, curves and report examples.
 
     Unreadable images and defective images without a mask are handled as in
     ``score_labeled``; a class with no readable image gets metrics of None.

@@ -103,6 +103,25 @@ class Chunk:
     batch: FeatureBatch | None
     errors: list[tuple[int, str]]
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The chunk as named arrays (empty ones where there is nothing), as the feature cache keeps it."""
+        batch = self.batch
+        return {
+            "positions": np.asarray(self.positions, dtype=np.int64),
+            "patches": batch.patches if batch is not None else np.empty(0, np.float32),
+            "embeddings": batch.embeddings if batch is not None and batch.embeddings is not None else np.empty(0),
+            "error_positions": np.asarray([i for i, _ in self.errors], dtype=np.int64),
+            "error_reasons": np.asarray([r for _, r in self.errors], dtype=str),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Chunk:
+        errors = [(int(i), str(r)) for i, r in zip(arrays["error_positions"], arrays["error_reasons"])]
+        batch = None
+        if arrays["patches"].size:
+            batch = FeatureBatch(arrays["patches"], arrays["embeddings"] if arrays["embeddings"].size else None)
+        return cls([int(i) for i in arrays["positions"]], batch, errors)
+
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -193,6 +212,16 @@ class FeatureExtractor:
             return Chunk(positions, None, errors)
         return Chunk(positions, self.features(self.normalise([loaded[i] for i in positions]), with_embeddings), errors)
 
+    @staticmethod
+    def _cached(cache: FeatureCache | None, key: str | None) -> Chunk | None:
+        arrays = cache.load(key) if cache else None
+        if arrays is None:
+            return None
+        try:
+            return Chunk.from_arrays(arrays)
+        except KeyError:  # an entry of another layout is recomputed
+            return None
+
     def iter_batches(
         self, paths: Sequence[Path], with_embeddings: bool = False, desc: str = "features",
         on_error: Callable[[Path, str], None] | None = None, cache: FeatureCache | None = None,
@@ -206,7 +235,7 @@ class FeatureExtractor:
         """
         chunks = [list(paths[i : i + self.batch_size]) for i in range(0, len(paths), self.batch_size)]
         keys = [cache.key(chunk, self.settings(), with_embeddings) if cache else None for chunk in chunks]
-        stored = [cache.load(key) if cache else None for key in keys]
+        stored = [self._cached(cache, key) for key in keys]
         bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not self.progress, leave=False)
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending: dict[int, Future] = {}
@@ -224,7 +253,7 @@ class FeatureExtractor:
                     prefetch(index + 1)
                     result = self._compute(loaded, with_embeddings)
                     if cache:
-                        cache.save(keys[index], result)
+                        cache.save(keys[index], result.to_arrays())
                 for position, reason in result.errors:
                     if on_error is None:
                         raise ImageLoadError(reason)

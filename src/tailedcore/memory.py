@@ -19,7 +19,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from .io import atomic_write_bytes
+from ._io import atomic_write_bytes
 
 FORMAT_NAME = "tailedcore-model"
 FORMAT_VERSION = 1

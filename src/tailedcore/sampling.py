@@ -30,18 +30,9 @@ def random_projection(in_dim: int, out_dim: int = 128, seed: int = 0) -> np.ndar
     return (rng.standard_normal((in_dim, out_dim)) / np.sqrt(out_dim)).astype(np.float32)
 
 
-def squared_distances(rows: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """Squared L2 distance of each row to ``center``: (n, d), (d,) -> (n,) float32."""
-    diff = rows - center
-    return np.einsum("ij,ij->i", diff, diff)
-
-
-def squared_distances_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared L2 distance of row i of ``a`` to row i of ``b``: (n, d), (n, d) -> (n,) float32.
-
-    The same arithmetic as ``squared_distances``, row by row.
-    """
-    diff = a - b
+def squared_distances(rows: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Squared L2 distance of each row to one center (d,) or of row i to centers[i] (n, d): -> (n,) float32."""
+    diff = rows - centers
     return np.einsum("ij,ij->i", diff, diff)
 
 
@@ -127,7 +118,7 @@ def greedy_coreset(x: np.ndarray, n: int, start: int = 0, block_rows: int = 1024
             rows, cols = (scores < limit[:, None]).nonzero(as_tuple=True)
             if len(rows):
                 rows, cols = rows.numpy(), cols.numpy()
-                exact = squared_distances_pairs(x[lo + rows], x[centres[cols]])
+                exact = squared_distances(x[lo + rows], x[centres[cols]])
                 np.minimum.at(min_dist, lo + rows, exact)
         seen[block] = n_centres
         block_max[block] = min_dist[lo:hi].max()

@@ -12,16 +12,12 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .io import atomic_write_bytes
-
-if TYPE_CHECKING:
-    from .features import Chunk
+from ._io import atomic_write_bytes
 
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 
@@ -61,12 +57,6 @@ class FeatureStore:
 
     def block_rows(self, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
         return max(1, block_bytes // (self.dim * 4))
-
-    def iter_blocks(self, rows_per_block: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (start row, block) over the whole store."""
-        step = rows_per_block or self.block_rows()
-        for start in range(0, self._rows, step):
-            yield start, self.read(start, start + step)
 
     def gather(self, indices: np.ndarray) -> np.ndarray:
         """Rows at ``indices`` (any order, repeats allowed) as a (len(indices), dim) array."""
@@ -137,33 +127,19 @@ class FeatureCache:
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.npz"
 
-    def load(self, key: str) -> Chunk | None:
-        from .features import Chunk, FeatureBatch
-
+    def load(self, key: str) -> dict[str, np.ndarray] | None:
+        """The arrays stored under ``key``, or None (missing, or damaged: then removed, to be recomputed)."""
         path = self._path(key)
         if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as data:
-                errors = [(int(i), str(r)) for i, r in zip(data["error_positions"], data["error_reasons"])]
-                batch = None
-                if data["patches"].size:
-                    embeddings = data["embeddings"] if data["embeddings"].size else None
-                    batch = FeatureBatch(data["patches"], embeddings)
-                return Chunk([int(i) for i in data["positions"]], batch, errors)
-        except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)  # a damaged entry is recomputed
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
             return None
 
-    def save(self, key: str, chunk: Chunk) -> None:
+    def save(self, key: str, arrays: dict[str, np.ndarray]) -> None:
         buffer = io.BytesIO()
-        batch = chunk.batch
-        np.savez(
-            buffer,
-            positions=np.asarray(chunk.positions, dtype=np.int64),
-            patches=batch.patches if batch is not None else np.empty(0, np.float32),
-            embeddings=batch.embeddings if batch is not None and batch.embeddings is not None else np.empty(0),
-            error_positions=np.asarray([i for i, _ in chunk.errors], dtype=np.int64),
-            error_reasons=np.asarray([r for _, r in chunk.errors], dtype=str),
-        )
+        np.savez(buffer, **arrays)
         atomic_write_bytes(self._path(key), buffer.getvalue())

@@ -267,8 +267,3 @@ def make_tail_estimator(name: str, **params) -> PaperTailSampler | LinkageTailSa
     if name not in TAIL_ESTIMATORS:
         raise ValueError(f"tail_estimator='{name}': choose from {', '.join(TAIL_ESTIMATORS)}")
     return TAIL_ESTIMATORS[name](**params)
-
-
-def select_tail(embeddings: np.ndarray, keep: float = 0.85, share: float = 0.15, quantize: bool = True) -> np.ndarray:
-    """Indices (sorted, int64) of the training images estimated to belong to tail classes."""
-    return tail_sampler(embeddings, keep, share, quantize).tail_indices

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from tailedcore.cli import main
-from tailedcore.nlt import NLTError, build, plan_from_manifests, plan_profile
-from tailedcore.synthetic import make_dataset
+from tailedcore.app.cli import main
+from tailedcore.bench.nlt import NLTError, build, plan_from_manifests, plan_profile
+from tailedcore.bench.synthetic import make_dataset
 
 from ..conftest import tree_digest
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tailedcore.cli import build_parser, main
+from tailedcore.app.cli import build_parser, main
 
 COMMANDS = ["fit", "predict", "calibrate", "evaluate", "make-nlt", "convert-visa", "benchmark", "serve", "demo"]
 

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from tailedcore import PatchCore
+from tailedcore.bench.synthetic import make_dataset
 from tailedcore.data import DatasetError, load_mask, load_mvtec, training_images
 from tailedcore.evaluation import evaluate
-from tailedcore.synthetic import make_dataset
 
 from ..conftest import SMALL
 
@@ -90,7 +90,7 @@ def test_metrics_that_cannot_be_computed(root):
 
 
 def test_class_without_readable_test_images_still_gets_a_report(root, tmp_path):
-    from tailedcore.report import write_evaluation
+    from tailedcore.report.writers import write_evaluation
 
     for image in (root / "checker" / "test").rglob("*.png"):
         image.write_bytes(b"not a picture")
@@ -103,7 +103,7 @@ def test_class_without_readable_test_images_still_gets_a_report(root, tmp_path):
 
 
 def test_every_class_is_in_the_table_and_no_test_image_at_all_is_an_error(root, tmp_path, capsys):
-    from tailedcore.cli import main
+    from tailedcore.app.cli import main
 
     detector = PatchCore(**SMALL).fit(root)
     shutil.rmtree(root / "checker" / "test")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tailedcore import SoftPatch, TailedCore
-from tailedcore.synthetic import make_dataset
+from tailedcore.bench.synthetic import make_dataset
 
 
 @pytest.fixture

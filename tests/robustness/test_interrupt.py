@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tailedcore.synthetic import make_dataset
+from tailedcore.bench.synthetic import make_dataset
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")

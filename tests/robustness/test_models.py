@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from tailedcore import PatchCore, load
-from tailedcore.cli import main
+from tailedcore.app.cli import main
 from tailedcore.memory import ModelFileError, read_model, write_model
 
 
@@ -71,7 +71,7 @@ def test_unknown_method_or_parameters_are_refused(tmp_path):
 
 @pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
 def test_atomic_writes_keep_the_usual_permissions(tmp_path, umask):
-    from tailedcore.io import atomic_write_bytes, staged_directory
+    from tailedcore._io import atomic_write_bytes, staged_directory
 
     previous = os.umask(umask)
     try:

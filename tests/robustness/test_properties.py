@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from tailedcore.sampling import greedy_coreset, greedy_coreset_reference
-from tailedcore.tail import elbow, estimate_class_sizes, group_sizes, max_k, select_tail, share_limit
+from tailedcore.tail import elbow, estimate_class_sizes, group_sizes, max_k, share_limit, tail_sampler
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32)
 
@@ -52,7 +52,7 @@ def test_tail_sampler_outputs_are_valid(x):
     assert groups.sum() == len(x) and (groups >= 1).all() and (np.diff(groups) <= 0).all()
     limit = max_k(groups)
     assert limit in groups.tolist()
-    tail = select_tail(x)
+    tail = tail_sampler(x).tail_indices
     assert len(set(tail.tolist())) == len(tail) and ((tail >= 0) & (tail < len(x))).all()
 
 

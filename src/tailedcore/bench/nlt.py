@@ -28,8 +28,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from scipy.stats import pareto
 
-from .data import GOOD, load_mvtec
-from .io import destination_problem, link_or_copy, staged_directory, write_json
+from .._io import destination_problem, link_or_copy, staged_directory, write_json
+from ..data import GOOD, load_mvtec
 
 PRUNE_MANIFEST = "prune_good.txt"
 INJECT_MANIFEST = "inject_defects.txt"

@@ -8,7 +8,8 @@ import io
 import math
 
 import numpy as np
-from PIL import Image
+
+from .._io import png_bytes
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -48,14 +49,21 @@ def table(header: list[str], rows: list[list], percent: bool = True) -> str:
 
 
 def png_data_uri(array: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(png_bytes(array)).decode()
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (reports run without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def figure_data_uri(fig) -> str:
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)

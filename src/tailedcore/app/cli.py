@@ -15,13 +15,13 @@ import threading
 import traceback
 from pathlib import Path
 
-from . import __version__
-from .detector import METHODS, load
-from .evaluation import calibrate_on_validation, evaluate
-from .io import markdown_table, staged_directory
-from .policies import TAIL_CORESETS
-from .report import write_evaluation, write_predictions
-from .tail import TAIL_ESTIMATORS
+from .. import __version__
+from .._io import staged_directory
+from ..detector import METHODS, load
+from ..evaluation import calibrate_on_validation, evaluate
+from ..policies import TAIL_CORESETS
+from ..report.writers import stage_table, write_evaluation, write_predictions
+from ..tail import TAIL_ESTIMATORS
 
 log = logging.getLogger("tailedcore")
 
@@ -193,11 +193,6 @@ def fit_summary(detector, model_file: Path) -> list[str]:
     return lines
 
 
-def stage_table(rows: list[list]) -> str:
-    return markdown_table(["stage", "seconds", "peak RSS MiB"],
-                          [[name, f"{seconds:.1f}", f"{rss:.0f}"] for name, seconds, rss in rows])
-
-
 def _load(args: argparse.Namespace):
     overrides = {"progress": not args.quiet, "batch_size": args.batch_size}
     for option in ("search", "precision"):
@@ -268,7 +263,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from ..bench.demo import run_demo
 
     data = args.data
     if data is not None and not Path(data).is_dir():
@@ -278,7 +273,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_make_nlt(args: argparse.Namespace) -> None:
-    from .nlt import build, plan_from_manifests, plan_profile
+    from ..bench.nlt import build, plan_from_manifests, plan_profile
 
     if args.from_manifests:
         plan = plan_from_manifests(args.source, args.from_manifests)
@@ -293,7 +288,7 @@ def cmd_make_nlt(args: argparse.Namespace) -> None:
 
 
 def cmd_convert_visa(args: argparse.Namespace) -> None:
-    from .visa import convert_visa
+    from ..bench.visa import convert_visa
 
     counts = convert_visa(args.visa_root, args.split_csv, args.dest, link=not args.copy, overwrite=args.overwrite)
     for name, item in counts.items():
@@ -302,7 +297,7 @@ def cmd_convert_visa(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    from .benchmark import results_markdown, run_benchmark, run_seeds, summary_markdown
+    from ..bench.benchmark import results_markdown, run_benchmark, run_seeds, summary_markdown
 
     options = {"resize": args.resize, "crop": args.crop, "batch_size": args.batch_size,
                "coreset_ratio": args.coreset_ratio, "backbone": args.backbone, "weights": args.weights,

@@ -20,8 +20,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .data import GOOD
-from .io import destination_problem, link_or_copy, staged_directory, write_png
+from .._io import destination_problem, link_or_copy, staged_directory, write_png
+from ..data import GOOD
 
 DEFECT_TYPE = "bad"
 COLUMNS = ("object", "split", "label", "image", "mask")

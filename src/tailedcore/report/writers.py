@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_image
-from .detector import Predictions
-from .evaluation import ClassResult, Evaluation
-from .html import figure, image_grid, page, table
-from .io import atomic_write_text, markdown_table, write_csv, write_json, write_png
-from .render import prediction_images
+from .._io import atomic_write_text, markdown_table, write_csv, write_json, write_png
+from ..data import load_image
+from ..evaluation import ClassResult, Evaluation
+from ..predictions import Predictions
+from .html import figure, image_grid, page, pyplot, table
+from .render import example_picture, prediction_images
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -89,20 +89,22 @@ def write_evaluation(evaluation: Evaluation, out: Path) -> str:
     return text
 
 
+def stage_table(rows: list[list]) -> str:
+    """Markdown table of a Profiler's (stage, seconds, peak RSS MiB) rows."""
+    return markdown_table(["stage", "seconds", "peak RSS MiB"],
+                          [[name, f"{seconds:.1f}", f"{rss:.0f}"] for name, seconds, rss in rows])
+
+
 def write_examples(evaluation: Evaluation, out: Path) -> None:
     """Each class's example overlays (highest- and lowest-scored test images) as PNG files."""
     for name, result in evaluation.classes.items():
-        for index, (picture, _) in enumerate(result.examples):
-            write_png(out / f"{name}_{index}.png", picture)
+        for index, example in enumerate(result.examples):
+            write_png(out / f"{name}_{index}.png", example_picture(example))
 
 
 def curve_figures(classes: dict[str, ClassResult]) -> str:
     """ROC (image level) and PRO (pixel level) curves of each class, as inline figures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (roc_axis, pro_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for name, result in classes.items():
         if result.roc is not None:
@@ -122,11 +124,7 @@ def curve_figures(classes: dict[str, ClassResult]) -> str:
 
 def histogram_figure(classes: dict[str, ClassResult], threshold: float | None) -> str:
     """Per class with scored test images: scores of normal vs anomalous images, the threshold marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     scored = {name: result for name, result in classes.items() if len(result.image_scores)}
     if not scored:
         return "<p>No class has a readable test image.</p>"
@@ -154,5 +152,6 @@ def evaluation_html(evaluation: Evaluation) -> str:
             "<h2>Image scores: normal vs anomalous</h2>",
             histogram_figure(evaluation.classes, thresholds.image if thresholds else None),
             "<h2>Most and least anomalous test images</h2>",
-            image_grid([item for result in evaluation.classes.values() for item in result.examples])]
+            image_grid([(example_picture(example), example.caption)
+                        for result in evaluation.classes.values() for example in result.examples])]
     return page(f"tailedcore evaluation: {evaluation.method}", "".join(body))

@@ -21,10 +21,10 @@ from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
 from PIL import Image, UnidentifiedImageError
 
-from .data import preprocess
-from .detector import Detector
-from .io import png_bytes
-from .render import prediction_images
+from .._io import png_bytes
+from ..data import preprocess
+from ..detector import Detector
+from ..report.render import prediction_images
 
 ACCEPTED_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp"}
 DEFAULT_MAX_BYTES = 20 * 2**20

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .detector import Predictions
+from ..evaluation import Example
+from ..predictions import Predictions
+from ..thresholds import Thresholds
 
 
 def heat_colors(values: np.ndarray) -> np.ndarray:
@@ -30,14 +32,22 @@ def draw_contour(image: np.ndarray, mask: np.ndarray, color=(255, 255, 255)) -> 
     return out
 
 
+def picture(image: np.ndarray, anomaly_map: np.ndarray, thresholds: Thresholds | None, mask: np.ndarray | None,
+            low: float, high: float) -> np.ndarray:
+    """Heatmap of ``anomaly_map`` over ``image``; with thresholds, the normalised map (0.5 = pixel
+    threshold, at mid-scale) and the contour of ``mask``; without, the map scaled from [low, high]."""
+    if thresholds is not None:
+        blended = overlay(image, thresholds.normalise_pixel(anomaly_map), 0.0, 1.0)
+        return draw_contour(blended, mask) if mask is not None else blended
+    return overlay(image, anomaly_map, low, high)
+
+
 def prediction_images(predictions: Predictions, index: int, image: np.ndarray, mask: np.ndarray | None,
                       low: float, high: float) -> np.ndarray:
-    """The overlay of one prediction: heatmap over the image, defect-mask contour when calibrated.
+    """The overlay of prediction ``index`` over its image (see ``picture``)."""
+    return picture(image, predictions.anomaly_maps[index], predictions.thresholds, mask, low, high)
 
-    With thresholds the heatmap shows the normalised map (0.5 = pixel threshold, at mid-scale).
-    """
-    amap = predictions.anomaly_maps[index]
-    if predictions.thresholds is not None:
-        picture = overlay(image, predictions.thresholds.normalise_pixel(amap), 0.0, 1.0)
-        return draw_contour(picture, mask) if mask is not None else picture
-    return overlay(image, amap, low, high)
+
+def example_picture(example: Example) -> np.ndarray:
+    """The overlay of a report example."""
+    return picture(example.image, example.anomaly_map, example.thresholds, example.mask, example.low, example.high)

@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from .data import load_mvtec
-from .detector import METHODS
-from .evaluation import evaluate_samples
-from .html import figure, image_grid, page, table
-from .io import atomic_write_text, markdown_table, write_csv, write_json
-from .metrics import METRIC_NAMES, mean_metrics
+from .. import __version__
+from .._io import atomic_write_text, markdown_table, write_csv, write_json
+from ..data import load_mvtec
+from ..detector import METHODS
+from ..evaluation import evaluate_samples
+from ..metrics import METRIC_NAMES, mean_metrics
+from ..report.html import figure, image_grid, page, pyplot, table
+from ..report.render import example_picture
 from .nlt import build, plan_profile
 
 GROUPS = ("all", "head", "tail")
@@ -176,10 +177,7 @@ def results_markdown(results: dict) -> str:
 
 
 def _plots(results: dict, extras: dict) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     parts = []
     for method, block in results["methods"].items():
         per_image = block["diagnostics"].get("per_image")
@@ -224,7 +222,8 @@ def results_html(results: dict, extras: dict) -> str:
             _plots(results, extras)]
     for method, class_results in extras.items():
         body.append(f"<h2>{method}: highest- and lowest-scored test images per class</h2>")
-        body.append(image_grid([item for result in class_results.values() for item in result.examples]))
+        body.append(image_grid([(example_picture(example), example.caption)
+                                for result in class_results.values() for example in result.examples]))
     return page("tailedcore benchmark", "".join(body))
 
 

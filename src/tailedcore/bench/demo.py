@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Sample, load_mvtec
-from .detector import METHODS
-from .evaluation import Evaluation, evaluate_samples
-from .io import markdown_table, write_json
-from .metrics import METRIC_NAMES
-from .report import write_evaluation, write_examples
+from .._io import atomic_write_text, markdown_table, write_json
+from ..data import Sample, load_mvtec
+from ..detector import METHODS
+from ..evaluation import Evaluation, evaluate_samples
+from ..metrics import METRIC_NAMES
+from ..report.writers import stage_table, write_evaluation, write_examples
 from .synthetic import make_dataset
 
 
@@ -106,8 +106,7 @@ def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tu
                 tail_names = sorted({detector.training_paths_[i].parts[-4] for i in tail_images})
                 lines += [f"Tail ({detector.tail_estimator} estimator): {len(tail_images)} tail images "
                           f"(max K = {detector.diagnostics_['max_k']}), from {', '.join(tail_names) or 'no class'}", ""]
-            lines += [table,
-                      markdown_table(["stage", "seconds", "peak RSS MiB"], detector.profile_.table(), percent=False)]
+            lines += [table, stage_table(detector.profile_.table())]
             mean = evaluation.mean
             image_auroc = {c: r.metrics["image_auroc"] for c, r in classes.items()
                            if r.metrics["image_auroc"] is not None}
@@ -120,7 +119,7 @@ def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tu
         header = ["method", *METRIC_NAMES, "head image_auroc", "tail image_auroc"]
         lines += ["## Summary (means over classes, %)", "", markdown_table(header, summary_rows)]
         text = "\n".join(lines)
-        (out / "summary.md").write_text(text, encoding="utf-8")
+        atomic_write_text(out / "summary.md", text)
         write_json(out / "summary.json", {"data": source, "head": split.head, "tail": split.tail,
                                           "train_images": len(split.train), "injected": split.injected,
                                           "methods": results})

@@ -1,0 +1,1 @@
+"""Applications over the public API: the command line and the HTTP service."""

@@ -1,0 +1,1 @@
+"""Reports: result pages (Markdown, CSV, JSON, HTML) and prediction overlays."""
