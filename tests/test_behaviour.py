@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from tailedcore import PatchCore, SoftPatch, TailedCore
+from tailedcore.policies import TailedCorePolicy
+from tailedcore.tail import PaperTailSampler
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ad"
 # Training images per class (a head, a middle and a one-image tail) and test images per class.
@@ -47,7 +49,7 @@ def real_images():
     ("patchcore", PatchCore, {}),
     ("softpatch", SoftPatch, {}),
     ("tailedcore", TailedCore, {}),
-    ("tailedcore-paper", TailedCore, {"tail_estimator": "paper"}),
+    ("tailedcore-paper", TailedCore, {"policy": TailedCorePolicy(tail=PaperTailSampler())}),
 ])
 def test_memory_and_scores_are_bitwise_as_recorded(real_images, name, cls, params):
     train, test = real_images

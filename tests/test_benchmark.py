@@ -8,6 +8,7 @@ from tailedcore.app.cli import main
 from tailedcore.bench.benchmark import run_seeds
 from tailedcore.bench.synthetic import make_dataset
 from tailedcore.metrics import METRIC_NAMES
+from tailedcore.tail import PaperTailSampler
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +115,9 @@ def test_cli_method_options_go_to_the_methods_that_take_them(source, tmp_path, m
                  "--seeds", "0", "--methods", "patchcore", "softpatch", "tailedcore", "--lof-k", "3",
                  "--tail-coreset", "per-image", "--max-tail-rows", "1000"]) == 0
     method_options = calls[0][10]
-    assert method_options == {"patchcore": {}, "softpatch": {"lof_k": 3},
-                              "tailedcore": {"lof_k": 3, "tail_coreset": "per-image", "max_tail_rows": 1000}}
+    assert method_options == {"patchcore": {}, "softpatch": {"policy__lof__k": 3},
+                              "tailedcore": {"policy__lof__k": 3, "policy__tail_coreset__scope": "per-image",
+                                             "policy__tail_coreset__max_rows": 1000}}
     with pytest.raises(SystemExit) as info:
         main(["benchmark", str(source), "--out", str(tmp_path / "b"), "--profile", "step-k1", "--seeds", "0",
               "--methods", "patchcore", "--tail-coreset", "per-image"])
@@ -147,8 +149,8 @@ def test_tailedcore_over_its_tail_limit_runs_two_round_and_counts_only_the_image
     root = make_dataset(tmp_path / "data", {"stripes": 10, "dots": 3}, test_good=2, test_defect=2, size=64, seed=5)
     (root / "stripes" / "train" / "good" / "000.png").write_bytes(b"not a picture")
     results = run_benchmark(root, tmp_path / "out", ["tailedcore"], options={"resize": 64, "crop": 48},
-                            progress=False, method_options={"tailedcore": {"max_tail_rows": 1,
-                                                                           "tail_estimator": "paper"}})
+                            progress=False, method_options={"tailedcore": {"policy__tail_coreset__max_rows": 1,
+                                                                           "policy__tail": PaperTailSampler()}})
     entry = results["methods"]["tailedcore"]
     assert entry["diagnostics"]["memory_size"] > 0 and entry["mean"]["all"]["image_auroc"] is not None
     sizes = entry["diagnostics"]["class_sizes"]

@@ -11,6 +11,8 @@ import pytest
 from tailedcore import PatchCore, SoftPatch, TailedCore, load
 from tailedcore.app.cli import main
 from tailedcore.evaluation import evaluate
+from tailedcore.policies import TailedCorePolicy
+from tailedcore.tail import PaperTailSampler
 
 from .conftest import SMALL
 
@@ -25,7 +27,8 @@ def test_fit_predict_evaluate(cls, synthetic_root):
     assert 0 < len(detector.memory_) <= n_train * 64 * 48
     evaluation = evaluate(detector, synthetic_root)
     report = evaluation.metrics_json()
-    assert report["method"] == cls.method and set(report["classes"]) == {"stripes", "checker", "dots", "grain"}
+    assert report["method"] == cls.default_policy.method
+    assert set(report["classes"]) == {"stripes", "checker", "dots", "grain"}
     for values in [*report["classes"].values(), report["mean"]]:
         for value in values.values():
             assert value is None or 0.0 <= value <= 1.0
@@ -36,7 +39,7 @@ def test_fit_predict_evaluate(cls, synthetic_root):
 
 @pytest.mark.parametrize("tail_coreset", ["joint", "per-image"])
 def test_tailedcore_keeps_tail_images_whole(synthetic_root, tail_coreset):
-    detector = TailedCore(tail_coreset=tail_coreset, **SMALL).fit(synthetic_root)
+    detector = TailedCore(**SMALL).set_params(policy__tail_coreset__scope=tail_coreset).fit(synthetic_root)
     tail = set(detector.diagnostics_["tail_indices"].tolist())
     names = [p.parts[-4] for p in detector.training_paths_]
     # The three images of the two smallest classes are found as tail ...
@@ -100,16 +103,16 @@ RECORDED_MEMORY = {"patchcore": "ed5a3264361b5c65", "softpatch": "c583e664c5ca32
 
 @pytest.mark.parametrize("cls", [PatchCore, SoftPatch, TailedCore])
 def test_memory_bank_is_bitwise_as_recorded(cls, synthetic_root):
-    params = {"tail_estimator": "paper"} if cls is TailedCore else {}
+    params = {"policy": TailedCorePolicy(tail=PaperTailSampler())} if cls is TailedCore else {}
     memory = cls(**SMALL, calibration_share=0.0, **params).fit(synthetic_root).memory_
     digest = hashlib.sha256(memory.features.tobytes() + (b"" if memory.weights is None else memory.weights.tobytes()))
-    assert digest.hexdigest()[:16] == RECORDED_MEMORY[cls.method]
+    assert digest.hexdigest()[:16] == RECORDED_MEMORY[cls.default_policy.method]
 
 
 def test_tail_estimator_choice_reaches_the_fit(synthetic_root):
-    paper = TailedCore(**SMALL, calibration_share=0.0, tail_estimator="paper").fit(synthetic_root)
+    paper = TailedCore(TailedCorePolicy(tail=PaperTailSampler()), **SMALL, calibration_share=0.0).fit(synthetic_root)
     linkage = TailedCore(**SMALL, calibration_share=0.0).fit(synthetic_root)
-    assert linkage.tail_estimator == "linkage"
+    assert linkage.policy.tail.name == "linkage"
     # The linkage clusters are the four texture classes: 12, 10, 2 and 1 images.
     assert sorted(set(linkage.diagnostics_["class_sizes"].tolist())) == [1, 2, 10, 12]
     assert not np.array_equal(paper.diagnostics_["class_sizes"], linkage.diagnostics_["class_sizes"])
@@ -146,8 +149,8 @@ def test_cli_fit_says_what_it_did(synthetic_root, tmp_path, capsys):
     info = detector.memory_.info
     assert "images: 25 used, 1 skipped (unreadable), 0 set aside for thresholds" in printed
     assert f"tail: {info['tail_images']} images found, max K {info['max_k']}" in printed
-    assert (f"memory: {len(detector.memory_)} rows ({info['tail_memory']} from the tail, "
-            f"{info['head_memory']} from the head)") in printed
+    assert (f"memory: {len(detector.memory_)} rows ({info['tail_memory']} from the tail and its views, "
+            f"{info['denoised_memory']} from the LOF-denoised images)") in printed
     assert "thresholds: not set (no class of 20 or more training images to set images aside from; " \
            "use --calibration DIR)" in printed
     assert f"model file: {model} ({model.stat().st_size / 2**20:.1f} MiB)" in printed

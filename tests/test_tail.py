@@ -150,8 +150,8 @@ def test_linkage_degenerate_inputs():
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"distance": 0.0}, "tail distance=0.0"), ({"features": "pixels"}, "tail features='pixels'"),
-    ({"max_tail_class": 0}, "max_tail_class=0"), ({"share": 1.5}, "tail share=1.5"),
+    ({"distance": 0.0}, "LinkageTailSampler.distance=0.0"), ({"features": "pixels"}, "features='pixels'"),
+    ({"max_tail_class": 0}, "max_tail_class=0"), ({"share": 1.5}, "share=1.5"),
 ])
 def test_linkage_parameters_are_checked(params, message):
     with pytest.raises(ValueError, match=message):
@@ -164,7 +164,7 @@ def test_paper_estimator_is_tail_sampler():
     estimate = make_tail_estimator("paper", keep=0.8, share=0.2).estimate(TailInputs(x, np.zeros((len(x), 2))))
     np.testing.assert_array_equal(estimate.class_sizes, expected.class_sizes)
     np.testing.assert_array_equal(estimate.tail_indices, expected.tail_indices)
-    with pytest.raises(ValueError, match="tail keep=0.0"):
+    with pytest.raises(ValueError, match="PaperTailSampler.keep=0.0"):
         make_tail_estimator("paper", keep=0.0).estimate(TailInputs(x, x))
     with pytest.raises(ValueError, match="tail_estimator='knn'"):
         make_tail_estimator("knn")

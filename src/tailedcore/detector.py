@@ -3,7 +3,8 @@
 A detector holds parameters (scikit-learn style, reference defaults) and runs
 the one pipeline: images -> backbone -> patch features -> memory policy on
 ``fit``; images -> patch features -> nearest-neighbour scores on ``predict``.
-The three methods differ only in ``_policy``.
+The method is its ``policy`` (policies.py), a parameter object; the three
+classes differ only in their default policy.
 """
 
 from __future__ import annotations
@@ -19,21 +20,32 @@ from typing import ClassVar
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
-from . import policies
-from .data import ImageLoadError, collect_images, image_size, load_image, preprocess, training_images, upscale_problem
-from .features import FeatureBatch, FeatureExtractor
+from .backbones import BACKBONES
+from .data import ImageLoadError, collect_images, image_size, preprocess, training_images, upscale_problem
+from .features import PRECISIONS, FeatureBatch, FeatureExtractor
 from .memory import MemoryBank, ModelFileError, read_model, write_model
-from .policies import FeatureSet, PolicyResult, TrainingFeatures
+from .params import Interval, OneOf, Params, check_values
+from .policies import (
+    POLICIES,
+    Coreset,
+    LOFFilter,
+    PatchCorePolicy,
+    Policy,
+    SoftPatchPolicy,
+    TailCoreset,
+    TailedCorePolicy,
+    TrainingFeatures,
+    Views,
+)
 from .predictions import Predictions
 from .profiling import Profiler
 from .sampling import random_projection
-from .scoring import PatchScorer, anomaly_maps
-from .store import FeatureCache, FeatureStore, ImageSubset
-from .tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler, estimate_class_sizes
-from .thresholds import Thresholds, calibrate_false_alarm
-from .views import augmented_views, view_transforms
+from .scoring import SEARCHES, PatchScorer, anomaly_maps
+from .store import FeatureCache, ImageSubset
+from .tail import TAIL_ESTIMATORS
+from .thresholds import Thresholds, calibrate_false_alarm, held_out_images
+from .training import TrainingRun
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +66,18 @@ def _as_paths(images) -> list[Path]:
 
 
 class Detector:
-    """Base detector. Subclasses set ``method`` and implement ``_policy``.
+    """A detector: one memory-bank ``policy`` and the shared pipeline around it.
 
     Parameters (defaults as in PatchCore / the TailedCore paper, except the
     backbone, EfficientNet-Lite0 instead of WideResNet-50-2 (it runs offline
     from a PyPI wheel), and ``calibration_share``, which sets 10% of the
     images of large classes aside for thresholds; 0 is the paper's protocol):
+        policy: the memory-bank policy (policies.py), e.g. TailedCorePolicy(lof=LOFFilter(k=3));
+            None: the class's default (PatchCore, SoftPatch, TailedCore).
         backbone, weights: backbone registry name and optional local weights file.
         resize, crop: shorter side resized to ``resize``, center crop ``crop``.
         patch_size: neighbourhood aggregated per location (3 = 3x3).
         layer_dim, feature_dim: per-layer and final pooled feature sizes.
-        coreset_ratio: share of patches kept by the greedy coreset.
         projection_dim: dimension of the random projection for coreset and LOF.
         num_neighbors: nearest memory features averaged into a patch score.
         squared_distance: score with squared L2 (as the reference code) or L2.
@@ -74,20 +87,29 @@ class Detector:
         precision: backbone arithmetic, float32 (reference) or bfloat16 (faster).
         batch_size: images per backbone batch.
         calibration_share: share of the training images set aside (never put in
-            memory) to calibrate thresholds; drawn only among images whose
-            TailSampler class-size estimate (reference settings, whatever the
-            method's own, so every method holds out the same images) is at least
-            ``calibration_min_class``, so rare classes stay whole. 0 = train on
+            memory) to calibrate thresholds, among images of classes of at least
+            ``calibration_min_class`` (thresholds.held_out_images). 0 = train on
             everything (the paper).
         false_alarm_rate: share of normal images allowed above the threshold.
         seed: seeds the projection, the coreset start and the calibration draw.
         progress: show progress bars.
     """
 
-    method: ClassVar[str] = ""
+    default_policy: ClassVar[type[Policy]] = TailedCorePolicy
+    constraints: ClassVar[dict] = {
+        "backbone": OneOf(tuple(BACKBONES)), "resize": Interval(int, 1), "crop": Interval(int, 16),
+        "patch_size": Interval(int, 1), "layer_dim": Interval(int, 1), "feature_dim": Interval(int, 1),
+        "projection_dim": Interval(int, 1), "num_neighbors": Interval(int, 1),
+        "squared_distance": OneOf((True, False)), "blur_sigma": Interval(float, 0.0),
+        "search": OneOf(tuple(SEARCHES)), "precision": OneOf(PRECISIONS), "batch_size": Interval(int, 1),
+        "calibration_share": Interval(float, 0.0, 1.0, "left"), "calibration_min_class": Interval(int, 1),
+        "false_alarm_rate": Interval(float, 0.0, 1.0, "neither"), "seed": Interval(int, 0),
+        "progress": OneOf((True, False)),
+    }
 
     def __init__(
         self,
+        policy: Policy | None = None,
         backbone: str = "efficientnet-lite0",
         weights: str | None = None,
         resize: int = 256,
@@ -95,7 +117,6 @@ class Detector:
         patch_size: int = 3,
         layer_dim: int = 1024,
         feature_dim: int = 1024,
-        coreset_ratio: float = 0.1,
         projection_dim: int = 128,
         num_neighbors: int = 1,
         squared_distance: bool = True,
@@ -110,6 +131,7 @@ class Detector:
         seed: int = 0,
         progress: bool = True,
     ):
+        self.policy = self.default_policy() if policy is None else policy
         self.backbone = backbone
         self.weights = weights
         self.resize = resize
@@ -117,7 +139,6 @@ class Detector:
         self.patch_size = patch_size
         self.layer_dim = layer_dim
         self.feature_dim = feature_dim
-        self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
         self.num_neighbors = num_neighbors
         self.squared_distance = squared_distance
@@ -131,44 +152,57 @@ class Detector:
         self.false_alarm_rate = false_alarm_rate
         self.seed = seed
         self.progress = progress
-        self.memory_: MemoryBank | None = None
-        self.diagnostics_: dict = {}
-        self.training_paths_: list[Path] = []
-        self.calibration_paths_: list[Path] = []
-        self.thresholds_: Thresholds | None = None
-        self.training_summary_: dict = {}
-        self.skipped_: list[tuple[Path, str]] = []
         self.profile_ = Profiler()
         self._extractor: FeatureExtractor | None = None
         self._scorer: PatchScorer | None = None
 
+    @property
+    def method(self) -> str:
+        return self.policy.method
+
     # -- parameters -------------------------------------------------------
     @classmethod
     def _param_names(cls) -> list[str]:
-        names: list[str] = []
-        for klass in reversed(cls.__mro__):
-            if "__init__" in vars(klass) and klass is not object:
-                for name in inspect.signature(klass.__init__).parameters:
-                    if name not in ("self", "kwargs") and name not in names:
-                        names.append(name)
-        return names
+        return [name for name in inspect.signature(Detector.__init__).parameters if name != "self"]
 
-    def get_params(self) -> dict:
-        return {name: getattr(self, name) for name in self._param_names()}
+    def get_params(self, deep: bool = True) -> dict:
+        """Parameters by name; ``deep``: the policy's too, as ``policy__lof__k`` etc."""
+        params = {name: getattr(self, name) for name in self._param_names()}
+        if deep:
+            params.update({f"policy__{key}": value for key, value in self.policy.get_params(deep=True).items()})
+        return params
 
     def set_params(self, **params) -> Detector:
-        """Change parameters (e.g. search, precision on a fitted model); caches are rebuilt as needed."""
+        """Change parameters (e.g. search, precision on a fitted model; ``policy__lof__k=3``).
+
+        Caches are rebuilt as needed; a changed policy applies at the next fit.
+        """
+        nested = {key.removeprefix("policy__"): params.pop(key) for key in list(params) if key.startswith("policy__")}
         unknown = set(params) - set(self._param_names())
         if unknown:
             raise ValueError(f"unknown parameters: {', '.join(sorted(unknown))}")
         for name, value in params.items():
             setattr(self, name, value)
+        if nested:
+            self.policy = self.policy.with_params(**nested)
         self._extractor = None
         self._scorer = None
         return self
 
+    def check_params(self) -> None:
+        """Raise ValueError naming the first parameter out of range (policy included), before any image is read."""
+        check_values(type(self).__name__, self.get_params(deep=False), self.constraints)
+        if not isinstance(self.policy, Policy):
+            raise ValueError(f"{type(self).__name__}.policy: expected a Policy, got {type(self.policy).__name__}")
+        self.policy.check()
+
+    def params_config(self) -> dict:
+        """The parameters as JSON: the pipeline's by name, the policy as ``Params.to_config``."""
+        return {**{k: v for k, v in self.get_params(deep=False).items() if k != "policy"},
+                "policy": self.policy.to_config()}
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params(deep=False).items())})"
 
     # -- pipeline ---------------------------------------------------------
     @property
@@ -180,76 +214,6 @@ class Detector:
             )
         return self._extractor
 
-    def _policy(self, train: TrainingFeatures, rng: np.random.Generator) -> PolicyResult:
-        raise NotImplementedError
-
-    def _view_transforms(self) -> list[tuple[float, bool]]:
-        """(angle, flip) of the views made of each tail image (none outside TailedCore)."""
-        return []
-
-    def _extract(self, paths: list[Path], folder: Path, projection: np.ndarray, on_error, cache: FeatureCache | None
-                 ) -> tuple[FeatureSet, np.ndarray, np.ndarray, np.ndarray]:
-        """Stream training features into a store under ``folder``; projections and embeddings stay in RAM.
-
-        Returns (features, embeddings (n_ok, E), mean patch features (n_ok, D), indices of the
-        readable images in ``paths``).
-        """
-        extractor = self.extractor
-        n_locations = extractor.grid_shape[0] * extractor.grid_shape[1]
-        store = FeatureStore(folder / "patches.f32", self.feature_dim)
-        projected = np.empty((len(paths), n_locations, self.projection_dim), dtype=np.float32)
-        embeddings, mean_patches, readable = [], [], []
-        for positions, batch in extractor.iter_batches(paths, True, "features", on_error, cache):
-            store.append(batch.patches.reshape(-1, self.feature_dim))
-            projected[len(readable) : len(readable) + len(positions)] = batch.patches @ projection
-            embeddings.append(batch.embeddings)
-            mean_patches.append(batch.patches.mean(axis=1))
-            readable += positions
-        if not readable:
-            raise ValueError("no readable training images")
-        return (FeatureSet(store, projected[: len(readable)]), np.concatenate(embeddings),
-                np.concatenate(mean_patches), np.asarray(readable, dtype=np.int64))
-
-    def _view_features(self, paths: list[Path], folder: Path, projection: np.ndarray, stores: list[FeatureStore]):
-        """A function: training-image indices -> FeatureSet of all their rotated/flipped views.
-
-        Views of image i are rows [i * V, (i + 1) * V) in the order of ``_view_transforms``;
-        the store it opens is added to ``stores`` (closed by the caller).
-        """
-
-        def views(indices: np.ndarray) -> FeatureSet:
-            extractor = self.extractor
-            transforms = self._view_transforms()
-            store = FeatureStore(folder / "views.f32", self.feature_dim)
-            stores.append(store)
-            n_locations = extractor.grid_shape[0] * extractor.grid_shape[1]
-            projected = np.empty((len(indices) * len(transforms), n_locations, self.projection_dim), np.float32)
-            row = 0
-            for index in tqdm(indices, desc="tail views", unit="img", disable=not self.progress, leave=False):
-                image = extractor.normalise([load_image(paths[int(index)], self.resize, self.crop)])[0]
-                all_views = augmented_views(image, transforms)
-                for start in range(0, len(all_views), self.batch_size):
-                    chunk = all_views[start : start + self.batch_size]
-                    batch = extractor.features(chunk)
-                    store.append(batch.patches.reshape(-1, self.feature_dim))
-                    projected[row : row + len(chunk)] = batch.patches @ projection
-                    row += len(chunk)
-            return FeatureSet(store, projected)
-
-        return views
-
-    def _calibration_images(self, embeddings: np.ndarray) -> np.ndarray:
-        """Indices of training images set aside for threshold calibration (sorted)."""
-        if self.calibration_share <= 0 or len(embeddings) < 2:
-            return np.empty(0, dtype=np.int64)
-        eligible = np.flatnonzero(estimate_class_sizes(embeddings) >= self.calibration_min_class)
-        count = min(int(round(self.calibration_share * len(eligible))), len(embeddings) - 1)
-        rng = np.random.default_rng([self.seed, 1])
-        return np.sort(rng.choice(eligible, size=count, replace=False)) if count > 0 else np.empty(0, np.int64)
-
-    def _check_params(self) -> None:
-        """Raise ValueError for a method parameter out of range, before any image is read."""
-
     def fit(self, images, cache_dir: str | os.PathLike | None = None, strict: bool = False) -> Detector:
         """Fit on training images: a list of files/folders, or a dataset root (all train/good merged).
 
@@ -257,7 +221,7 @@ class Detector:
         ``skipped_`` (``strict``: raise instead). With ``cache_dir``, computed
         feature batches are kept there and reused by the next run.
         """
-        self._check_params()
+        self.check_params()
         paths = _as_paths(images)
         if not paths:
             raise ValueError("no training images")
@@ -272,44 +236,41 @@ class Detector:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             cache = FeatureCache(Path(cache_dir) / "features")
         self.profile_ = Profiler()
-        stores: list[FeatureStore] = []
-        with tempfile.TemporaryDirectory(prefix="tailedcore-", dir=cache_dir) as work:
-            try:
-                self._fit_with(Path(work), paths, None if strict else skip, cache, stores)
-            finally:
-                for store in stores:
-                    store.close()
+        projection = random_projection(self.feature_dim, self.projection_dim, self.seed)
+        with (tempfile.TemporaryDirectory(prefix="tailedcore-", dir=cache_dir) as work,
+              TrainingRun(self.extractor, Path(work), projection) as run):
+            self._fit_with(run, paths, None if strict else skip, cache)
         log.info("%s: memory bank of %d features from %d images%s", self.method, len(self.memory_),
                  len(self.training_paths_),
                  f"; {len(self.calibration_paths_)} images set aside for thresholds" if self.calibration_paths_ else "")
         return self
 
-    def _fit_with(self, folder: Path, paths: list[Path], on_error, cache: FeatureCache | None,
-                  stores: list[FeatureStore]) -> None:
-        """The fit itself, with temporary files under ``folder`` (stores opened are added to ``stores``)."""
+    def _fit_with(self, run: TrainingRun, paths: list[Path], on_error, cache: FeatureCache | None) -> None:
+        """The fit itself; every file it writes belongs to ``run``."""
         rng = np.random.default_rng(self.seed)
-        projection = random_projection(self.feature_dim, self.projection_dim, self.seed)
         grid = self.extractor.grid_shape
         patches_per_image = grid[0] * grid[1]
         with self.profile_.stage("features"):
-            features, embeddings, mean_patches, readable = self._extract(paths, folder, projection, on_error, cache)
-        stores.append(features.patches)
+            extracted = run.extract(paths, on_error, cache)
         if self.skipped_:
             log.warning("skipped %d unreadable training image(s) of %d", len(self.skipped_), len(paths))
-        paths = [paths[i] for i in readable]
-        held_out = self._calibration_images(embeddings)
+        paths = [paths[i] for i in extracted.readable]
+        held_out = held_out_images(extracted.embeddings, self.calibration_share, self.calibration_min_class,
+                                   self.seed)
         kept = np.setdiff1d(np.arange(len(paths)), held_out)
         kept_paths = [paths[i] for i in kept]
+        features = extracted.features
         # Without a held-out share, no copy of the projections (the largest array in RAM).
         projected = features.projected[kept] if len(held_out) else features.projected
+        transforms = self.policy.view_transforms()
         train = TrainingFeatures(
-            ImageSubset(features.patches, kept, patches_per_image), projected, embeddings[kept], mean_patches[kept],
-            self._view_features(kept_paths, folder, projection, stores), len(self._view_transforms()),
-            self.profile_,
+            ImageSubset(features.patches, kept, patches_per_image), projected, extracted.embeddings[kept],
+            extracted.mean_patches[kept], run.view_maker(kept_paths, transforms, self.batch_size, self.progress),
+            len(transforms), self.profile_,
         )
         self.training_paths_ = kept_paths
         self.calibration_paths_ = [paths[i] for i in held_out]
-        result = self._policy(train, rng)
+        result = self.policy.build(train, rng, self.progress)
         self.memory_, self.diagnostics_ = result.memory, result.diagnostics
         self._scorer, self.thresholds_ = None, None
         if len(held_out):
@@ -336,7 +297,7 @@ class Detector:
 
     @property
     def scorer(self) -> PatchScorer:
-        if self.memory_ is None:
+        if not hasattr(self, "memory_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load a model")
         if self._scorer is None:
             self._scorer = PatchScorer(self.memory_.features, self.memory_.weights, self.num_neighbors,
@@ -408,15 +369,14 @@ class Detector:
     # -- persistence ------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the fitted model (memory bank + parameters) to one safetensors file."""
-        if self.memory_ is None:
+        if not hasattr(self, "memory_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted: nothing to save")
         arrays = {"memory": self.memory_.features}
         if self.memory_.weights is not None:
             arrays["weights"] = self.memory_.weights
-        params = self.get_params()
         config = {
             "method": self.method,
-            "params": params,
+            "params": self.params_config(),
             **self.training_summary_,
             "thresholds": self.thresholds_.to_dict() if self.thresholds_ else None,
             "torch_version": torch.__version__,
@@ -425,90 +385,53 @@ class Detector:
 
 
 class PatchCore(Detector):
-    """PatchCore: memory = greedy coreset of all training patches."""
+    """PatchCore: memory = greedy coreset of all training patches (policies.PatchCorePolicy)."""
 
-    method = "patchcore"
-
-    def _policy(self, train, rng):
-        return policies.patchcore(train, rng, self.coreset_ratio, self.progress)
+    default_policy = PatchCorePolicy
 
 
 class SoftPatch(Detector):
-    """SoftPatch: patch-wise LOF denoising, coreset, LOF-weighted scores.
+    """SoftPatch: patch-wise LOF denoising, coreset, LOF-weighted scores (policies.SoftPatchPolicy)."""
 
-    lof_k: LOF neighbours; lof_drop: share of patches dropped (top LOF scores).
-    """
-
-    method = "softpatch"
-
-    def __init__(self, lof_k: int = 6, lof_drop: float = 0.15, **kwargs):
-        super().__init__(**kwargs)
-        self.lof_k = lof_k
-        self.lof_drop = lof_drop
-
-    def _policy(self, train, rng):
-        return policies.softpatch(train, rng, self.coreset_ratio, self.lof_k, self.lof_drop, self.progress)
+    default_policy = SoftPatchPolicy
 
 
 class TailedCore(Detector):
-    """TailedCore: tail images (TailSampler) kept whole with rotated/flipped views; LOF-denoised rest.
+    """TailedCore: tail images kept whole with rotated/flipped views; LOF-denoised rest
+    (policies.TailedCorePolicy; the tail estimator defaults to linkage, the paper's is PaperTailSampler)."""
 
-    lof_k, lof_drop: as SoftPatch.
-    tail_estimator: how tail images are found: "linkage" (default; single-linkage
-        clusters of the images, see tail.LinkageTailSampler) or "paper" (the
-        published TailSampler).
-    tail_keep: share of candidate similarities kept by the trim_min threshold (paper).
-    tail_share: the 15% rule of max K (both estimators).
-    tail_distance: cosine distance at which linkage clusters are cut (linkage).
-    max_tail_class: largest class size counted as tail (linkage; None: the paper's rule alone).
-    view_step_degrees, view_flip: rotations every step in [0, 360) x flips.
-    max_tail_rows: a joint tail coreset over more patch rows (with views) than
-        this runs as "two-round" instead (None: no limit, the paper).
-    tail_coreset: "joint", one coreset over all tail patches and views (the
-        paper); "per-image", one per tail image; or "two-round", per-image
-        coresets then one over each block's union (both linear in the tail size).
+    default_policy = TailedCorePolicy
+
+
+METHODS: dict[str, type[Detector]] = {cls.default_policy.method: cls for cls in (PatchCore, SoftPatch, TailedCore)}
+
+# Format-1 model files held the policy as flat parameters: name there -> (building block, its parameter).
+_FLAT_POLICY_PARAMS = {
+    "coreset_ratio": ("coreset", "ratio"), "lof_k": ("lof", "k"), "lof_drop": ("lof", "drop"),
+    "tail_keep": ("tail", "keep"), "tail_share": ("tail", "share"), "tail_distance": ("tail", "distance"),
+    "max_tail_class": ("tail", "max_tail_class"), "view_step_degrees": ("views", "step_degrees"),
+    "view_flip": ("views", "flip"), "tail_coreset": ("tail_coreset", "scope"),
+    "max_tail_rows": ("tail_coreset", "max_rows"),
+}
+_BLOCKS = {"coreset": Coreset, "lof": LOFFilter, "views": Views, "tail_coreset": TailCoreset}
+
+
+def _policy_from_flat(method: str, params: dict) -> Policy:
+    """The policy of a format-1 model file; its flat policy parameters are removed from ``params``.
+
+    Files written before the tail estimator was a parameter used the paper's.
     """
+    blocks = {**_BLOCKS, "tail": TAIL_ESTIMATORS[params.pop("tail_estimator", "paper")]}
+    values: dict[str, dict] = {}
+    for flat, (block, name) in _FLAT_POLICY_PARAMS.items():
+        if flat in params:
+            values.setdefault(block, {})[name] = params.pop(flat)
+    def build(block: str):
+        accepted = inspect.signature(blocks[block]).parameters  # a linkage tail has no "keep", say
+        return blocks[block](**{k: v for k, v in values.get(block, {}).items() if k in accepted})
 
-    method = "tailedcore"
-
-    def __init__(self, lof_k: int = 6, lof_drop: float = 0.15, tail_estimator: str = "linkage",
-                 tail_keep: float = 0.85, tail_share: float = 0.15, tail_distance: float = 0.4,
-                 max_tail_class: int | None = 19, view_step_degrees: float = 15.0, view_flip: bool = True,
-                 max_tail_rows: int | None = None, tail_coreset: str = "joint", **kwargs):
-        super().__init__(**kwargs)
-        self.max_tail_rows = max_tail_rows
-        self.tail_coreset = tail_coreset
-        self.lof_k = lof_k
-        self.lof_drop = lof_drop
-        self.tail_estimator = tail_estimator
-        self.tail_keep = tail_keep
-        self.tail_share = tail_share
-        self.tail_distance = tail_distance
-        self.max_tail_class = max_tail_class
-        self.view_step_degrees = view_step_degrees
-        self.view_flip = view_flip
-
-    def _view_transforms(self) -> list[tuple[float, bool]]:
-        return view_transforms(self.view_step_degrees, self.view_flip)
-
-    def _tail_sampler(self) -> PaperTailSampler | LinkageTailSampler:
-        if self.tail_estimator == "paper":
-            return PaperTailSampler(self.tail_keep, self.tail_share)
-        if self.tail_estimator == "linkage":
-            return LinkageTailSampler(self.tail_distance, share=self.tail_share, max_tail_class=self.max_tail_class)
-        raise ValueError(f"tail_estimator='{self.tail_estimator}': choose from {', '.join(TAIL_ESTIMATORS)}")
-
-    def _check_params(self) -> None:
-        if self.tail_coreset not in policies.TAIL_CORESETS:
-            raise ValueError(f"tail_coreset='{self.tail_coreset}': choose from {', '.join(policies.TAIL_CORESETS)}")
-        self._tail_sampler().check()
-
-    def _policy(self, train, rng):
-        return policies.tailedcore(train, rng, self.coreset_ratio, self.lof_k, self.lof_drop, self._tail_sampler(),
-                                   self.max_tail_rows, self.tail_coreset, self.progress)
-
-
-METHODS: dict[str, type[Detector]] = {cls.method: cls for cls in (PatchCore, SoftPatch, TailedCore)}
+    policy_class = POLICIES[method]
+    return policy_class(**{block: build(block) for block in inspect.signature(policy_class).parameters})
 
 
 def load(path: str | os.PathLike, **overrides) -> Detector:
@@ -519,6 +442,13 @@ def load(path: str | os.PathLike, **overrides) -> Detector:
         raise ModelFileError(f"{path}: unknown method '{method}'")
     cls = METHODS[method]
     params = dict(config.get("params", {}))
+    try:
+        policy = (Params.from_config(params.pop("policy")) if "policy" in params
+                  else _policy_from_flat(method, params))
+    except (TypeError, ValueError, KeyError) as error:
+        raise ModelFileError(f"{path}: invalid policy parameters ({error})") from error
+    if not isinstance(policy, POLICIES[method]):
+        raise ModelFileError(f"{path}: a {type(policy).__name__} is not a {method} policy")
     unknown = set(params) - set(cls._param_names())
     if unknown:
         raise ModelFileError(f"{path}: unknown parameters {sorted(unknown)}")
@@ -526,9 +456,8 @@ def load(path: str | os.PathLike, **overrides) -> Detector:
     if wrong:
         raise ValueError(f"unknown parameters for {method}: {', '.join(sorted(wrong))}")
     params.update(overrides)
-    detector = cls(**params)
+    detector = cls(policy=policy, **params)
     detector.memory_ = MemoryBank(arrays["memory"], arrays.get("weights"), config.get("memory_info", {}))
-    if config.get("thresholds"):
-        detector.thresholds_ = Thresholds.from_dict(config["thresholds"])
+    detector.thresholds_ = Thresholds.from_dict(config["thresholds"]) if config.get("thresholds") else None
     detector.training_summary_ = {k: config.get(k) for k in ("memory_info", "training_images", "calibration_images")}
     return detector

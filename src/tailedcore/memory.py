@@ -22,7 +22,9 @@ from safetensors.numpy import save
 from ._io import atomic_write_bytes
 
 FORMAT_NAME = "tailedcore-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 held the policy as flat parameters; detector.load reads it still.
+READABLE_VERSIONS = (1, 2)
 
 
 class ModelFileError(ValueError):
@@ -84,10 +86,9 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
         raise ModelFileError(f"{path}: not a tailedcore model file (no valid tailedcore header)") from error
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path}: not a tailedcore model file")
-    if header.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path}: model format version {header.get('format_version')} is not supported (expected {FORMAT_VERSION})"
-        )
+    if header.get("format_version") not in READABLE_VERSIONS:
+        raise ModelFileError(f"{path}: model format version {header.get('format_version')} is not supported "
+                             f"(expected one of {', '.join(map(str, READABLE_VERSIONS))})")
     if not isinstance(header.get("config"), dict):
         raise ModelFileError(f"{path}: model header has no config")
     if header.get("sha256") != _digest(arrays, header["config"]):

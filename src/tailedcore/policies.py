@@ -1,23 +1,28 @@
 """Memory-bank policies: how PatchCore, SoftPatch and TailedCore build their memory.
 
-Each policy is a short function of the training features built from the same
-blocks: ``coreset`` (sampling), ``patchwise_lof_scores`` / ``inlier_mask``
-(lof) and ``tail_sampler`` (tail) plus the rotated views (views).
+A policy is a parameter object (params.Params) made of the same building
+blocks, each a parameter object too: ``Coreset`` (sampling), ``LOFFilter``
+(lof), a tail estimator (tail), ``Views`` (views) and ``TailCoreset``. Its
+``build(train, rng)`` turns the training features into a MemoryBank; the three
+methods differ only in which blocks they compose.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from .lof import inlier_mask, patchwise_lof_scores
 from .memory import MemoryBank
+from .params import Interval, OneOf, Params, registered
 from .profiling import Profiler
 from .sampling import greedy_coreset, two_round_coreset
 from .store import FeatureStore, ImageSubset
 from .tail import LinkageTailSampler, PaperTailSampler, TailInputs
+from .views import view_transforms
 
 
 @dataclass
@@ -56,122 +61,224 @@ class PolicyResult:
     diagnostics: dict
 
 
-def coreset(rows: np.ndarray, ratio: float, rng: np.random.Generator, profiler: Profiler,
-            progress: bool = False) -> np.ndarray:
-    """Greedy coreset of ``ratio`` x len(rows) projected rows (at least one), from a random start."""
-    if len(rows) == 0:
-        return np.empty(0, dtype=np.int64)
-    count = max(1, int(len(rows) * ratio))
-    with profiler.stage("coreset"):
-        return greedy_coreset(rows, count, start=int(rng.integers(len(rows))), progress=progress)
-
-
-def _gather(store: FeatureStore, rows: np.ndarray, profiler: Profiler) -> np.ndarray:
+def _gather(store: FeatureStore | ImageSubset, rows: np.ndarray, profiler: Profiler) -> np.ndarray:
     with profiler.stage("memory gather"):
         return store.gather(rows)
 
 
-def _denoised_coreset(train: TrainingFeatures, ratio: float, lof_k: int, lof_drop: float,
-                      rng: np.random.Generator, progress: bool):
-    """LOF-filter all patches, then coreset the inliers -> (row indices, LOF scores (n, P), inlier mask)."""
-    with train.profiler.stage("lof"):
-        scores = patchwise_lof_scores(train.projected, lof_k, progress)
-        keep = inlier_mask(scores, lof_drop)
-    inliers = np.flatnonzero(keep.ravel())
-    rows = train.projected.reshape(-1, train.projected.shape[-1])
-    return inliers[coreset(rows[inliers], ratio, rng, train.profiler, progress)], scores, keep
+@registered
+@dataclass(frozen=True)
+class Coreset(Params):
+    """Greedy k-center coreset keeping ``ratio`` of the rows it is given (at least one)."""
+
+    ratio: float = 0.1
+
+    constraints: ClassVar[dict] = {"ratio": Interval(float, 0.0, 1.0, "right")}
+
+    def count(self, n_rows: int) -> int:
+        return max(1, int(n_rows * self.ratio))
+
+    def select(self, rows: np.ndarray, rng: np.random.Generator, profiler: Profiler,
+               progress: bool = False) -> np.ndarray:
+        """(count,) int64 indices into rows (N, d) float32, from a random start; none for no rows."""
+        if len(rows) == 0:
+            return np.empty(0, dtype=np.int64)
+        with profiler.stage("coreset"):
+            return greedy_coreset(rows, self.count(len(rows)), start=int(rng.integers(len(rows))), progress=progress)
 
 
-def patchcore(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: float = 0.1,
-              progress: bool = False) -> PolicyResult:
-    """Memory = greedy coreset of all training patches."""
-    rows = train.projected.reshape(-1, train.projected.shape[-1])
-    picks = coreset(rows, coreset_ratio, rng, train.profiler, progress)
-    info = {"coreset": len(picks), "patches": len(rows)}
-    memory = MemoryBank(_gather(train.patches, picks, train.profiler), info=info)
-    return PolicyResult(memory, {})
+@registered
+@dataclass(frozen=True)
+class LOFFilter(Params):
+    """Patch-wise LOF over ``k`` neighbours; the ``drop`` share of patches with the top scores is dropped."""
+
+    k: int = 6
+    drop: float = 0.15
+
+    constraints: ClassVar[dict] = {"k": Interval(int, 1), "drop": Interval(float, 0.0, 1.0, "left")}
+
+    def apply(self, projected: np.ndarray, profiler: Profiler, progress: bool = False
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """projected (n, P, d) -> LOF scores (n, P) and inlier mask (n, P) bool."""
+        with profiler.stage("lof"):
+            scores = patchwise_lof_scores(projected, self.k, progress)
+            return scores, inlier_mask(scores, self.drop)
 
 
-def softpatch(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: float = 0.1, lof_k: int = 6,
-              lof_drop: float = 0.15, progress: bool = False) -> PolicyResult:
-    """Memory = coreset of LOF inliers; each memory feature is weighted by its LOF score."""
-    picks, scores, keep = _denoised_coreset(train, coreset_ratio, lof_k, lof_drop, rng, progress)
-    memory = MemoryBank(
-        _gather(train.patches, picks, train.profiler),
-        weights=scores.ravel()[picks],
-        info={"coreset": len(picks), "inliers": int(keep.sum()), "patches": keep.size},
-    )
-    return PolicyResult(memory, {"dropped_share": 1.0 - keep.mean(axis=1)})
+@registered
+@dataclass(frozen=True)
+class Views(Params):
+    """Rotations every ``step_degrees`` in [0, 360), each also flipped when ``flip``, the original left out."""
+
+    step_degrees: float = 15.0
+    flip: bool = True
+
+    constraints: ClassVar[dict] = {"step_degrees": Interval(float, 0.0, 360.0, "right"),
+                                   "flip": OneOf((True, False))}
+
+    def transforms(self) -> list[tuple[float, bool]]:
+        return view_transforms(self.step_degrees, self.flip)
 
 
 TAIL_CORESETS = ("joint", "per-image", "two-round")
 
 
-def _tail_coreset(tail_rows: np.ndarray, n_images: int, rows_per_image: int, views_per_image: int, scope: str,
-                  ratio: float, rng: np.random.Generator, profiler: Profiler, progress: bool) -> np.ndarray:
-    """Coreset picks (row indices) of the tail rows: the images' own patches, then all their views.
+@registered
+@dataclass(frozen=True)
+class TailCoreset(Params):
+    """How the tail rows (tail images and their views) are coreset.
 
-    tail_rows: (n_images * rows_per_image * (1 + views_per_image), d), own
-    patches of image j at [j * R, (j + 1) * R), its views at
-    n_images * R + [j * V * R, (j + 1) * V * R). scope "joint" (the paper):
-    one coreset over every row; "per-image": one coreset per image over its
-    own patches and views; "two-round": per-image coresets (oversampled), then
-    coresets over the union of blocks of images (sampling.two_round_coreset).
-    Both grow linearly with the tail instead of quadratically.
+    scope "joint": one coreset over every row (the paper); "per-image": one per
+    tail image over its own patches and views; "two-round": per-image coresets
+    (oversampled), then coresets over the union of blocks of images
+    (sampling.two_round_coreset). Both grow linearly with the tail instead of
+    quadratically. A joint coreset over more than ``max_rows`` rows runs
+    two-round instead (None: no limit, the paper).
     """
-    if scope == "joint":
-        return coreset(tail_rows, ratio, rng, profiler, progress)
-    own_start, view_rows = n_images * rows_per_image, views_per_image * rows_per_image
-    images = [np.concatenate([np.arange(image * rows_per_image, (image + 1) * rows_per_image),
-                              own_start + np.arange(image * view_rows, (image + 1) * view_rows)])
-              for image in range(n_images)]
-    if scope == "two-round":
-        with profiler.stage("coreset"):
-            return two_round_coreset(tail_rows, images, ratio, rng, progress=progress)
-    return np.concatenate([rows[coreset(tail_rows[rows], ratio, rng, profiler)] for rows in images])
+
+    scope: str = "joint"
+    max_rows: int | None = None
+
+    constraints: ClassVar[dict] = {"scope": OneOf(TAIL_CORESETS), "max_rows": Interval(int, 1, none_ok=True)}
+
+    def scope_for(self, n_rows: int) -> str:
+        return "two-round" if self.scope == "joint" and self.max_rows is not None and n_rows > self.max_rows \
+            else self.scope
+
+    def select(self, tail_rows: np.ndarray, n_images: int, rows_per_image: int, views_per_image: int,
+               coreset: Coreset, rng: np.random.Generator, profiler: Profiler, progress: bool) -> np.ndarray:
+        """Coreset picks (row indices) of the tail rows: the images' own patches, then all their views.
+
+        tail_rows: (n_images * rows_per_image * (1 + views_per_image), d), own
+        patches of image j at [j * R, (j + 1) * R), its views at
+        n_images * R + [j * V * R, (j + 1) * V * R).
+        """
+        scope = self.scope_for(len(tail_rows))
+        if scope == "joint":
+            return coreset.select(tail_rows, rng, profiler, progress)
+        own_start, view_rows = n_images * rows_per_image, views_per_image * rows_per_image
+        images = [np.concatenate([np.arange(image * rows_per_image, (image + 1) * rows_per_image),
+                                  own_start + np.arange(image * view_rows, (image + 1) * view_rows)])
+                  for image in range(n_images)]
+        if scope == "two-round":
+            with profiler.stage("coreset"):
+                return two_round_coreset(tail_rows, images, coreset.ratio, rng, progress=progress)
+        return np.concatenate([rows[coreset.select(tail_rows[rows], rng, profiler)] for rows in images])
 
 
-def tailedcore(train: TrainingFeatures, rng: np.random.Generator, coreset_ratio: float = 0.1, lof_k: int = 6,
-               lof_drop: float = 0.15, tail_estimator: PaperTailSampler | LinkageTailSampler | None = None,
-               max_tail_rows: int | None = None, tail_coreset: str = "joint", progress: bool = False) -> PolicyResult:
+@dataclass(frozen=True)
+class Policy(Params):
+    """A memory-bank policy: ``build(train, rng)`` -> PolicyResult; ``method`` names it."""
+
+    method: ClassVar[str] = ""
+
+    def view_transforms(self) -> list[tuple[float, bool]]:
+        """(angle, flip) of the views the policy asks for of each tail image (none by default)."""
+        return []
+
+    def build(self, train: TrainingFeatures, rng: np.random.Generator, progress: bool = False) -> PolicyResult:
+        raise NotImplementedError
+
+
+def _denoised_coreset(train: TrainingFeatures, coreset: Coreset, lof: LOFFilter, rng: np.random.Generator,
+                      progress: bool):
+    """LOF-filter all patches, then coreset the inliers -> (row indices, LOF scores (n, P), inlier mask)."""
+    scores, keep = lof.apply(train.projected, train.profiler, progress)
+    inliers = np.flatnonzero(keep.ravel())
+    rows = train.projected.reshape(-1, train.projected.shape[-1])
+    return inliers[coreset.select(rows[inliers], rng, train.profiler, progress)], scores, keep
+
+
+@registered
+@dataclass(frozen=True)
+class PatchCorePolicy(Policy):
+    """Memory = greedy coreset of all training patches."""
+
+    coreset: Coreset = Coreset()
+
+    method: ClassVar[str] = "patchcore"
+
+    def build(self, train, rng, progress=False):
+        rows = train.projected.reshape(-1, train.projected.shape[-1])
+        picks = self.coreset.select(rows, rng, train.profiler, progress)
+        info = {"coreset": len(picks), "patches": len(rows)}
+        return PolicyResult(MemoryBank(_gather(train.patches, picks, train.profiler), info=info), {})
+
+
+@registered
+@dataclass(frozen=True)
+class SoftPatchPolicy(Policy):
+    """Memory = coreset of LOF inliers; each memory feature is weighted by its LOF score."""
+
+    coreset: Coreset = Coreset()
+    lof: LOFFilter = LOFFilter()
+
+    method: ClassVar[str] = "softpatch"
+
+    def build(self, train, rng, progress=False):
+        picks, scores, keep = _denoised_coreset(train, self.coreset, self.lof, rng, progress)
+        memory = MemoryBank(
+            _gather(train.patches, picks, train.profiler),
+            weights=scores.ravel()[picks],
+            info={"coreset": len(picks), "inliers": int(keep.sum()), "patches": keep.size},
+        )
+        return PolicyResult(memory, {"dropped_share": 1.0 - keep.mean(axis=1)})
+
+
+@registered
+@dataclass(frozen=True)
+class TailedCorePolicy(Policy):
     """Memory = coreset(tail images + their views) followed by coreset(LOF inliers of all images).
 
-    ``tail_estimator`` picks the tail images (default: the paper's TailSampler).
-    ``tail_coreset``: "joint" (the paper), "per-image" or "two-round" (see
-    _tail_coreset). A joint coreset over more than ``max_tail_rows`` patch rows
-    (None = no limit) becomes "two-round", so its time stays linear in the tail.
+    ``tail`` picks the tail images: LinkageTailSampler (default) or
+    PaperTailSampler (the published TailSampler); ``views``: what is made of
+    each tail image; ``tail_coreset``: how the tail rows are coreset.
     """
-    if tail_coreset not in TAIL_CORESETS:
-        raise ValueError(f"tail_coreset='{tail_coreset}': choose from {', '.join(TAIL_CORESETS)}")
-    estimator = tail_estimator or PaperTailSampler()
-    with train.profiler.stage("tail sampler"):
-        estimate = estimator.estimate(TailInputs(train.embeddings, train.mean_patches))
-    tail = estimate.tail_indices
-    tail_patches = len(tail) * (1 + train.views_per_image) * train.projected.shape[1]
-    if tail_coreset == "joint" and max_tail_rows is not None and tail_patches > max_tail_rows:
-        tail_coreset = "two-round"
-    parts, info = [], {"tail_images": len(tail), "max_k": estimate.max_k, "tail_coreset": tail_coreset}
-    if len(tail):
-        with train.profiler.stage("tail views"):
-            views = train.views(tail)
-        dim, patches_per_image = train.projected.shape[-1], train.projected.shape[1]
-        tail_rows = np.concatenate([train.projected[tail].reshape(-1, dim), views.projected.reshape(-1, dim)])
-        picks = _tail_coreset(tail_rows, len(tail), patches_per_image, train.views_per_image, tail_coreset,
-                              coreset_ratio, rng, train.profiler, progress)
-        n_own = len(tail) * patches_per_image
-        own = picks[picks < n_own]
-        own_rows = tail[own // patches_per_image] * patches_per_image + own % patches_per_image
-        parts += [_gather(train.patches, own_rows, train.profiler),
-                  _gather(views.patches, picks[picks >= n_own] - n_own, train.profiler)]
-        info["tail_memory"] = len(picks)
-    head_picks, scores, keep = _denoised_coreset(train, coreset_ratio, lof_k, lof_drop, rng, progress)
-    parts.append(_gather(train.patches, head_picks, train.profiler))
-    info.update(head_memory=len(head_picks), inliers=int(keep.sum()), patches=keep.size)
-    diagnostics = {
-        "class_sizes": estimate.class_sizes,
-        "groups": estimate.groups,
-        "max_k": estimate.max_k,
-        "tail_indices": tail,
-        "dropped_share": 1.0 - keep.mean(axis=1),
-    }
-    return PolicyResult(MemoryBank(np.concatenate(parts), info=info), diagnostics)
+
+    coreset: Coreset = Coreset()
+    lof: LOFFilter = LOFFilter()
+    tail: PaperTailSampler | LinkageTailSampler = LinkageTailSampler()
+    views: Views = Views()
+    tail_coreset: TailCoreset = TailCoreset()
+
+    method: ClassVar[str] = "tailedcore"
+
+    def view_transforms(self):
+        return self.views.transforms()
+
+    def build(self, train, rng, progress=False):
+        with train.profiler.stage("tail sampler"):
+            estimate = self.tail.estimate(TailInputs(train.embeddings, train.mean_patches))
+        tail = estimate.tail_indices
+        patches_per_image = train.projected.shape[1]
+        tail_rows_count = len(tail) * (1 + train.views_per_image) * patches_per_image
+        parts = []
+        info = {"tail_images": len(tail), "max_k": estimate.max_k,
+                "tail_coreset": self.tail_coreset.scope_for(tail_rows_count)}
+        if len(tail):
+            with train.profiler.stage("tail views"):
+                views = train.views(tail)
+            dim = train.projected.shape[-1]
+            tail_rows = np.concatenate([train.projected[tail].reshape(-1, dim), views.projected.reshape(-1, dim)])
+            picks = self.tail_coreset.select(tail_rows, len(tail), patches_per_image, train.views_per_image,
+                                             self.coreset, rng, train.profiler, progress)
+            n_own = len(tail) * patches_per_image
+            own = picks[picks < n_own]
+            own_rows = tail[own // patches_per_image] * patches_per_image + own % patches_per_image
+            parts += [_gather(train.patches, own_rows, train.profiler),
+                      _gather(views.patches, picks[picks >= n_own] - n_own, train.profiler)]
+            info["tail_memory"] = len(picks)
+        denoised_picks, scores, keep = _denoised_coreset(train, self.coreset, self.lof, rng, progress)
+        parts.append(_gather(train.patches, denoised_picks, train.profiler))
+        info.update(denoised_memory=len(denoised_picks), inliers=int(keep.sum()), patches=keep.size)
+        diagnostics = {
+            "class_sizes": estimate.class_sizes,
+            "groups": estimate.groups,
+            "max_k": estimate.max_k,
+            "tail_indices": tail,
+            "dropped_share": 1.0 - keep.mean(axis=1),
+        }
+        return PolicyResult(MemoryBank(np.concatenate(parts), info=info), diagnostics)
+
+
+POLICIES: dict[str, type[Policy]] = {cls.method: cls for cls in (PatchCorePolicy, SoftPatchPolicy, TailedCorePolicy)}

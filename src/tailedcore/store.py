@@ -79,6 +79,12 @@ class FeatureStore:
     def close(self) -> None:
         self._file.close()
 
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class ImageSubset:
     """The rows of some images of a store, renumbered: image j of the subset is image ``images[j]``.

@@ -25,6 +25,8 @@ import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
 
+from .params import Interval, OneOf, Params, registered
+
 
 def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
     embeddings = np.asarray(embeddings, dtype=np.float64)
@@ -175,19 +177,18 @@ class TailInputs:
     mean_patches: np.ndarray
 
 
-class PaperTailSampler:
+@registered
+@dataclass(frozen=True)
+class PaperTailSampler(Params):
     """The published TailSampler on the image embeddings (keep: trim share; share: the 15% rule)."""
 
+    keep: float = 0.85
+    share: float = 0.15
+    quantize: bool = True
+
     name: ClassVar[str] = "paper"
-
-    def __init__(self, keep: float = 0.85, share: float = 0.15, quantize: bool = True):
-        self.keep, self.share, self.quantize = keep, share, quantize
-
-    def check(self) -> None:
-        if not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"tail keep={self.keep}: must be in (0, 1]")
-        if not 0.0 < self.share < 1.0:
-            raise ValueError(f"tail share={self.share}: must be in (0, 1)")
+    constraints: ClassVar[dict] = {"keep": Interval(float, 0.0, 1.0, "right"),
+                                   "share": Interval(float, 0.0, 1.0, "neither"), "quantize": OneOf((True, False))}
 
     def estimate(self, inputs: TailInputs) -> TailEstimate:
         self.check()
@@ -197,7 +198,9 @@ class PaperTailSampler:
 LINKAGE_FEATURES = ("both", "embedding", "patches")
 
 
-class LinkageTailSampler:
+@registered
+@dataclass(frozen=True)
+class LinkageTailSampler(Params):
     """Class sizes from single-linkage clusters of the images.
 
     The distance between two images is the cosine distance of their
@@ -210,21 +213,16 @@ class LinkageTailSampler:
     cluster sizes (None: no cap, the paper's rule alone).
     """
 
+    distance: float = 0.4
+    features: str = "both"
+    share: float = 0.15
+    max_tail_class: int | None = 19
+
     name: ClassVar[str] = "linkage"
-
-    def __init__(self, distance: float = 0.4, features: str = "both", share: float = 0.15,
-                 max_tail_class: int | None = 19):
-        self.distance, self.features, self.share, self.max_tail_class = distance, features, share, max_tail_class
-
-    def check(self) -> None:
-        if not 0.0 < self.share < 1.0:
-            raise ValueError(f"tail share={self.share}: must be in (0, 1)")
-        if not 0.0 < self.distance < 2.0:
-            raise ValueError(f"tail distance={self.distance}: must be a cosine distance in (0, 2)")
-        if self.features not in LINKAGE_FEATURES:
-            raise ValueError(f"tail features='{self.features}': choose from {', '.join(LINKAGE_FEATURES)}")
-        if self.max_tail_class is not None and self.max_tail_class < 1:
-            raise ValueError(f"max_tail_class={self.max_tail_class}: must be at least 1")
+    constraints: ClassVar[dict] = {"distance": Interval(float, 0.0, 2.0, "neither"),
+                                   "features": OneOf(LINKAGE_FEATURES),
+                                   "share": Interval(float, 0.0, 1.0, "neither"),
+                                   "max_tail_class": Interval(int, 1, none_ok=True)}
 
     def distances(self, inputs: TailInputs) -> np.ndarray:
         """Condensed (n * (n - 1) / 2,) float64 cosine distances between the images (scipy's pdist order).

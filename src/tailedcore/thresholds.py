@@ -26,6 +26,8 @@ import numpy as np
 from skimage.morphology import remove_small_objects
 from sklearn.metrics import precision_recall_curve
 
+from .tail import estimate_class_sizes
+
 log = logging.getLogger(__name__)
 
 # Fewest images a threshold should rest on, whatever the false-alarm rate.
@@ -148,6 +150,22 @@ def calibrate_f1(labels: np.ndarray, image_scores: np.ndarray, masks: np.ndarray
         pixel, pixel_range = float(np.quantile(normal_maps, 0.99)), _range(normal_maps)
     return _warned(Thresholds(image, pixel, _range(image_scores), pixel_range,
                               f"F1-max on {labels.size} labeled validation images", int(labels.size)))
+
+
+def held_out_images(embeddings: np.ndarray, share: float, min_class: int, seed: int) -> np.ndarray:
+    """Indices (sorted, int64) of training images set aside to calibrate thresholds.
+
+    embeddings: (n, E). ``share`` of the images whose TailSampler class-size
+    estimate (the paper's settings, whatever the method's own, so every method
+    holds out the same images) is at least ``min_class``, so rare classes stay
+    whole; at least one image is always kept for training.
+    """
+    if share <= 0 or len(embeddings) < 2:
+        return np.empty(0, dtype=np.int64)
+    eligible = np.flatnonzero(estimate_class_sizes(embeddings) >= min_class)
+    count = min(int(round(share * len(eligible))), len(embeddings) - 1)
+    rng = np.random.default_rng([seed, 1])
+    return np.sort(rng.choice(eligible, size=count, replace=False)) if count > 0 else np.empty(0, np.int64)
 
 
 def defect_masks(maps: np.ndarray, threshold: float, min_area: int = 16) -> np.ndarray:

@@ -8,6 +8,7 @@ shows the traceback); exit codes: 0 success, 1 failure, 2 usage error,
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import signal
 import sys
@@ -17,66 +18,110 @@ from pathlib import Path
 
 from .. import __version__
 from .._io import staged_directory
-from ..detector import METHODS, load
+from ..detector import METHODS, Detector, load
 from ..evaluation import calibrate_on_validation, evaluate
-from ..policies import TAIL_CORESETS
+from ..policies import TAIL_CORESETS, Policy, TailedCorePolicy
 from ..report.writers import stage_table, write_evaluation, write_predictions
 from ..tail import TAIL_ESTIMATORS
 
 log = logging.getLogger("tailedcore")
 
-# Method parameters the CLI exposes: option name -> (parameter, type, help).
-METHOD_OPTIONS = {
-    "--lof-k": ("lof_k", int, "LOF neighbours (softpatch, tailedcore; default 6)"),
-    "--lof-drop": ("lof_drop", float, "share of patches dropped by LOF (default 0.15)"),
-    "--tail-estimator": ("tail_estimator", str, "how tail images are found (tailedcore): linkage (default) or "
-                                                "paper (the published TailSampler)"),
-    "--tail-keep": ("tail_keep", float, "TailSampler trim share (tailedcore, paper estimator; default 0.85)"),
-    "--tail-share": ("tail_share", float, "15%% rule of max K (tailedcore; default 0.15)"),
-    "--tail-distance": ("tail_distance", float, "cosine distance that cuts linkage clusters (default 0.4)"),
-    "--max-tail-class": ("max_tail_class", int, "largest class size counted as tail (linkage; default 19)"),
-    "--view-step": ("view_step_degrees", float, "rotation step of tail views in degrees (default 15)"),
-    "--tail-coreset": ("tail_coreset", str, "tail coreset scope: joint (the paper, default), per-image or "
-                                            "two-round"),
+# Policy parameters the CLI exposes: option -> (building block of the policy, its parameter, type, help).
+# Defaults are never written here: they are read from the building blocks (policies.py, tail.py).
+POLICY_OPTIONS = {
+    "--coreset-ratio": ("coreset", "ratio", float, "share of patches in memory"),
+    "--lof-k": ("lof", "k", int, "LOF neighbours (softpatch, tailedcore)"),
+    "--lof-drop": ("lof", "drop", float, "share of patches dropped by LOF (softpatch, tailedcore)"),
+    "--tail-keep": ("tail", "keep", float, "TailSampler trim share (tailedcore, paper estimator)"),
+    "--tail-share": ("tail", "share", float, "15%% rule of max K (tailedcore)"),
+    "--tail-distance": ("tail", "distance", float, "cosine distance that cuts linkage clusters (tailedcore)"),
+    "--max-tail-class": ("tail", "max_tail_class", int, "largest class size counted as tail (tailedcore, linkage)"),
+    "--view-step": ("views", "step_degrees", float, "rotation step of tail views in degrees (tailedcore)"),
+    "--tail-coreset": ("tail_coreset", "scope", str, "tail coreset scope: joint (the paper), per-image or "
+                                                     "two-round (tailedcore)"),
+    "--max-tail-rows": ("tail_coreset", "max_rows", int, "a joint tail coreset over more patch rows (with views) "
+                                                         "runs two-round (tailedcore)"),
 }
+# Options whose values come from a fixed list (argparse refuses others as a usage error).
+OPTION_CHOICES = {"--tail-coreset": TAIL_CORESETS}
+DEFAULT_POLICY = TailedCorePolicy()
+
+
+def _policy_default(block: str, name: str):
+    """The default of a policy parameter, read from its building block (any tail estimator that has it)."""
+    classes = TAIL_ESTIMATORS.values() if block == "tail" else [type(getattr(DEFAULT_POLICY, block))]
+    return next(getattr(cls(), name) for cls in classes if name in inspect.signature(cls).parameters)
+
+
+def _detector_default(name: str):
+    return inspect.signature(Detector).parameters[name].default
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--backbone", default="efficientnet-lite0", help="backbone name (default efficientnet-lite0)")
+    default = _detector_default
+    group.add_argument("--backbone", default=default("backbone"), help=f"backbone name (default {default('backbone')})")
     group.add_argument("--weights", help="local backbone weights file (default: the packaged weights)")
-    group.add_argument("--resize", type=int, default=256, help="shorter side before cropping (default 256)")
-    group.add_argument("--crop", type=int, default=224, help="center crop size, a multiple of 16 (default 224)")
-    group.add_argument("--coreset-ratio", type=float, default=0.1, help="share of patches in memory (default 0.1)")
-    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    group.add_argument("--resize", type=int, default=default("resize"),
+                       help=f"shorter side before cropping (default {default('resize')})")
+    group.add_argument("--crop", type=int, default=default("crop"),
+                       help=f"center crop size, a multiple of 16 (default {default('crop')})")
+    group.add_argument("--seed", type=int, default=default("seed"), help=f"random seed (default {default('seed')})")
     group.add_argument("--calibration-share", type=float,
-                       help="share of training images set aside for thresholds (default 0.1, none with "
-                            "--calibration; 0 = none)")
-    group.add_argument("--false-alarm-rate", type=float, default=0.01, help="for thresholds (default 0.01)")
+                       help=f"share of training images set aside for thresholds (default "
+                            f"{default('calibration_share')}, none with --calibration; 0 = none)")
+    group.add_argument("--false-alarm-rate", type=float, default=default("false_alarm_rate"),
+                       help=f"for thresholds (default {default('false_alarm_rate')})")
     _add_method_options(group)
 
 
-# Options whose values come from a fixed list (argparse refuses others as a usage error).
-OPTION_CHOICES = {"--tail-coreset": TAIL_CORESETS, "--tail-estimator": tuple(TAIL_ESTIMATORS)}
-
-
 def _add_method_options(parser) -> None:
-    for option, (_, kind, text) in METHOD_OPTIONS.items():
-        parser.add_argument(option, type=kind, choices=OPTION_CHOICES.get(option), help=text)
+    parser.add_argument("--tail-estimator", choices=tuple(TAIL_ESTIMATORS),
+                        help=f"how tail images are found (tailedcore): linkage or paper (the published "
+                             f"TailSampler); default {DEFAULT_POLICY.tail.name}")
+    for option, (block, name, kind, text) in POLICY_OPTIONS.items():
+        parser.add_argument(option, type=kind, choices=OPTION_CHOICES.get(option),
+                            help=f"{text}; default {_policy_default(block, name)}")
 
 
-def _given_method_options(args: argparse.Namespace) -> dict[str, object]:
-    """{option: value} of the METHOD_OPTIONS given on the command line."""
+def _given_policy_options(args: argparse.Namespace) -> dict[str, object]:
+    """{option: value} of the POLICY_OPTIONS and --tail-estimator given on the command line."""
     given = {}
-    for option in METHOD_OPTIONS:
+    for option in ["--tail-estimator", *POLICY_OPTIONS]:
         value = getattr(args, option[2:].replace("-", "_"))
         if value is not None:
             given[option] = value
     return given
 
 
+def _policy_params(given: dict[str, object], policy: Policy) -> tuple[dict, list[str]]:
+    """Nested parameters (``policy__lof__k`` ...) for ``policy`` from the given options, and the options
+    that do not apply to it (no such building block, or a parameter its tail estimator lacks)."""
+    blocks = policy.get_params(deep=False)
+    params, tail_values, refused = {}, {}, []
+    for option, value in given.items():
+        if option == "--tail-estimator":
+            continue
+        block, name = POLICY_OPTIONS[option][:2]
+        if block not in blocks:
+            refused.append(option)
+        elif block == "tail":
+            tail_values[option] = (name, value)
+        else:
+            params[f"policy__{block}__{name}"] = value
+    if "tail" not in blocks:
+        return params, refused + (["--tail-estimator"] if "--tail-estimator" in given else [])
+    estimator = TAIL_ESTIMATORS[given["--tail-estimator"]] if "--tail-estimator" in given else type(blocks["tail"])
+    accepted = inspect.signature(estimator).parameters
+    refused += [option for option, (name, _) in tail_values.items() if name not in accepted]
+    if "--tail-estimator" in given or tail_values:
+        params["policy__tail"] = estimator(**{name: value for name, value in tail_values.values() if name in accepted})
+    return params, refused
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=16, help="images per backbone batch (default 16)")
+    parser.add_argument("--batch-size", type=int, default=_detector_default("batch_size"),
+                        help=f"images per backbone batch (default {_detector_default('batch_size')})")
     parser.add_argument("--search", choices=["exact", "flat", "ivf", "hnsw"], default=None,
                         help="nearest-neighbour search (default: exact)")
     parser.add_argument("--search-option", action="append", default=[], metavar="KEY=VALUE",
@@ -95,40 +140,35 @@ def _search_options(args: argparse.Namespace) -> dict | None:
     return options or None
 
 
-def _detector_params(args: argparse.Namespace) -> dict:
-    cls = METHODS[args.method]
+def _detector_params(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(pipeline parameters, nested policy parameters) of ``fit``."""
     params = {
         "backbone": args.backbone, "weights": args.weights, "resize": args.resize, "crop": args.crop,
-        "coreset_ratio": args.coreset_ratio, "seed": args.seed, "batch_size": args.batch_size,
-        "calibration_share": args.calibration_share, "false_alarm_rate": args.false_alarm_rate,
-        "progress": not args.quiet,
+        "seed": args.seed, "batch_size": args.batch_size, "calibration_share": args.calibration_share,
+        "false_alarm_rate": args.false_alarm_rate, "progress": not args.quiet,
     }
     for option in ("search", "precision"):
         if getattr(args, option):
             params[option] = getattr(args, option)
     params["search_options"] = _search_options(args)
-    accepted = cls._param_names()
-    for option, value in _given_method_options(args).items():
-        name = METHOD_OPTIONS[option][0]
-        if name not in accepted:
-            raise UsageError(f"{option} does not apply to --method {args.method}")
-        params[name] = value
-    return params
+    policy_params, refused = _policy_params(_given_policy_options(args), METHODS[args.method].default_policy())
+    if refused:
+        raise UsageError(f"{refused[0]} does not apply to --method {args.method}"
+                         + (" with this tail estimator" if refused[0].startswith(("--tail", "--max-tail-c")) else ""))
+    return params, policy_params
 
 
 def _benchmark_method_options(args: argparse.Namespace) -> dict[str, dict]:
-    """Per-method parameters of a benchmark: each given option goes to the methods that take it."""
-    per_method: dict[str, dict] = {method: {} for method in args.methods}
-    given = _given_method_options(args)
-    if args.max_tail_rows is not None:
-        given["--max-tail-rows"] = args.max_tail_rows
-    for option, value in given.items():
-        name = METHOD_OPTIONS[option][0] if option in METHOD_OPTIONS else "max_tail_rows"
-        takers = [method for method in args.methods if name in METHODS[method]._param_names()]
-        if not takers:
+    """Per-method nested policy parameters of a benchmark: each given option goes to the methods it applies to."""
+    given = _given_policy_options(args)
+    per_method, refused_by = {}, {}
+    for method in args.methods:
+        per_method[method], refused = _policy_params(given, METHODS[method].default_policy())
+        for option in refused:
+            refused_by.setdefault(option, set()).add(method)
+    for option, methods in refused_by.items():
+        if methods == set(args.methods):
             raise UsageError(f"{option} does not apply to --methods {' '.join(args.methods)}")
-        for method in takers:
-            per_method[method][name] = value
     return per_method
 
 
@@ -147,10 +187,10 @@ def _raise_terminated(signum, frame) -> None:
 def cmd_fit(args: argparse.Namespace) -> None:
     if args.calibration and args.calibration_share:
         raise UsageError("--calibration and --calibration-share both set the thresholds: give one")
-    params = _detector_params(args)
+    params, policy_params = _detector_params(args)
     if args.calibration_share is None:  # with a calibration folder, train on every image
-        params["calibration_share"] = 0.0 if args.calibration else 0.1
-    detector = METHODS[args.method](**params)
+        params["calibration_share"] = 0.0 if args.calibration else _detector_default("calibration_share")
+    detector = METHODS[args.method](**params).set_params(**policy_params)
     detector.fit(args.data, cache_dir=args.cache, strict=args.strict)
     if args.calibration:
         detector.calibrate(args.calibration)
@@ -179,8 +219,9 @@ def fit_summary(detector, model_file: Path) -> list[str]:
     if "tail_images" in info:
         lines.append(f"tail: {info['tail_images']} images found, max K {info['max_k']}")
     rows = f"memory: {len(detector.memory_)} rows"
-    if "head_memory" in info and "tail_images" in info:
-        rows += f" ({info.get('tail_memory', 0)} from the tail, {info['head_memory']} from the head)"
+    if "denoised_memory" in info and "tail_images" in info:
+        rows += (f" ({info.get('tail_memory', 0)} from the tail and its views, {info['denoised_memory']} from the "
+                 "LOF-denoised images)")
     lines.append(rows)
     thresholds = detector.thresholds_
     if thresholds is None:
@@ -300,7 +341,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     from ..bench.benchmark import results_markdown, run_benchmark, run_seeds, summary_markdown
 
     options = {"resize": args.resize, "crop": args.crop, "batch_size": args.batch_size,
-               "coreset_ratio": args.coreset_ratio, "backbone": args.backbone, "weights": args.weights,
+               "backbone": args.backbone, "weights": args.weights,
                "precision": args.precision or "float32",
                "search_options": _search_options(args)}
     search = args.search or "exact"
@@ -443,15 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--keep-injected-in-test", action="store_true", help="leaky protocol for --seeds")
     bench.add_argument("--resume", action="store_true",
                        help="with --seeds, reuse seed-N/results.json when it holds every requested method")
-    bench.add_argument("--backbone", default="efficientnet-lite0")
+    bench.add_argument("--backbone", default=_detector_default("backbone"))
     bench.add_argument("--weights")
-    bench.add_argument("--resize", type=int, default=256)
-    bench.add_argument("--crop", type=int, default=224)
-    bench.add_argument("--coreset-ratio", type=float, default=0.1)
+    bench.add_argument("--resize", type=int, default=_detector_default("resize"))
+    bench.add_argument("--crop", type=int, default=_detector_default("crop"))
     bench.add_argument("--profile-stages", action="store_true",
                        help="print wall time and peak RSS of every stage of each method")
-    bench.add_argument("--max-tail-rows", type=int, help="a joint tail coreset over more patch rows (with views) "
-                                                          "than this runs two-round (default: no limit)")
     _add_method_options(bench.add_argument_group("method"))
     _add_run_options(bench)
     bench.set_defaults(run=cmd_benchmark)

@@ -32,12 +32,12 @@ DEFAULT_MAX_PIXELS = 40_000_000
 
 
 def model_summary(detector: Detector) -> dict:
-    params = {k: v for k, v in detector.get_params().items() if k not in ("progress", "weights")}
+    params = {k: v for k, v in detector.params_config().items() if k not in ("progress", "weights")}
     return {
         "method": detector.method,
         "backbone": detector.backbone,
         "input": {"resize": detector.resize, "crop": detector.crop},
-        "memory_size": len(detector.memory_) if detector.memory_ is not None else 0,
+        "memory_size": len(detector.memory_),
         "thresholds": ({**detector.thresholds_.to_dict(), "few_images": detector.thresholds_.few_images}
                        if detector.thresholds_ else None),
         "training": detector.training_summary_,

@@ -114,7 +114,7 @@ def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list
     extras: dict[str, dict] = {}
     for method in methods:
         extra = (method_options or {}).get(method, {})
-        detector = METHODS[method](search=search, progress=progress, **options, **extra)
+        detector = METHODS[method](search=search, progress=progress, **options).set_params(**extra)
         started = time.perf_counter()
         detector.fit(data)
         fit_seconds = time.perf_counter() - started
@@ -132,7 +132,7 @@ def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list
                 "total_seconds": time.perf_counter() - started,
                 "stages": [{"stage": r[0], "seconds": r[1], "peak_rss_mib": r[2]} for r in detector.profile_.table()],
             },
-            "params": {k: v for k, v in detector.get_params().items() if k != "progress"},
+            "params": {k: v for k, v in detector.params_config().items() if k != "progress"},
         }
         extras[method] = class_results
     write_results(results, out, extras)

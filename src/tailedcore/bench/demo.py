@@ -104,7 +104,7 @@ def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tu
             if "tail_indices" in detector.diagnostics_:
                 tail_images = detector.diagnostics_["tail_indices"]
                 tail_names = sorted({detector.training_paths_[i].parts[-4] for i in tail_images})
-                lines += [f"Tail ({detector.tail_estimator} estimator): {len(tail_images)} tail images "
+                lines += [f"Tail ({detector.policy.tail.name} estimator): {len(tail_images)} tail images "
                           f"(max K = {detector.diagnostics_['max_k']}), from {', '.join(tail_names) or 'no class'}", ""]
             lines += [table, stage_table(detector.profile_.table())]
             mean = evaluation.mean

@@ -1,0 +1,93 @@
+"""Parameter objects: nested parameters, one validation table, JSON round trip; the detector's use of them."""
+
+import numpy as np
+import pytest
+
+from tailedcore import PatchCore, SoftPatch, TailedCore, load
+from tailedcore.memory import write_model
+from tailedcore.params import Interval, Params
+from tailedcore.policies import Coreset, LOFFilter, SoftPatchPolicy, TailCoreset, TailedCorePolicy
+from tailedcore.tail import LinkageTailSampler, PaperTailSampler
+
+
+def test_nested_parameters_read_and_change_as_in_scikit_learn():
+    policy = TailedCorePolicy()
+    params = policy.get_params(deep=True)
+    assert params["lof__k"] == 6 and params["tail__distance"] == 0.4 and params["coreset__ratio"] == 0.1
+    changed = policy.with_params(lof__k=3, tail=PaperTailSampler(), tail__share=0.2)
+    assert changed.lof == LOFFilter(3, 0.15) and changed.tail == PaperTailSampler(share=0.2)
+    assert policy.lof.k == 6  # parameter objects are values: the original is untouched
+    with pytest.raises(ValueError, match="TailedCorePolicy has no parameter 'lof_k'"):
+        policy.with_params(lof_k=3)
+    with pytest.raises(ValueError, match="Coreset.ratio has no nested parameters"):
+        policy.with_params(coreset__ratio__x=1)
+
+
+@pytest.mark.parametrize("policy, message", [
+    (TailedCorePolicy(coreset=Coreset(0.0)), r"Coreset.ratio=0.0: must be in \(0, 1\]"),
+    (SoftPatchPolicy(lof=LOFFilter(k=0)), r"LOFFilter.k=0: must be in \[1, inf\]"),
+    (SoftPatchPolicy(lof=LOFFilter(drop=1.0)), r"LOFFilter.drop=1.0: must be in \[0, 1\)"),
+    (SoftPatchPolicy(lof=LOFFilter(k=2.5)), "LOFFilter.k=2.5: must be an integer"),
+    (TailedCorePolicy(tail_coreset=TailCoreset(max_rows=0)), "TailCoreset.max_rows=0: must be in .* or None"),
+    (TailedCorePolicy(tail=LinkageTailSampler(distance=float("nan"))), "distance=nan: must be finite"),
+])
+def test_every_parameter_is_checked_before_any_image_is_read(policy, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        (TailedCore if isinstance(policy, TailedCorePolicy) else SoftPatch)(policy).fit(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"crop": 8}, r"PatchCore.crop=8: must be in \[16, inf\]"),
+    ({"calibration_share": 1.0}, r"calibration_share=1.0: must be in \[0, 1\)"),
+    ({"search": "annoy"}, "PatchCore.search='annoy': choose from exact"),
+    ({"false_alarm_rate": 0.0}, "false_alarm_rate=0.0"),
+])
+def test_pipeline_parameters_are_checked_too(params, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        PatchCore(**params).fit(tmp_path / "missing")
+
+
+def test_a_policy_of_another_class_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="policy: expected a Policy, got LOFFilter"):
+        SoftPatch(LOFFilter()).fit(tmp_path / "missing")
+
+
+def test_config_round_trip_names_only_registered_classes():
+    policy = TailedCorePolicy(lof=LOFFilter(4, 0.1), tail=PaperTailSampler(keep=0.8),
+                              tail_coreset=TailCoreset("two-round"))
+    assert Params.from_config(policy.to_config()) == policy
+    with pytest.raises(ValueError, match="unknown parameter object 'os.system'"):
+        Params.from_config({"type": "os.system", "params": {}})
+
+
+def test_interval_text():
+    assert Interval(float, 0.0, 1.0, "neither").problem(1.0) == "must be in (0, 1)"
+    assert Interval(int, 1).problem(True) == "must be an integer"
+    assert Interval(int, 1, none_ok=True).problem(None) is None
+
+
+def test_detector_nested_parameters_reach_the_policy():
+    detector = TailedCore().set_params(policy__lof__k=3, search="ivf")
+    assert detector.policy.lof.k == 3 and detector.search == "ivf"
+    assert detector.get_params()["policy__lof__k"] == 3 and "policy__tail__distance" in detector.get_params()
+    with pytest.raises(ValueError, match="TailedCorePolicy has no parameter 'lof_k'"):
+        detector.set_params(policy__lof_k=3)
+    assert not hasattr(TailedCore(), "memory_")  # fitted state exists only after fit (or load)
+
+
+def test_format_1_model_files_with_flat_policy_parameters_still_load(tmp_path):
+    memory = np.ones((4, 8), np.float32)
+    flat = {"backbone": "efficientnet-lite0", "resize": 80, "crop": 64, "coreset_ratio": 0.2, "lof_k": 4,
+            "lof_drop": 0.1, "tail_estimator": "linkage", "tail_keep": 0.85, "tail_share": 0.15,
+            "tail_distance": 0.3, "max_tail_class": 19, "view_step_degrees": 30.0, "view_flip": False,
+            "max_tail_rows": None, "tail_coreset": "per-image", "seed": 2}
+    path = tmp_path / "old.safetensors"
+    write_model(path, {"memory": memory}, {"method": "tailedcore", "params": flat})
+    detector = load(path)
+    assert detector.policy == TailedCorePolicy(Coreset(0.2), LOFFilter(4, 0.1), LinkageTailSampler(distance=0.3),
+                                               tail_coreset=TailCoreset("per-image"),
+                                               views=detector.policy.views)
+    assert detector.policy.views.step_degrees == 30.0 and detector.policy.views.flip is False
+    assert detector.seed == 2 and detector.resize == 80
+    write_model(path, {"memory": memory}, {"method": "softpatch", "params": {"lof_k": 5}})
+    assert load(path).policy == SoftPatchPolicy(lof=LOFFilter(k=5))
