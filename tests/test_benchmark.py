@@ -91,7 +91,8 @@ def test_resume_reuses_finished_seeds(source, tmp_path, monkeypatch):
 
 
 def test_summary_says_when_fewer_seeds_count():
-    from tailedcore.bench.benchmark import summarise_seeds, summary_markdown
+    from tailedcore.bench.benchmark import summarise_seeds
+    from tailedcore.report.benchmark_pages import summary_markdown
 
     def result(pixel):
         mean = {group: {metric: 0.5 for metric in METRIC_NAMES} for group in ("all", "head", "tail")}
@@ -106,11 +107,12 @@ def test_summary_says_when_fewer_seeds_count():
 
 def test_cli_method_options_go_to_the_methods_that_take_them(source, tmp_path, monkeypatch):
     import tailedcore.bench.benchmark as benchmark
+    import tailedcore.report.benchmark_pages as benchmark_pages
 
     calls = []
     monkeypatch.setattr(benchmark, "run_seeds", lambda *args, **kwargs: calls.append(args) or {"seeds": [0],
                                                                                               "methods": {}})
-    monkeypatch.setattr(benchmark, "summary_markdown", lambda *args: "")
+    monkeypatch.setattr(benchmark_pages, "summary_markdown", lambda *args: "")
     assert main(["--quiet", "benchmark", str(source), "--out", str(tmp_path / "b"), "--profile", "step-k1",
                  "--seeds", "0", "--methods", "patchcore", "softpatch", "tailedcore", "--lof-k", "3",
                  "--tail-coreset", "per-image", "--max-tail-rows", "1000"]) == 0

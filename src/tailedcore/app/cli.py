@@ -338,7 +338,8 @@ def cmd_convert_visa(args: argparse.Namespace) -> None:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    from ..bench.benchmark import results_markdown, run_benchmark, run_seeds, summary_markdown
+    from ..bench.benchmark import run_benchmark, run_seeds
+    from ..report.benchmark_pages import results_markdown, summary_markdown
 
     options = {"resize": args.resize, "crop": args.crop, "batch_size": args.batch_size,
                "backbone": args.backbone, "weights": args.weights,

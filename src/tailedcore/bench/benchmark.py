@@ -14,22 +14,22 @@ import logging
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import __version__
-from .._io import atomic_write_text, markdown_table, write_csv, write_json
+from .._io import atomic_write_text, write_json
 from ..data import load_mvtec
 from ..detector import METHODS
-from ..evaluation import evaluate_samples
+from ..evaluation import ClassResult, evaluate_samples
 from ..metrics import METRIC_NAMES, mean_metrics
-from ..report.html import figure, image_grid, page, pyplot, table
-from ..report.render import example_picture
+from ..report.benchmark_pages import GROUPS, summary_markdown, write_results
+from ..report.html import page
 from .nlt import build, plan_profile
 
-GROUPS = ("all", "head", "tail")
 log = logging.getLogger(__name__)
 
 
@@ -99,142 +99,64 @@ def run_environment() -> dict:
             "cpu_count": os.cpu_count(), "machine": platform.machine()}
 
 
+@dataclass
+class MethodRun:
+    """One method fitted on a set and evaluated per class; ``to_json`` gives its results.json entry."""
+
+    method: str
+    classes: dict[str, ClassResult]
+    diagnostics: dict
+    params: dict
+
+    def to_json(self, info: dict) -> dict:
+        per_class = {name: result.metrics for name, result in self.classes.items()}
+        return {"classes": per_class, "mean": group_means(per_class, info), "diagnostics": self.diagnostics,
+                "params": self.params}
+
+
+def run_method(method: str, data: Path, info: dict, search: str, options: dict, progress: bool,
+               policy_params: dict) -> MethodRun:
+    """Fit ``method`` on every training image of ``data`` and evaluate each class with a test split."""
+    detector = METHODS[method](search=search, progress=progress, **options).set_params(**policy_params)
+    started = time.perf_counter()
+    detector.fit(data)
+    fit_seconds = time.perf_counter() - started
+    classes = {item.name: evaluate_samples(detector, item.name, item.test, item.has_masks)
+               for item in load_mvtec(data) if item.test}
+    diagnostics = {
+        **tail_diagnostics(detector.diagnostics_, detector.training_paths_, data, info),
+        "memory_size": len(detector.memory_),
+        "memory_info": detector.memory_.info,
+        "fit_seconds": fit_seconds,
+        "total_seconds": time.perf_counter() - started,
+        "stages": [{"stage": r[0], "seconds": r[1], "peak_rss_mib": r[2]} for r in detector.profile_.table()],
+    }
+    params = {k: v for k, v in detector.params_config().items() if k != "progress"}
+    return MethodRun(method, classes, diagnostics, params)
+
+
+def collect(info: dict, runs: list[MethodRun]) -> dict:
+    """The results.json document of the runs on one set."""
+    return {"dataset": info, "environment": run_environment(), "methods": {run.method: run.to_json(info)
+                                                                            for run in runs}}
+
+
 def run_benchmark(data: str | os.PathLike, out: str | os.PathLike, methods: list[str], search: str = "exact",
                   options: dict | None = None, progress: bool = True,
                   method_options: dict[str, dict] | None = None) -> dict:
-    """Fit and evaluate each method on ``data``; write results.json/.csv/.md and report.html in ``out``.
+    """Run each method on ``data``, collect, and write results.json/.csv/.md and report.html in ``out``.
 
-    ``options`` go to every detector, ``method_options[method]`` to that one only.
+    ``options`` go to every detector, ``method_options[method]`` (nested policy parameters,
+    e.g. ``policy__lof__k``) to that one only.
     """
     data, out = Path(data), Path(out)
     info = dataset_info(data)
-    test_classes = [c for c in load_mvtec(data) if c.test]
     options = {"calibration_share": 0.0, **(options or {})}  # the paper's protocol: train on every image
-    results = {"dataset": info, "environment": run_environment(), "methods": {}}
-    extras: dict[str, dict] = {}
-    for method in methods:
-        extra = (method_options or {}).get(method, {})
-        detector = METHODS[method](search=search, progress=progress, **options).set_params(**extra)
-        started = time.perf_counter()
-        detector.fit(data)
-        fit_seconds = time.perf_counter() - started
-        class_results = {item.name: evaluate_samples(detector, item.name, item.test, item.has_masks)
-                         for item in test_classes}
-        per_class = {name: result.metrics for name, result in class_results.items()}
-        results["methods"][method] = {
-            "classes": per_class,
-            "mean": group_means(per_class, info),
-            "diagnostics": {
-                **tail_diagnostics(detector.diagnostics_, detector.training_paths_, data, info),
-                "memory_size": len(detector.memory_),
-                "memory_info": detector.memory_.info,
-                "fit_seconds": fit_seconds,
-                "total_seconds": time.perf_counter() - started,
-                "stages": [{"stage": r[0], "seconds": r[1], "peak_rss_mib": r[2]} for r in detector.profile_.table()],
-            },
-            "params": {k: v for k, v in detector.params_config().items() if k != "progress"},
-        }
-        extras[method] = class_results
-    write_results(results, out, extras)
+    runs = [run_method(method, data, info, search, options, progress, (method_options or {}).get(method, {}))
+            for method in methods]
+    results = collect(info, runs)
+    write_results(results, out, {run.method: run.classes for run in runs})
     return results
-
-
-def _result_rows(results: dict) -> tuple[list[str], list[list]]:
-    header = ["method", "class", "role", *METRIC_NAMES]
-    roles = {name: item["role"] for name, item in results["dataset"]["classes"].items()}
-    rows = []
-    for method, block in results["methods"].items():
-        for name, values in block["classes"].items():
-            rows.append([method, name, roles.get(name, ""), *(values[m] for m in METRIC_NAMES)])
-        for group in GROUPS:
-            rows.append([method, f"mean ({group})", "", *(block["mean"][group][m] for m in METRIC_NAMES)])
-    return header, rows
-
-
-def _diagnostic_rows(results: dict) -> list[list]:
-    rows = []
-    for method, block in results["methods"].items():
-        d = block["diagnostics"]
-        rows.append([method, d["memory_size"], round(d["fit_seconds"]), d.get("predicted_tail_images", ""),
-                     d.get("tail_recall"), d.get("tail_precision"),
-                     f"{d['injected_in_tail']}/{d['injected_total']}" if "injected_in_tail" in d else "",
-                     d.get("lof_dropped_share_injected"), d.get("lof_dropped_share_clean")])
-    return rows
-
-
-DIAGNOSTIC_HEADER = ["method", "memory features", "fit s", "tail images found", "tail recall", "tail precision",
-                     "injected in tail", "LOF dropped (injected)", "LOF dropped (clean)"]
-
-
-def results_markdown(results: dict) -> str:
-    info = results["dataset"]
-    header, rows = _result_rows(results)
-    text = [f"Profile: {info.get('profile')}, seed {info.get('seed')}, noise {info.get('noise')}, "
-            f"protocol: {info.get('protocol')}; head: {', '.join(info['head'])}; tail: {', '.join(info['tail'])}",
-            "", markdown_table(header, rows), "Diagnostics", "",
-            markdown_table(DIAGNOSTIC_HEADER, _diagnostic_rows(results))]
-    return "\n".join(text)
-
-
-def _plots(results: dict, extras: dict) -> str:
-    plt = pyplot()
-    parts = []
-    for method, block in results["methods"].items():
-        per_image = block["diagnostics"].get("per_image")
-        if not per_image:
-            continue
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        names = sorted({p["class"] for p in per_image})
-        for name in names:
-            points = [(p["true_size"], p["estimated_size"]) for p in per_image if p["class"] == name]
-            true, est = np.array(points).T
-            jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(true)) * np.maximum(true, 1) * 0.1
-            ax.scatter(true + jitter, est, s=10, alpha=0.6, label=name)
-        top = max(max(p["true_size"] for p in per_image), max(p["estimated_size"] for p in per_image))
-        ax.plot([1, top], [1, top], color="gray", lw=1, ls="--")
-        ax.axhline(block["diagnostics"]["max_k"], color="red", lw=1, label=f"max K = {block['diagnostics']['max_k']}")
-        ax.set(xscale="log", yscale="log", xlabel="true class size", ylabel="estimated class size",
-               title=f"{method}: TailSampler estimate per training image")
-        ax.legend(fontsize=7)
-        parts.append(figure(fig, "class size estimate vs truth"))
-    classes = sorted({c for class_results in extras.values() for c in class_results})
-    if classes:
-        fig, axes = plt.subplots(1, len(classes), figsize=(3.2 * len(classes), 3.2), squeeze=False)
-        for ax, name in zip(axes[0], classes):
-            for method, class_results in extras.items():
-                if class_results[name].roc is not None:
-                    ax.plot(*class_results[name].roc, label=method)
-            ax.plot([0, 1], [0, 1], color="gray", lw=0.8, ls="--")
-            ax.set(title=name, xlabel="FPR", ylabel="TPR")
-            ax.legend(fontsize=7)
-        parts.append("<h2>Image-level ROC per class</h2>" + figure(fig, "ROC curves"))
-    return "".join(parts)
-
-
-def results_html(results: dict, extras: dict) -> str:
-    info = results["dataset"]
-    header, rows = _result_rows(results)
-    body = [f"<p>Profile <b>{info.get('profile')}</b>, seed {info.get('seed')}, noise {info.get('noise')}, "
-            f"protocol <b>{info.get('protocol')}</b>. Head classes: {', '.join(info['head'])}; "
-            f"tail classes: {', '.join(info['tail']) or 'none'}. Metrics in %; n/a = not defined for the class "
-            "(no pixel masks).</p>",
-            table(header, rows), "<h2>Diagnostics</h2>", table(DIAGNOSTIC_HEADER, _diagnostic_rows(results)),
-            _plots(results, extras)]
-    for method, class_results in extras.items():
-        body.append(f"<h2>{method}: highest- and lowest-scored test images per class</h2>")
-        body.append(image_grid([(example_picture(example), example.caption)
-                                for result in class_results.values() for example in result.examples]))
-    return page("tailedcore benchmark", "".join(body))
-
-
-def write_results(results: dict, out: Path, extras: dict | None = None) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", results)
-    header, rows = _result_rows(results)
-    write_csv(out / "results.csv", header, [[("" if v is None else v) for v in row] for row in rows])
-    atomic_write_text(out / "results.md", results_markdown(results))
-    if extras is not None:
-        atomic_write_text(out / "report.html", results_html(results, extras))
 
 
 def summarise_seeds(per_seed: dict[int, dict]) -> dict:
@@ -252,28 +174,6 @@ def summarise_seeds(per_seed: dict[int, dict]) -> dict:
                                                 "std": float(np.std(values)) if values else None, "n": len(values)}
         summary["methods"][method] = entry
     return summary
-
-
-def _seed_stat(stat: dict, seeds: int) -> str:
-    """"mean ± std" in %, or the value and how many seeds had it when fewer than all did."""
-    if stat["mean"] is None:
-        return "n/a"
-    if stat["n"] < seeds:
-        return f"{100 * stat['mean']:.1f}" + (f" ± {100 * stat['std']:.1f}" if stat["n"] > 1 else "") + \
-            f" ({stat['n']} of {seeds} seeds)"
-    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
-
-
-def summary_markdown(summary: dict, profile: str) -> str:
-    header = ["method", *(f"{g} {m}" for g in GROUPS for m in ("image_auroc", "pixel_auroc"))]
-    rows = []
-    for method, entry in summary["methods"].items():
-        row = [method]
-        for group in GROUPS:
-            for metric in ("image_auroc", "pixel_auroc"):
-                row.append(_seed_stat(entry["mean"][group][metric], len(summary["seeds"])))
-        rows.append(row)
-    return f"Profile {profile}, seeds {summary['seeds']} (mean ± std over seeds, %)\n\n" + markdown_table(header, rows)
 
 
 def _finished(path: Path, methods: list[str]) -> dict | None:

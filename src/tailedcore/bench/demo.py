@@ -28,6 +28,7 @@ from ..detector import METHODS
 from ..evaluation import Evaluation, evaluate_samples
 from ..metrics import METRIC_NAMES
 from ..report.writers import stage_table, write_evaluation, write_examples
+from .benchmark import group_means
 from .synthetic import make_dataset
 
 
@@ -107,13 +108,9 @@ def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tu
                 lines += [f"Tail ({detector.policy.tail.name} estimator): {len(tail_images)} tail images "
                           f"(max K = {detector.diagnostics_['max_k']}), from {', '.join(tail_names) or 'no class'}", ""]
             lines += [table, stage_table(detector.profile_.table())]
-            mean = evaluation.mean
-            image_auroc = {c: r.metrics["image_auroc"] for c, r in classes.items()
-                           if r.metrics["image_auroc"] is not None}
-            head = [image_auroc[c] for c in split.head if c in image_auroc]
-            tail = [image_auroc[c] for c in split.tail if c in image_auroc]
-            summary_rows.append([method, *(mean[m] for m in METRIC_NAMES),
-                                 float(np.mean(head)) if head else None, float(np.mean(tail)) if tail else None])
+            groups = group_means({c: r.metrics for c, r in classes.items()}, {"head": split.head, "tail": split.tail})
+            summary_rows.append([method, *(groups["all"][m] for m in METRIC_NAMES), groups["head"]["image_auroc"],
+                                 groups["tail"]["image_auroc"]])
             results[method] = {"metrics": evaluation.metrics_json(), "fit_seconds": fit_seconds,
                                "total_seconds": total_seconds, "memory_size": len(detector.memory_)}
         header = ["method", *METRIC_NAMES, "head image_auroc", "tail image_auroc"]
