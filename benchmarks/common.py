@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tailedcore import PatchCore
 from tailedcore.data import training_images
-from tailedcore.features import FeatureExtractor
 from tailedcore.sampling import random_projection
 
 REAL_AD = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ad"
@@ -24,7 +24,7 @@ def projected_training_rows() -> np.ndarray:
     path = CACHE / "real_ad_projected.npy"
     if path.is_file():
         return np.load(path)
-    extractor = FeatureExtractor(progress=True)
+    extractor = PatchCore(progress=True).extractor  # the detector's default feature settings
     projection = random_projection(extractor.feature_dim, 128, seed=0)
     chunks = [batch.patches.reshape(-1, extractor.feature_dim) @ projection
               for _, batch in extractor.iter_batches(training_images(REAL_AD))]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from common import median_time, print_table
 
-from tailedcore.features import FeatureExtractor
+from tailedcore import PatchCore
 
 
 def reference_aggregation(map8: torch.Tensor, map16: torch.Tensor, dim: int = 1024) -> torch.Tensor:
@@ -34,8 +34,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    extractor = FeatureExtractor(progress=False, batch_size=args.batch)
-    fast = FeatureExtractor(progress=False, batch_size=args.batch, precision="bfloat16")
+    extractor = PatchCore(progress=False, batch_size=args.batch).extractor
+    fast = PatchCore(progress=False, batch_size=args.batch, precision="bfloat16").extractor
     x = torch.randn(args.batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         map8, map16 = extractor.backbone(x)

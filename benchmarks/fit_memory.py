@@ -56,7 +56,7 @@ def main() -> None:
         model = CACHE / f"model-x{scale}.safetensors"
         command = ["/usr/bin/time", "-v", sys.executable, "-m", "tailedcore", "--quiet", "fit", str(data),
                    "--method", args.method, "--coreset-ratio", str(args.coreset_ratio), "--calibration-share", "0",
-                   "--out", str(model), "--profile-stages"]
+                   "--out", str(model), "--stage-times"]
         started = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True, check=True)
         seconds = time.perf_counter() - started

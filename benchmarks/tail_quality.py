@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from common import CACHE, print_table
 
+from tailedcore import PatchCore
 from tailedcore.bench.nlt import plan_profile
 from tailedcore.data import load_mvtec
-from tailedcore.features import FeatureExtractor
 from tailedcore.tail import TailInputs, make_tail_estimator
 
 # Each estimator as NAME or NAME:KEY=VALUE,...; "centre=1" (harness only) centres the embeddings first.
@@ -68,7 +68,7 @@ def candidate_images(source: Path) -> list[str]:
 def compute_inputs(source: Path) -> Inputs:
     """Embeddings and mean patch features of every candidate image, cached by paths and feature settings."""
     paths = candidate_images(source)
-    extractor = FeatureExtractor(progress=True)
+    extractor = PatchCore(progress=True).extractor  # the detector's default feature settings
     key = hashlib.sha256(json.dumps([str(source.resolve()), paths, extractor.settings()]).encode()).hexdigest()[:16]
     cached = CACHE / f"tail-quality-{key}.npz"
     if cached.is_file():

@@ -74,22 +74,22 @@ def test_backbone_errors(tmp_path):
 
 
 def test_cache_settings_name_the_backbone_variant():
-    from tailedcore.features import FeatureExtractor
+    from tailedcore import PatchCore
 
-    lite0 = FeatureExtractor("efficientnet-lite0", resize=64, crop=64, progress=False)
-    lite1 = FeatureExtractor("efficientnet-lite1", resize=64, crop=64, progress=False)
+    lite0 = PatchCore(backbone="efficientnet-lite0", resize=64, crop=64, progress=False).extractor
+    lite1 = PatchCore(backbone="efficientnet-lite1", resize=64, crop=64, progress=False).extractor
     assert lite0.settings() != lite1.settings()  # same class, same dimensions: only the name tells them apart
 
 
 def test_bfloat16_precision_is_close_and_float32_out():
-    from tailedcore.features import FeatureExtractor
+    from tailedcore import PatchCore
 
     images = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(2)]
-    exact = FeatureExtractor(resize=64, crop=64, progress=False)
-    fast = FeatureExtractor(resize=64, crop=64, progress=False, precision="bfloat16")
-    a = exact.features(exact.normalise(images), with_embeddings=True)
-    b = fast.features(fast.normalise(images), with_embeddings=True)
+    exact = PatchCore(resize=64, crop=64, progress=False).extractor
+    fast = PatchCore(resize=64, crop=64, progress=False, precision="bfloat16").extractor
+    a = exact.features(exact.standardise(images), with_embeddings=True)
+    b = fast.features(fast.standardise(images), with_embeddings=True)
     assert b.patches.dtype == np.float32 and b.embeddings.dtype == np.float32
     assert np.linalg.norm(a.patches - b.patches) / np.linalg.norm(a.patches) < 0.05
     with pytest.raises(ValueError, match="precision"):
-        FeatureExtractor(resize=64, crop=64, precision="int8")
+        _ = PatchCore(resize=64, crop=64, precision="int8").extractor

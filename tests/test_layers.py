@@ -72,3 +72,11 @@ def test_the_graph_sees_imports():
     graph = _imports()
     assert {"detector", "policies", "features"} <= graph["bench.benchmark"] | graph["detector"] | graph["policies"]
     assert "report.writers" in graph["app.cli"] and "bench.nlt" in graph["app.cli"]  # lazy imports count
+
+
+def test_the_readme_names_every_module():
+    readme = (PACKAGE.parents[1] / "README.md").read_text()
+    section = readme[readme.index("## How it is built"):]
+    missing = sorted(path.stem for path in PACKAGE.rglob("*.py")
+                     if not path.stem.startswith("__") and f"`{path.stem}`" not in section)
+    assert not missing

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from tailedcore.policies import Coreset, TailCoreset
-from tailedcore.profiling import Profiler
 from tailedcore.sampling import greedy_coreset
+from tailedcore.timing import StageTimer
 
 
 def tail_rows(n_images=3, rows_per_image=20, views=4, dim=8, seed=0):
@@ -15,7 +15,7 @@ def tail_rows(n_images=3, rows_per_image=20, views=4, dim=8, seed=0):
 
 def test_joint_tail_coreset_is_one_coreset_over_every_row():
     rows = tail_rows()
-    picks = TailCoreset("joint").select(rows, 3, 20, 4, Coreset(0.1), np.random.default_rng(5), Profiler(), False)
+    picks = TailCoreset("joint").select(rows, 3, 20, 4, Coreset(0.1), np.random.default_rng(5), StageTimer(), False)
     start = int(np.random.default_rng(5).integers(len(rows)))
     np.testing.assert_array_equal(picks, greedy_coreset(rows, 30, start=start))
 
@@ -24,7 +24,7 @@ def test_per_image_tail_coreset_picks_within_each_image_and_its_views():
     n_images, per_image, views = 3, 20, 4
     rows = tail_rows(n_images, per_image, views)
     picks = TailCoreset("per-image").select(rows, n_images, per_image, views, Coreset(0.1), np.random.default_rng(5),
-                                            Profiler(), False)
+                                            StageTimer(), False)
     assert len(picks) == n_images * 10 and len(set(picks.tolist())) == len(picks)
     own_end = n_images * per_image
     rng = np.random.default_rng(5)
@@ -49,6 +49,6 @@ def test_two_round_tail_coreset_keeps_the_joint_count_from_every_image():
     n_images, per_image, views = 4, 20, 4
     rows = tail_rows(n_images, per_image, views)
     picks = TailCoreset("two-round").select(rows, n_images, per_image, views, Coreset(0.1), np.random.default_rng(5),
-                                            Profiler(), False)
+                                            StageTimer(), False)
     assert len(picks) == int(0.1 * len(rows)) and len(set(picks.tolist())) == len(picks)
     assert ((picks >= 0) & (picks < len(rows))).all()

@@ -127,6 +127,15 @@ def _packaged_weights(module: str, class_name: str, extra: str) -> Path:
     return Path(getattr(package, class_name).get_model_file_path())
 
 
+def _with_weights(net: torch.nn.Module, weights: str, name: str) -> torch.nn.Module:
+    """``net`` with the state dict of the file ``weights`` loaded (BackboneError when it does not fit)."""
+    try:
+        net.load_state_dict(_load_state_dict(weights))
+    except RuntimeError as error:
+        raise BackboneError(f"{weights}: does not fit {name}") from error
+    return net
+
+
 def _build_lite(variant: int) -> Callable[[int, str | None], Backbone]:
     def build(image_size: int, weights: str | None) -> Backbone:
         from efficientnet_lite_pytorch import EfficientNet
@@ -138,12 +147,7 @@ def _build_lite(variant: int) -> Callable[[int, str | None], Backbone]:
                 "lite",
             )
         net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=image_size)
-        state = _load_state_dict(weights)
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as error:
-            raise BackboneError(f"{weights}: does not fit efficientnet-lite{variant}") from error
-        return EfficientNetLite(net)
+        return EfficientNetLite(_with_weights(net, weights, f"efficientnet-lite{variant}"))
 
     return build
 
@@ -155,13 +159,7 @@ def _build_wide_resnet50(image_size: int, weights: str | None) -> Backbone:
         from torchvision.models import wide_resnet50_2
     except ImportError as error:
         raise BackboneError("wide_resnet50_2 needs torchvision, which is not installed") from error
-    net = wide_resnet50_2(weights=None)
-    state = _load_state_dict(weights)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as error:
-        raise BackboneError(f"{weights}: does not fit wide_resnet50_2") from error
-    return WideResNet50(net)
+    return WideResNet50(_with_weights(wide_resnet50_2(weights=None), weights, "wide_resnet50_2"))
 
 
 @dataclass(frozen=True)

@@ -28,23 +28,19 @@ from .memory import MemoryBank, ModelFileError, read_model, write_model
 from .params import Interval, OneOf, Params, check_values
 from .policies import (
     POLICIES,
-    Coreset,
-    LOFFilter,
     PatchCorePolicy,
     Policy,
     SoftPatchPolicy,
-    TailCoreset,
     TailedCorePolicy,
     TrainingFeatures,
-    Views,
+    policy_from_flat_params,
 )
 from .predictions import Predictions
-from .profiling import Profiler
 from .sampling import random_projection
 from .scoring import SEARCHES, PatchScorer, anomaly_maps
 from .store import FeatureCache, ImageSubset
-from .tail import TAIL_ESTIMATORS
 from .thresholds import Thresholds, calibrate_false_alarm, held_out_images
+from .timing import StageTimer
 from .training import TrainingRun
 
 log = logging.getLogger(__name__)
@@ -152,7 +148,7 @@ class Detector:
         self.false_alarm_rate = false_alarm_rate
         self.seed = seed
         self.progress = progress
-        self.profile_ = Profiler()
+        self.stage_times_ = StageTimer()
         self._extractor: FeatureExtractor | None = None
         self._scorer: PatchScorer | None = None
 
@@ -235,7 +231,7 @@ class Detector:
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             cache = FeatureCache(Path(cache_dir) / "features")
-        self.profile_ = Profiler()
+        self.stage_times_ = StageTimer()
         projection = random_projection(self.feature_dim, self.projection_dim, self.seed)
         with (tempfile.TemporaryDirectory(prefix="tailedcore-", dir=cache_dir) as work,
               TrainingRun(self.extractor, Path(work), projection) as run):
@@ -250,7 +246,7 @@ class Detector:
         rng = np.random.default_rng(self.seed)
         grid = self.extractor.grid_shape
         patches_per_image = grid[0] * grid[1]
-        with self.profile_.stage("features"):
+        with self.stage_times_.stage("features"):
             extracted = run.extract(paths, on_error, cache)
         if self.skipped_:
             log.warning("skipped %d unreadable training image(s) of %d", len(self.skipped_), len(paths))
@@ -266,7 +262,7 @@ class Detector:
         train = TrainingFeatures(
             ImageSubset(features.patches, kept, patches_per_image), projected, extracted.embeddings[kept],
             extracted.mean_patches[kept], run.view_maker(kept_paths, transforms, self.batch_size, self.progress),
-            len(transforms), self.profile_,
+            len(transforms), self.stage_times_,
         )
         self.training_paths_ = kept_paths
         self.calibration_paths_ = [paths[i] for i in held_out]
@@ -274,7 +270,7 @@ class Detector:
         self.memory_, self.diagnostics_ = result.memory, result.diagnostics
         self._scorer, self.thresholds_ = None, None
         if len(held_out):
-            with self.profile_.stage("calibration"):
+            with self.stage_times_.stage("calibration"):
                 scores = np.stack([
                     self.scorer.score(features.patches.read(i * patches_per_image, (i + 1) * patches_per_image))
                     for i in held_out]).reshape(-1, *grid)
@@ -309,11 +305,11 @@ class Detector:
         grid = self.extractor.grid_shape
         patch_scores, maps = [], []
         while True:
-            with self.profile_.stage("test features"):
+            with self.stage_times_.stage("test features"):
                 batch = next(batches, None)
             if batch is None:
                 break
-            with self.profile_.stage("test scoring"):
+            with self.stage_times_.stage("test scoring"):
                 scores = scorer.score(batch.patches).reshape(-1, *grid)
                 patch_scores.append(scores)
                 maps.append(anomaly_maps(scores, self.crop, self.blur_sigma))
@@ -362,7 +358,7 @@ class Detector:
             _check_upscale(name, image.size, self.resize, strict=False)
         arrays = [preprocess(image, self.resize, self.crop) for image in images]
         extractor = self.extractor
-        batches = (extractor.features(extractor.normalise(arrays[i : i + self.batch_size]))
+        batches = (extractor.features(extractor.standardise(arrays[i : i + self.batch_size]))
                    for i in range(0, len(arrays), self.batch_size))
         return self._predictions(batches, [Path(n) for n in names])
 
@@ -405,35 +401,6 @@ class TailedCore(Detector):
 
 METHODS: dict[str, type[Detector]] = {cls.default_policy.method: cls for cls in (PatchCore, SoftPatch, TailedCore)}
 
-# Format-1 model files held the policy as flat parameters: name there -> (building block, its parameter).
-_FLAT_POLICY_PARAMS = {
-    "coreset_ratio": ("coreset", "ratio"), "lof_k": ("lof", "k"), "lof_drop": ("lof", "drop"),
-    "tail_keep": ("tail", "keep"), "tail_share": ("tail", "share"), "tail_distance": ("tail", "distance"),
-    "max_tail_class": ("tail", "max_tail_class"), "view_step_degrees": ("views", "step_degrees"),
-    "view_flip": ("views", "flip"), "tail_coreset": ("tail_coreset", "scope"),
-    "max_tail_rows": ("tail_coreset", "max_rows"),
-}
-_BLOCKS = {"coreset": Coreset, "lof": LOFFilter, "views": Views, "tail_coreset": TailCoreset}
-
-
-def _policy_from_flat(method: str, params: dict) -> Policy:
-    """The policy of a format-1 model file; its flat policy parameters are removed from ``params``.
-
-    Files written before the tail estimator was a parameter used the paper's.
-    """
-    blocks = {**_BLOCKS, "tail": TAIL_ESTIMATORS[params.pop("tail_estimator", "paper")]}
-    values: dict[str, dict] = {}
-    for flat, (block, name) in _FLAT_POLICY_PARAMS.items():
-        if flat in params:
-            values.setdefault(block, {})[name] = params.pop(flat)
-    def build(block: str):
-        accepted = inspect.signature(blocks[block]).parameters  # a linkage tail has no "keep", say
-        return blocks[block](**{k: v for k, v in values.get(block, {}).items() if k in accepted})
-
-    policy_class = POLICIES[method]
-    return policy_class(**{block: build(block) for block in inspect.signature(policy_class).parameters})
-
-
 def load(path: str | os.PathLike, **overrides) -> Detector:
     """Load a saved model; ``overrides`` replace run-time parameters (e.g. search, batch_size)."""
     arrays, config = read_model(path)
@@ -444,7 +411,7 @@ def load(path: str | os.PathLike, **overrides) -> Detector:
     params = dict(config.get("params", {}))
     try:
         policy = (Params.from_config(params.pop("policy")) if "policy" in params
-                  else _policy_from_flat(method, params))
+                  else policy_from_flat_params(method, params))
     except (TypeError, ValueError, KeyError) as error:
         raise ModelFileError(f"{path}: invalid policy parameters ({error})") from error
     if not isinstance(policy, POLICIES[method]):

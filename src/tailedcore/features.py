@@ -136,19 +136,8 @@ class FeatureExtractor:
     float32); outputs are float32 either way.
     """
 
-    def __init__(
-        self,
-        backbone: str = "efficientnet-lite0",
-        weights: str | None = None,
-        resize: int = 256,
-        crop: int = 224,
-        patch_size: int = 3,
-        layer_dim: int = 1024,
-        feature_dim: int = 1024,
-        batch_size: int = 16,
-        progress: bool = True,
-        precision: str = "float32",
-    ):
+    def __init__(self, backbone: str, weights: str | None, resize: int, crop: int, patch_size: int, layer_dim: int,
+                 feature_dim: int, batch_size: int, progress: bool, precision: str):
         if crop % 16:
             raise ValueError(f"crop={crop}: must be a multiple of 16")
         if resize < crop:
@@ -171,7 +160,8 @@ class FeatureExtractor:
     def grid_shape(self) -> tuple[int, int]:
         return self.crop // 8, self.crop // 8
 
-    def normalise(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+    def standardise(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """(crop, crop, 3) uint8 images -> (n, 3, crop, crop) float32, standardised with the backbone's mean/std."""
         return to_batch(images, self.backbone.mean, self.backbone.std)
 
     @torch.inference_mode()
@@ -210,7 +200,8 @@ class FeatureExtractor:
         errors = [(i, str(item)) for i, item in enumerate(loaded) if isinstance(item, ImageLoadError)]
         if not positions:
             return Chunk(positions, None, errors)
-        return Chunk(positions, self.features(self.normalise([loaded[i] for i in positions]), with_embeddings), errors)
+        images = self.standardise([loaded[i] for i in positions])
+        return Chunk(positions, self.features(images, with_embeddings), errors)
 
     @staticmethod
     def _cached(cache: FeatureCache | None, key: str | None) -> Chunk | None:

@@ -9,6 +9,7 @@ methods differ only in which blocks they compose.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -18,10 +19,10 @@ import numpy as np
 from .lof import inlier_mask, patchwise_lof_scores
 from .memory import MemoryBank
 from .params import Interval, OneOf, Params, registered
-from .profiling import Profiler
 from .sampling import greedy_coreset, two_round_coreset
 from .store import FeatureStore, ImageSubset
-from .tail import LinkageTailSampler, PaperTailSampler, TailInputs
+from .tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler, TailInputs
+from .timing import StageTimer
 from .views import view_transforms
 
 
@@ -45,14 +46,14 @@ class TrainingFeatures(FeatureSet):
     (n_images, D) and a view maker.
 
     ``views(indices)`` returns the FeatureSet of all rotated/flipped views of
-    the given training images; ``profiler`` times the policy's stages.
+    the given training images; ``timer`` times the policy's stages.
     """
 
     embeddings: np.ndarray
     mean_patches: np.ndarray
     views: Callable[[np.ndarray], FeatureSet]
     views_per_image: int = 47
-    profiler: Profiler = field(default_factory=Profiler)
+    timer: StageTimer = field(default_factory=StageTimer)
 
 
 @dataclass
@@ -61,8 +62,8 @@ class PolicyResult:
     diagnostics: dict
 
 
-def _gather(store: FeatureStore | ImageSubset, rows: np.ndarray, profiler: Profiler) -> np.ndarray:
-    with profiler.stage("memory gather"):
+def _gather(store: FeatureStore | ImageSubset, rows: np.ndarray, timer: StageTimer) -> np.ndarray:
+    with timer.stage("memory gather"):
         return store.gather(rows)
 
 
@@ -78,12 +79,12 @@ class Coreset(Params):
     def count(self, n_rows: int) -> int:
         return max(1, int(n_rows * self.ratio))
 
-    def select(self, rows: np.ndarray, rng: np.random.Generator, profiler: Profiler,
+    def select(self, rows: np.ndarray, rng: np.random.Generator, timer: StageTimer,
                progress: bool = False) -> np.ndarray:
         """(count,) int64 indices into rows (N, d) float32, from a random start; none for no rows."""
         if len(rows) == 0:
             return np.empty(0, dtype=np.int64)
-        with profiler.stage("coreset"):
+        with timer.stage("coreset"):
             return greedy_coreset(rows, self.count(len(rows)), start=int(rng.integers(len(rows))), progress=progress)
 
 
@@ -97,10 +98,10 @@ class LOFFilter(Params):
 
     constraints: ClassVar[dict] = {"k": Interval(int, 1), "drop": Interval(float, 0.0, 1.0, "left")}
 
-    def apply(self, projected: np.ndarray, profiler: Profiler, progress: bool = False
+    def apply(self, projected: np.ndarray, timer: StageTimer, progress: bool = False
               ) -> tuple[np.ndarray, np.ndarray]:
         """projected (n, P, d) -> LOF scores (n, P) and inlier mask (n, P) bool."""
-        with profiler.stage("lof"):
+        with timer.stage("lof"):
             scores = patchwise_lof_scores(projected, self.k, progress)
             return scores, inlier_mask(scores, self.drop)
 
@@ -146,7 +147,7 @@ class TailCoreset(Params):
             else self.scope
 
     def select(self, tail_rows: np.ndarray, n_images: int, rows_per_image: int, views_per_image: int,
-               coreset: Coreset, rng: np.random.Generator, profiler: Profiler, progress: bool) -> np.ndarray:
+               coreset: Coreset, rng: np.random.Generator, timer: StageTimer, progress: bool) -> np.ndarray:
         """Coreset picks (row indices) of the tail rows: the images' own patches, then all their views.
 
         tail_rows: (n_images * rows_per_image * (1 + views_per_image), d), own
@@ -155,15 +156,15 @@ class TailCoreset(Params):
         """
         scope = self.scope_for(len(tail_rows))
         if scope == "joint":
-            return coreset.select(tail_rows, rng, profiler, progress)
+            return coreset.select(tail_rows, rng, timer, progress)
         own_start, view_rows = n_images * rows_per_image, views_per_image * rows_per_image
         images = [np.concatenate([np.arange(image * rows_per_image, (image + 1) * rows_per_image),
                                   own_start + np.arange(image * view_rows, (image + 1) * view_rows)])
                   for image in range(n_images)]
         if scope == "two-round":
-            with profiler.stage("coreset"):
+            with timer.stage("coreset"):
                 return two_round_coreset(tail_rows, images, coreset.ratio, rng, progress=progress)
-        return np.concatenate([rows[coreset.select(tail_rows[rows], rng, profiler)] for rows in images])
+        return np.concatenate([rows[coreset.select(tail_rows[rows], rng, timer)] for rows in images])
 
 
 @dataclass(frozen=True)
@@ -183,10 +184,10 @@ class Policy(Params):
 def _denoised_coreset(train: TrainingFeatures, coreset: Coreset, lof: LOFFilter, rng: np.random.Generator,
                       progress: bool):
     """LOF-filter all patches, then coreset the inliers -> (row indices, LOF scores (n, P), inlier mask)."""
-    scores, keep = lof.apply(train.projected, train.profiler, progress)
+    scores, keep = lof.apply(train.projected, train.timer, progress)
     inliers = np.flatnonzero(keep.ravel())
     rows = train.projected.reshape(-1, train.projected.shape[-1])
-    return inliers[coreset.select(rows[inliers], rng, train.profiler, progress)], scores, keep
+    return inliers[coreset.select(rows[inliers], rng, train.timer, progress)], scores, keep
 
 
 @registered
@@ -200,9 +201,9 @@ class PatchCorePolicy(Policy):
 
     def build(self, train, rng, progress=False):
         rows = train.projected.reshape(-1, train.projected.shape[-1])
-        picks = self.coreset.select(rows, rng, train.profiler, progress)
+        picks = self.coreset.select(rows, rng, train.timer, progress)
         info = {"coreset": len(picks), "patches": len(rows)}
-        return PolicyResult(MemoryBank(_gather(train.patches, picks, train.profiler), info=info), {})
+        return PolicyResult(MemoryBank(_gather(train.patches, picks, train.timer), info=info), {})
 
 
 @registered
@@ -218,7 +219,7 @@ class SoftPatchPolicy(Policy):
     def build(self, train, rng, progress=False):
         picks, scores, keep = _denoised_coreset(train, self.coreset, self.lof, rng, progress)
         memory = MemoryBank(
-            _gather(train.patches, picks, train.profiler),
+            _gather(train.patches, picks, train.timer),
             weights=scores.ravel()[picks],
             info={"coreset": len(picks), "inliers": int(keep.sum()), "patches": keep.size},
         )
@@ -247,7 +248,7 @@ class TailedCorePolicy(Policy):
         return self.views.transforms()
 
     def build(self, train, rng, progress=False):
-        with train.profiler.stage("tail sampler"):
+        with train.timer.stage("tail sampler"):
             estimate = self.tail.estimate(TailInputs(train.embeddings, train.mean_patches))
         tail = estimate.tail_indices
         patches_per_image = train.projected.shape[1]
@@ -256,20 +257,20 @@ class TailedCorePolicy(Policy):
         info = {"tail_images": len(tail), "max_k": estimate.max_k,
                 "tail_coreset": self.tail_coreset.scope_for(tail_rows_count)}
         if len(tail):
-            with train.profiler.stage("tail views"):
+            with train.timer.stage("tail views"):
                 views = train.views(tail)
             dim = train.projected.shape[-1]
             tail_rows = np.concatenate([train.projected[tail].reshape(-1, dim), views.projected.reshape(-1, dim)])
             picks = self.tail_coreset.select(tail_rows, len(tail), patches_per_image, train.views_per_image,
-                                             self.coreset, rng, train.profiler, progress)
+                                             self.coreset, rng, train.timer, progress)
             n_own = len(tail) * patches_per_image
             own = picks[picks < n_own]
             own_rows = tail[own // patches_per_image] * patches_per_image + own % patches_per_image
-            parts += [_gather(train.patches, own_rows, train.profiler),
-                      _gather(views.patches, picks[picks >= n_own] - n_own, train.profiler)]
+            parts += [_gather(train.patches, own_rows, train.timer),
+                      _gather(views.patches, picks[picks >= n_own] - n_own, train.timer)]
             info["tail_memory"] = len(picks)
         denoised_picks, scores, keep = _denoised_coreset(train, self.coreset, self.lof, rng, progress)
-        parts.append(_gather(train.patches, denoised_picks, train.profiler))
+        parts.append(_gather(train.patches, denoised_picks, train.timer))
         info.update(denoised_memory=len(denoised_picks), inliers=int(keep.sum()), patches=keep.size)
         diagnostics = {
             "class_sizes": estimate.class_sizes,
@@ -282,3 +283,32 @@ class TailedCorePolicy(Policy):
 
 
 POLICIES: dict[str, type[Policy]] = {cls.method: cls for cls in (PatchCorePolicy, SoftPatchPolicy, TailedCorePolicy)}
+
+
+# Format-1 model files held the policy as flat parameters: name there -> (building block, its parameter).
+FLAT_POLICY_PARAMS = {
+    "coreset_ratio": ("coreset", "ratio"), "lof_k": ("lof", "k"), "lof_drop": ("lof", "drop"),
+    "tail_keep": ("tail", "keep"), "tail_share": ("tail", "share"), "tail_distance": ("tail", "distance"),
+    "max_tail_class": ("tail", "max_tail_class"), "view_step_degrees": ("views", "step_degrees"),
+    "view_flip": ("views", "flip"), "tail_coreset": ("tail_coreset", "scope"),
+    "max_tail_rows": ("tail_coreset", "max_rows"),
+}
+BLOCKS = {"coreset": Coreset, "lof": LOFFilter, "views": Views, "tail_coreset": TailCoreset}
+
+
+def policy_from_flat_params(method: str, params: dict) -> Policy:
+    """The policy of a format-1 model file; its flat policy parameters are removed from ``params``.
+
+    Files written before the tail estimator was a parameter used the paper's.
+    """
+    blocks = {**BLOCKS, "tail": TAIL_ESTIMATORS[params.pop("tail_estimator", "paper")]}
+    values: dict[str, dict] = {}
+    for flat, (block, name) in FLAT_POLICY_PARAMS.items():
+        if flat in params:
+            values.setdefault(block, {})[name] = params.pop(flat)
+    def build(block: str):
+        accepted = inspect.signature(blocks[block]).parameters  # a linkage tail has no "keep", say
+        return blocks[block](**{k: v for k, v in values.get(block, {}).items() if k in accepted})
+
+    policy_class = POLICIES[method]
+    return policy_class(**{block: build(block) for block in inspect.signature(policy_class).parameters})

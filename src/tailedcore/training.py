@@ -79,7 +79,7 @@ class TrainingRun(ExitStack):
                                  np.float32)
             row = 0
             for index in tqdm(indices, desc="tail views", unit="img", disable=not progress, leave=False):
-                image = extractor.normalise([load_image(paths[int(index)], extractor.resize, extractor.crop)])[0]
+                image = extractor.standardise([load_image(paths[int(index)], extractor.resize, extractor.crop)])[0]
                 all_views = augmented_views(image, transforms)
                 for start in range(0, len(all_views), batch_size):
                     chunk = all_views[start : start + batch_size]

@@ -200,8 +200,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
     print(f"{args.method}: {len(detector.memory_)} memory features from {len(detector.training_paths_)} "
           f"training images -> {args.out}")
     print("\n".join(f"  {line}" for line in fit_summary(detector, Path(args.out))))
-    if args.profile_stages:
-        print(stage_table(detector.profile_.table()))
+    if args.stage_times:
+        print(stage_table(detector.stage_times_.table()))
 
 
 def _no_thresholds_reason(detector) -> str:
@@ -360,7 +360,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         results = run_benchmark(args.data, args.out, args.methods, search, options, not args.quiet,
                                 _benchmark_method_options(args))
         print(results_markdown(results))
-        if args.profile_stages:
+        if args.stage_times:
             for method, block in results["methods"].items():
                 stages = block["diagnostics"].get("stages", [])
                 print(f"\n{method}\n" + stage_table([[s["stage"], s["seconds"], s["peak_rss_mib"]] for s in stages]))
@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--cache", help="folder for feature files: completed batches are kept and reused by a "
                                      "re-run (default: temporary, removed)")
     fit.add_argument("--strict", action="store_true", help="fail on the first unreadable training image")
-    fit.add_argument("--profile-stages", action="store_true", help="print wall time and peak RSS of every stage")
+    fit.add_argument("--stage-times", action="store_true", help="print wall time and peak RSS of every stage")
     fit.add_argument("--calibration", nargs="+", help="normal images/folders to calibrate thresholds on")
     _add_model_options(fit)
     _add_run_options(fit)
@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--weights")
     bench.add_argument("--resize", type=int, default=_detector_default("resize"))
     bench.add_argument("--crop", type=int, default=_detector_default("crop"))
-    bench.add_argument("--profile-stages", action="store_true",
+    bench.add_argument("--stage-times", action="store_true",
                        help="print wall time and peak RSS of every stage of each method")
     _add_method_options(bench.add_argument_group("method"))
     _add_run_options(bench)

@@ -129,7 +129,7 @@ def run_method(method: str, data: Path, info: dict, search: str, options: dict, 
         "memory_info": detector.memory_.info,
         "fit_seconds": fit_seconds,
         "total_seconds": time.perf_counter() - started,
-        "stages": [{"stage": r[0], "seconds": r[1], "peak_rss_mib": r[2]} for r in detector.profile_.table()],
+        "stages": [{"stage": r[0], "seconds": r[1], "peak_rss_mib": r[2]} for r in detector.stage_times_.table()],
     }
     params = {k: v for k, v in detector.params_config().items() if k != "progress"}
     return MethodRun(method, classes, diagnostics, params)

@@ -107,7 +107,7 @@ def run_demo(data: str | os.PathLike | None, out: str | os.PathLike, methods: tu
                 tail_names = sorted({detector.training_paths_[i].parts[-4] for i in tail_images})
                 lines += [f"Tail ({detector.policy.tail.name} estimator): {len(tail_images)} tail images "
                           f"(max K = {detector.diagnostics_['max_k']}), from {', '.join(tail_names) or 'no class'}", ""]
-            lines += [table, stage_table(detector.profile_.table())]
+            lines += [table, stage_table(detector.stage_times_.table())]
             groups = group_means({c: r.metrics for c, r in classes.items()}, {"head": split.head, "tail": split.tail})
             summary_rows.append([method, *(groups["all"][m] for m in METRIC_NAMES), groups["head"]["image_auroc"],
                                  groups["tail"]["image_auroc"]])

@@ -90,7 +90,7 @@ def write_evaluation(evaluation: Evaluation, out: Path) -> str:
 
 
 def stage_table(rows: list[list]) -> str:
-    """Markdown table of a Profiler's (stage, seconds, peak RSS MiB) rows."""
+    """Markdown table of a StageTimer's (stage, seconds, peak RSS MiB) rows."""
     return markdown_table(["stage", "seconds", "peak RSS MiB"],
                           [[name, f"{seconds:.1f}", f"{rss:.0f}"] for name, seconds, rss in rows])
 

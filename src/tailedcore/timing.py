@@ -1,6 +1,6 @@
 """Per-stage wall time and peak resident memory (RSS) of a run.
 
-``with profiler.stage("coreset"):`` records how long the block took and the
+``with timer.stage("coreset"):`` records how long the block took and the
 highest RSS seen while it ran (sampled every few milliseconds from
 /proc/self/statm, or the process's lifetime peak where /proc is missing).
 """
@@ -33,7 +33,7 @@ class StageRecord:
 
 
 @dataclass
-class Profiler:
+class StageTimer:
     """Collects StageRecords; ``interval`` is the RSS sampling period in seconds."""
 
     interval: float = 0.02
