@@ -23,6 +23,7 @@ from PIL import Image
 
 from .backbones import BACKBONES
 from .data import ImageLoadError, collect_images, image_size, preprocess, training_images, upscale_problem
+from .engine import ENGINES, LocalEngine, RayEngine, make_engine
 from .features import PRECISIONS, FeatureBatch, FeatureExtractor
 from .memory import MemoryBank, ModelFileError, read_model, write_model
 from .params import Interval, OneOf, Params, check_values
@@ -89,6 +90,9 @@ class Detector:
         false_alarm_rate: share of normal images allowed above the threshold.
         seed: seeds the projection, the coreset start and the calibration draw.
         progress: show progress bars.
+        engine: "local" (this process) or "ray" (features over image shards, LOF over location
+            blocks, composable-coreset shards and exact search over memory shards as Ray tasks;
+            the same result); ray_address: the Ray cluster (None: a local one).
     """
 
     default_policy: ClassVar[type[Policy]] = TailedCorePolicy
@@ -100,8 +104,10 @@ class Detector:
         "search": OneOf(tuple(SEARCHES)), "precision": OneOf(PRECISIONS), "batch_size": Interval(int, 1),
         "calibration_share": Interval(float, 0.0, 1.0, "left"), "calibration_min_class": Interval(int, 1),
         "false_alarm_rate": Interval(float, 0.0, 1.0, "neither"), "seed": Interval(int, 0),
-        "progress": OneOf((True, False)),
+        "progress": OneOf((True, False)), "engine": OneOf(ENGINES),
     }
+    # Where the work runs, not what the model is: left out of model files.
+    RUN_TIME_PARAMS: ClassVar[tuple[str, ...]] = ("engine", "ray_address")
 
     def __init__(
         self,
@@ -126,6 +132,8 @@ class Detector:
         false_alarm_rate: float = 0.01,
         seed: int = 0,
         progress: bool = True,
+        engine: str = "local",
+        ray_address: str | None = None,
     ):
         self.policy = self.default_policy() if policy is None else policy
         self.backbone = backbone
@@ -148,9 +156,19 @@ class Detector:
         self.false_alarm_rate = false_alarm_rate
         self.seed = seed
         self.progress = progress
+        self.engine = engine
+        self.ray_address = ray_address
+        self._engine: LocalEngine | RayEngine | None = None
         self.stage_times_ = StageTimer()
         self._extractor: FeatureExtractor | None = None
         self._scorer: PatchScorer | None = None
+
+    @property
+    def engine_(self) -> LocalEngine | RayEngine:
+        """The engine object (started on first use)."""
+        if self._engine is None:
+            self._engine = make_engine(self.engine, self.ray_address)
+        return self._engine
 
     @property
     def method(self) -> str:
@@ -183,6 +201,7 @@ class Detector:
             self.policy = self.policy.with_params(**nested)
         self._extractor = None
         self._scorer = None
+        self._engine = None
         return self
 
     def check_params(self) -> None:
@@ -234,7 +253,7 @@ class Detector:
         self.stage_times_ = StageTimer()
         projection = random_projection(self.feature_dim, self.projection_dim, self.seed)
         with (tempfile.TemporaryDirectory(prefix="tailedcore-", dir=cache_dir) as work,
-              TrainingRun(self.extractor, Path(work), projection) as run):
+              TrainingRun(self.extractor, Path(work), projection, self.engine_) as run):
             self._fit_with(run, paths, None if strict else skip, cache)
         log.info("%s: memory bank of %d features from %d images%s", self.method, len(self.memory_),
                  len(self.training_paths_),
@@ -262,7 +281,7 @@ class Detector:
         train = TrainingFeatures(
             ImageSubset(features.patches, kept, patches_per_image), projected, extracted.embeddings[kept],
             extracted.mean_patches[kept], run.view_maker(kept_paths, transforms, self.batch_size, self.progress),
-            len(transforms), self.stage_times_,
+            len(transforms), self.stage_times_, self.engine_,
         )
         self.training_paths_ = kept_paths
         self.calibration_paths_ = [paths[i] for i in held_out]
@@ -297,7 +316,8 @@ class Detector:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load a model")
         if self._scorer is None:
             self._scorer = PatchScorer(self.memory_.features, self.memory_.weights, self.num_neighbors,
-                                       self.squared_distance, self.search, **(self.search_options or {}))
+                                       self.squared_distance, self.search, self.engine_,
+                                       **(self.search_options or {}))
         return self._scorer
 
     def _predictions(self, batches: Iterator[FeatureBatch], paths: list[Path]) -> Predictions:
@@ -372,7 +392,7 @@ class Detector:
             arrays["weights"] = self.memory_.weights
         config = {
             "method": self.method,
-            "params": self.params_config(),
+            "params": {k: v for k, v in self.params_config().items() if k not in self.RUN_TIME_PARAMS},
             **self.training_summary_,
             "thresholds": self.thresholds_.to_dict() if self.thresholds_ else None,
             "torch_version": torch.__version__,

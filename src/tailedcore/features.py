@@ -152,6 +152,9 @@ class FeatureExtractor:
         self.backbone_name = backbone
         self.backbone: Backbone = build_backbone(backbone, crop, weights)
         self.weights_id = None if weights is None else file_identity(Path(weights))
+        # What rebuilds this extractor in another process (engine tasks), without progress bars.
+        self.init_args = (backbone, weights, resize, crop, patch_size, layer_dim, feature_dim, batch_size, False,
+                          precision)
         with torch.inference_mode():
             map8, map16 = self.backbone(torch.zeros(1, 3, crop, crop).contiguous(memory_format=torch.channels_last))
         self.aggregator = PatchAggregator((map8.shape[1], map16.shape[1]), patch_size, layer_dim, feature_dim)

@@ -12,25 +12,39 @@ from sklearn.neighbors import LocalOutlierFactor
 from tqdm import tqdm
 
 
-def patchwise_lof_scores(features: np.ndarray, k: int = 6, progress: bool = False) -> np.ndarray:
+def _location_scores(features: np.ndarray, locations: range, neighbours: int, progress: bool) -> np.ndarray:
+    """LOF scores (n_images, len(locations)) float32 of the given grid locations of (n, P, dim) features."""
+    model = LocalOutlierFactor(n_neighbors=neighbours, metric="euclidean", algorithm="brute")
+    scores = np.empty((features.shape[0], len(locations)), dtype=np.float32)
+    for column, location in enumerate(tqdm(locations, desc="patch LOF", disable=not progress, leave=False)):
+        model.fit(features[:, location, :])
+        scores[:, column] = -model.negative_outlier_factor_
+    return scores
+
+
+def patchwise_lof_scores(features: np.ndarray, k: int = 6, progress: bool = False, engine=None) -> np.ndarray:
     """LOF score of every patch, (n_images, n_locations, dim) -> (n_images, n_locations) float32.
 
     Scores are >= about 1, larger = more outlying. With fewer than two images
     there is nothing to compare: every score is 1. ``k`` is capped at n - 1.
+    With an ``engine`` (engine.py) of several workers, blocks of grid locations
+    run as separate tasks; each location's LOF is independent, so the scores
+    are the same.
     """
     features = np.asarray(features)
     if features.ndim != 3:
         raise ValueError(f"features: expected (n_images, n_locations, dim), got shape {features.shape}")
     n_images, n_locations, _ = features.shape
-    scores = np.ones((n_images, n_locations), dtype=np.float32)
     neighbours = min(k, n_images - 1)
     if neighbours < 1:
-        return scores
-    model = LocalOutlierFactor(n_neighbors=neighbours, metric="euclidean", algorithm="brute")
-    for location in tqdm(range(n_locations), desc="patch LOF", disable=not progress, leave=False):
-        model.fit(features[:, location, :])
-        scores[:, location] = -model.negative_outlier_factor_
-    return scores
+        return np.ones((n_images, n_locations), dtype=np.float32)
+    if engine is None or engine.workers == 1:
+        return _location_scores(features, range(n_locations), neighbours, progress)
+    shared = engine.put(features)
+    edges = np.linspace(0, n_locations, min(n_locations, 4 * engine.workers) + 1).round().astype(int)
+    blocks = engine.map(_location_scores, [(shared, range(lo, hi), neighbours, False)
+                                           for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo])
+    return np.concatenate(blocks, axis=1)
 
 
 def inlier_mask(scores: np.ndarray, drop: float = 0.15) -> np.ndarray:

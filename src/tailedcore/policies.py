@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from .engine import LocalEngine, RayEngine
 from .lof import inlier_mask, patchwise_lof_scores
 from .memory import MemoryBank
 from .params import Interval, OneOf, Params, registered
@@ -46,7 +47,8 @@ class TrainingFeatures(FeatureSet):
     (n_images, D) and a view maker.
 
     ``views(indices)`` returns the FeatureSet of all rotated/flipped views of
-    the given training images; ``timer`` times the policy's stages.
+    the given training images; ``timer`` times the policy's stages;
+    ``engine`` runs their parallel parts (LOF blocks, coreset shards).
     """
 
     embeddings: np.ndarray
@@ -54,6 +56,7 @@ class TrainingFeatures(FeatureSet):
     views: Callable[[np.ndarray], FeatureSet]
     views_per_image: int = 47
     timer: StageTimer = field(default_factory=StageTimer)
+    engine: LocalEngine | RayEngine = field(default_factory=LocalEngine)
 
 
 @dataclass
@@ -70,22 +73,37 @@ def _gather(store: FeatureStore | ImageSubset, rows: np.ndarray, timer: StageTim
 @registered
 @dataclass(frozen=True)
 class Coreset(Params):
-    """Greedy k-center coreset keeping ``ratio`` of the rows it is given (at least one)."""
+    """Greedy k-center coreset keeping ``ratio`` of the rows it is given (at least one).
+
+    exact_rows: None (the paper), one exact greedy run over every row, quadratic
+    in the rows; a number: over more rows than that, the composable coreset
+    (sampling.two_round_coreset) over shards of ``exact_rows`` consecutive rows
+    (blocks of images), so no greedy run sees more than ``exact_rows`` rows and
+    the time grows linearly; its shards may run in parallel (engine.py).
+    """
 
     ratio: float = 0.1
+    exact_rows: int | None = None
 
-    constraints: ClassVar[dict] = {"ratio": Interval(float, 0.0, 1.0, "right")}
+    constraints: ClassVar[dict] = {"ratio": Interval(float, 0.0, 1.0, "right"),
+                                   "exact_rows": Interval(int, 2, none_ok=True)}
 
     def count(self, n_rows: int) -> int:
         return max(1, int(n_rows * self.ratio))
 
-    def select(self, rows: np.ndarray, rng: np.random.Generator, timer: StageTimer,
-               progress: bool = False) -> np.ndarray:
-        """(count,) int64 indices into rows (N, d) float32, from a random start; none for no rows."""
+    def select(self, rows: np.ndarray, rng: np.random.Generator, timer: StageTimer, progress: bool = False,
+               engine=None) -> np.ndarray:
+        """Indices into rows (N, d) float32 (about ``count`` of them), from random starts; none for no rows."""
         if len(rows) == 0:
             return np.empty(0, dtype=np.int64)
         with timer.stage("coreset"):
-            return greedy_coreset(rows, self.count(len(rows)), start=int(rng.integers(len(rows))), progress=progress)
+            if self.exact_rows is None or len(rows) <= self.exact_rows:
+                return greedy_coreset(rows, self.count(len(rows)), start=int(rng.integers(len(rows))),
+                                      progress=progress)
+            shards = [np.arange(start, min(start + self.exact_rows, len(rows)))
+                      for start in range(0, len(rows), self.exact_rows)]
+            return two_round_coreset(rows, shards, self.ratio, rng, block_rows=self.exact_rows, progress=progress,
+                                     engine=engine)
 
 
 @registered
@@ -98,11 +116,11 @@ class LOFFilter(Params):
 
     constraints: ClassVar[dict] = {"k": Interval(int, 1), "drop": Interval(float, 0.0, 1.0, "left")}
 
-    def apply(self, projected: np.ndarray, timer: StageTimer, progress: bool = False
+    def apply(self, projected: np.ndarray, timer: StageTimer, progress: bool = False, engine=None
               ) -> tuple[np.ndarray, np.ndarray]:
         """projected (n, P, d) -> LOF scores (n, P) and inlier mask (n, P) bool."""
         with timer.stage("lof"):
-            scores = patchwise_lof_scores(projected, self.k, progress)
+            scores = patchwise_lof_scores(projected, self.k, progress, engine)
             return scores, inlier_mask(scores, self.drop)
 
 
@@ -184,10 +202,10 @@ class Policy(Params):
 def _denoised_coreset(train: TrainingFeatures, coreset: Coreset, lof: LOFFilter, rng: np.random.Generator,
                       progress: bool):
     """LOF-filter all patches, then coreset the inliers -> (row indices, LOF scores (n, P), inlier mask)."""
-    scores, keep = lof.apply(train.projected, train.timer, progress)
+    scores, keep = lof.apply(train.projected, train.timer, progress, train.engine)
     inliers = np.flatnonzero(keep.ravel())
     rows = train.projected.reshape(-1, train.projected.shape[-1])
-    return inliers[coreset.select(rows[inliers], rng, train.timer, progress)], scores, keep
+    return inliers[coreset.select(rows[inliers], rng, train.timer, progress, train.engine)], scores, keep
 
 
 @registered
@@ -201,7 +219,7 @@ class PatchCorePolicy(Policy):
 
     def build(self, train, rng, progress=False):
         rows = train.projected.reshape(-1, train.projected.shape[-1])
-        picks = self.coreset.select(rows, rng, train.timer, progress)
+        picks = self.coreset.select(rows, rng, train.timer, progress, train.engine)
         info = {"coreset": len(picks), "patches": len(rows)}
         return PolicyResult(MemoryBank(_gather(train.patches, picks, train.timer), info=info), {})
 

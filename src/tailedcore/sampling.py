@@ -148,8 +148,14 @@ def greedy_coreset(x: np.ndarray, n: int, start: int = 0, block_rows: int = 1024
     return picks
 
 
+def _greedy_picks(x: np.ndarray, rows: np.ndarray, count: int, start: int) -> np.ndarray:
+    """Row indices (into x) of a greedy coreset of ``count`` of ``rows``, from rows[start]."""
+    return rows[greedy_coreset(x[rows], count, start=start)]
+
+
 def two_round_coreset(x: np.ndarray, shards: list[np.ndarray], ratio: float, rng: np.random.Generator,
-                      oversample: float = 2.0, block_rows: int = 65536, progress: bool = False) -> np.ndarray:
+                      oversample: float = 2.0, block_rows: int = 65536, progress: bool = False,
+                      engine=None) -> np.ndarray:
     """Composable greedy coreset: about ``ratio`` x N rows of ``x`` in time linear in N.
 
     x: (N, d) float32; shards: int64 row-index arrays that partition x (e.g. one per image).
@@ -157,28 +163,34 @@ def two_round_coreset(x: np.ndarray, shards: list[np.ndarray], ratio: float, rng
     that is more). Round 2: consecutive shards are grouped into blocks whose round-1 picks total at
     most ``block_rows`` (at least one shard a block); each block keeps a greedy coreset of ``ratio``
     x its shards' rows (at least one) out of those picks. Every greedy run starts at a random row
-    drawn from ``rng``. Returns (about ratio x N,) int64 row indices into x, block by block.
+    drawn from ``rng``, in shard then block order, before any runs, so an ``engine`` (engine.py)
+    may run the shards and then the blocks as parallel tasks with the same result. Returns (about
+    ratio x N,) int64 row indices into x, block by block.
     """
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"ratio={ratio}: must be in (0, 1]")
     if oversample < 1.0:
         raise ValueError(f"oversample={oversample}: must be at least 1")
-
-    def pick(rows: np.ndarray, count: int) -> np.ndarray:
-        count = min(max(1, count), len(rows))
-        return rows[greedy_coreset(x[rows], count, start=int(rng.integers(len(rows))))]
-
     shards = [np.asarray(s, dtype=np.int64) for s in shards if len(s)]
-    first = [pick(s, int(np.ceil(oversample * ratio * len(s)))) for s in tqdm(
-        shards, desc="coreset round 1", unit="shard", disable=not progress, leave=False)]
-    picks, block, block_size, block_picks = [], [], 0, 0
-    for shard, chosen in zip(shards, first):
-        if block and block_picks + len(chosen) > block_rows:
-            picks.append(pick(np.concatenate(block), int(ratio * block_size)))
+    counts = [min(max(1, int(np.ceil(oversample * ratio * len(s)))), len(s)) for s in shards]
+    blocks, block, block_size, block_picks = [], [], 0, 0  # (shard positions, rows covered) per block
+    for position, (shard, count) in enumerate(zip(shards, counts)):
+        if block and block_picks + count > block_rows:
+            blocks.append((block, block_size))
             block, block_size, block_picks = [], 0, 0
-        block.append(chosen)
+        block.append(position)
         block_size += len(shard)
-        block_picks += len(chosen)
+        block_picks += count
     if block:
-        picks.append(pick(np.concatenate(block), int(ratio * block_size)))
-    return np.concatenate(picks) if picks else np.empty(0, dtype=np.int64)
+        blocks.append((block, block_size))
+    first_starts = [int(rng.integers(len(s))) for s in shards]
+    union_sizes = [sum(counts[p] for p in members) for members, _ in blocks]
+    second_starts = [int(rng.integers(size)) for size in union_sizes]
+    shared = engine.put(x) if engine is not None else x
+    run = engine.map if engine is not None else (lambda f, tasks: [f(*t) for t in tqdm(
+        tasks, desc="coreset", unit="shard", disable=not progress, leave=False)])
+    first = run(_greedy_picks, [(shared, s, c, start) for s, c, start in zip(shards, counts, first_starts)])
+    unions = [np.concatenate([first[p] for p in members]) for members, _ in blocks]
+    second = run(_greedy_picks, [(shared, union, min(max(1, int(ratio * size)), len(union)), start)
+                                 for union, (_, size), start in zip(unions, blocks, second_starts)])
+    return np.concatenate(second) if second else np.empty(0, dtype=np.int64)

@@ -46,15 +46,55 @@ class ExactSearch:
         return best_d, best_i
 
     @torch.inference_mode()
-    def search(self, queries: np.ndarray, k: int = 1) -> SearchResult:
+    def search_partial(self, queries: np.ndarray, k: int = 1) -> SearchResult:
+        """k smallest |m|^2 - 2 q.m per query (the search before |q|^2 is added) and their indices."""
         queries_t = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
         dists, indices = [], []
         for start in range(0, len(queries_t), self.query_block):
-            q = queries_t[start : start + self.query_block]
-            d, i = self._search_block(q, k)
-            dists.append((d + (q * q).sum(dim=1, keepdim=True)).clamp_(min=0.0))
+            d, i = self._search_block(queries_t[start : start + self.query_block], k)
+            dists.append(d)
             indices.append(i)
         return torch.cat(dists).numpy(), torch.cat(indices).numpy()
+
+    def search(self, queries: np.ndarray, k: int = 1) -> SearchResult:
+        partial, indices = self.search_partial(queries, k)
+        return finish_distances(queries, partial), indices
+
+
+def finish_distances(queries: np.ndarray, partial: np.ndarray) -> np.ndarray:
+    """Squared distances from ``search_partial`` values: + |q|^2, clamped at 0 (rounding)."""
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    return (torch.from_numpy(partial) + (q * q).sum(dim=1, keepdim=True)).clamp_(min=0.0).numpy()
+
+
+def _search_shard(memory: np.ndarray, queries: np.ndarray, k: int) -> SearchResult:
+    return ExactSearch(memory).search_partial(queries, k)
+
+
+class ShardedSearch:
+    """Exact k-NN with the memory split into shards searched as engine tasks (engine.py).
+
+    Shards are whole multiples of ExactSearch's memory block, so each computes
+    what one process would over its rows; the driver keeps, per query, the
+    smallest value, the earlier shard on a tie, as one process does: for k = 1
+    the result is bitwise that of ExactSearch.
+    """
+
+    def __init__(self, memory: np.ndarray, engine, memory_block: int = 8192):
+        memory = np.ascontiguousarray(memory, dtype=np.float32)
+        blocks = -(-len(memory) // memory_block)
+        per_shard = -(-blocks // engine.workers) * memory_block
+        self.engine, self.offsets = engine, list(range(0, len(memory), per_shard))
+        self.shards = [engine.put(memory[start : start + per_shard]) for start in self.offsets]
+
+    def search(self, queries: np.ndarray, k: int = 1) -> SearchResult:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        parts = self.engine.map(_search_shard, [(shard, queries, k) for shard in self.shards])
+        partial = np.concatenate([d for d, _ in parts], axis=1)
+        indices = np.concatenate([i + start for (_, i), start in zip(parts, self.offsets)], axis=1)
+        order = np.argsort(partial, axis=1, kind="stable")[:, :k]
+        return (finish_distances(queries, np.take_along_axis(partial, order, axis=1)),
+                np.take_along_axis(indices, order, axis=1))
 
 
 class FaissSearch:
@@ -117,13 +157,17 @@ class PatchScorer:
     """
 
     def __init__(self, memory: np.ndarray, weights: np.ndarray | None = None, num_neighbors: int = 1,
-                 squared: bool = True, search: str = "exact", **search_options):
+                 squared: bool = True, search: str = "exact", engine=None, **search_options):
+        """``engine`` (engine.py) with several workers: exact search over memory shards as its tasks."""
         if len(memory) == 0:
             raise ValueError("memory bank is empty")
         self.weights = weights
         self.num_neighbors = min(num_neighbors, len(memory))
         self.squared = squared
-        self.index = build_search(memory, search, **search_options)
+        if search == "exact" and engine is not None and engine.workers > 1:
+            self.index = ShardedSearch(memory, engine)
+        else:
+            self.index = build_search(memory, search, **search_options)
         self._lock = threading.Lock()
 
     def score(self, patches: np.ndarray) -> np.ndarray:

@@ -25,11 +25,12 @@ DEFAULT_BLOCK_BYTES = 64 * 2**20
 class FeatureStore:
     """Append-only float32 rows of width ``dim`` in the file ``path``."""
 
-    def __init__(self, path: str | os.PathLike, dim: int):
+    def __init__(self, path: str | os.PathLike, dim: int, existing: bool = False):
+        """A new, empty file at ``path``; ``existing``: open the rows another process wrote there."""
         self.path = Path(path)
         self.dim = dim
-        self._rows = 0
-        self._file = open(self.path, "w+b")
+        self._file = open(self.path, "r+b" if existing else "w+b")
+        self._rows = self.path.stat().st_size // (dim * 4) if existing else 0
 
     def __len__(self) -> int:
         return self._rows
@@ -86,6 +87,32 @@ class FeatureStore:
         self.close()
 
 
+class StoreChain:
+    """Several stores read as one: rows of store j follow those of store j - 1 (e.g. image shards)."""
+
+    def __init__(self, stores: list[FeatureStore]):
+        self.stores = stores
+        self.offsets = np.cumsum([0] + [len(store) for store in stores])
+        self.dim = stores[0].dim
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def gather(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"row index out of range 0..{len(self) - 1}")
+        out = np.empty((len(indices), self.dim), dtype=np.float32)
+        owner = np.searchsorted(self.offsets, indices, side="right") - 1
+        for j in np.unique(owner):
+            here = owner == j
+            out[here] = self.stores[j].gather(indices[here] - self.offsets[j])
+        return out
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.gather(np.arange(max(0, start), min(stop, len(self))))
+
+
 class ImageSubset:
     """The rows of some images of a store, renumbered: image j of the subset is image ``images[j]``.
 
@@ -93,7 +120,7 @@ class ImageSubset:
     subset row numbers.
     """
 
-    def __init__(self, store: FeatureStore, images: np.ndarray, rows_per_image: int):
+    def __init__(self, store: FeatureStore | StoreChain, images: np.ndarray, rows_per_image: int):
         self.store, self.images, self.rows_per_image = store, np.asarray(images, dtype=np.int64), rows_per_image
 
     def __len__(self) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import __version__
 from .._io import staged_directory
 from ..detector import METHODS, Detector, load
+from ..engine import ENGINES
 from ..evaluation import calibrate_on_validation, evaluate
 from ..policies import TAIL_CORESETS, Policy, TailedCorePolicy
 from ..report.writers import stage_table, write_evaluation, write_predictions
@@ -30,6 +31,9 @@ log = logging.getLogger("tailedcore")
 # Defaults are never written here: they are read from the building blocks (policies.py, tail.py).
 POLICY_OPTIONS = {
     "--coreset-ratio": ("coreset", "ratio", float, "share of patches in memory"),
+    "--exact-coreset-rows": ("coreset", "exact_rows", int, "a coreset over more rows is composable (greedy "
+                                                           "runs over shards of this many rows; linear time); "
+                                                           "None = always exact, the paper"),
     "--lof-k": ("lof", "k", int, "LOF neighbours (softpatch, tailedcore)"),
     "--lof-drop": ("lof", "drop", float, "share of patches dropped by LOF (softpatch, tailedcore)"),
     "--tail-keep": ("tail", "keep", float, "TailSampler trim share (tailedcore, paper estimator)"),
@@ -128,6 +132,11 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="search setting, e.g. nprobe=16 (ivf) or ef_search=64 (hnsw); repeatable")
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
                         help="backbone arithmetic (default float32; bfloat16 is faster, not bitwise equal)")
+    parser.add_argument("--engine", choices=ENGINES, default=None,
+                        help="where the work runs: local (default, this process) or ray (tasks on a Ray cluster; "
+                             "the same result; needs pip install 'tailedcore[ray]')")
+    parser.add_argument("--ray-address", help="with --engine ray: the cluster to join, e.g. 10.0.0.5:6379 "
+                                              "(default: start a local one)")
 
 
 def _search_options(args: argparse.Namespace) -> dict | None:
@@ -147,7 +156,7 @@ def _detector_params(args: argparse.Namespace) -> tuple[dict, dict]:
         "seed": args.seed, "batch_size": args.batch_size, "calibration_share": args.calibration_share,
         "false_alarm_rate": args.false_alarm_rate, "progress": not args.quiet,
     }
-    for option in ("search", "precision"):
+    for option in ("search", "precision", "engine", "ray_address"):
         if getattr(args, option):
             params[option] = getattr(args, option)
     params["search_options"] = _search_options(args)
@@ -236,7 +245,7 @@ def fit_summary(detector, model_file: Path) -> list[str]:
 
 def _load(args: argparse.Namespace):
     overrides = {"progress": not args.quiet, "batch_size": args.batch_size}
-    for option in ("search", "precision"):
+    for option in ("search", "precision", "engine", "ray_address"):
         if getattr(args, option):
             overrides[option] = getattr(args, option)
     if args.search_option:
@@ -343,8 +352,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
     options = {"resize": args.resize, "crop": args.crop, "batch_size": args.batch_size,
                "backbone": args.backbone, "weights": args.weights,
-               "precision": args.precision or "float32",
-               "search_options": _search_options(args)}
+               "precision": args.precision or "float32", "engine": args.engine or "local",
+               "ray_address": args.ray_address, "search_options": _search_options(args)}
     search = args.search or "exact"
     if args.seeds:
         if not args.profile:
