@@ -1,8 +1,11 @@
 """The command line's policy options: defaults read from the building blocks, nested parameters out."""
 
+import numpy as np
 import pytest
 
+from tailedcore import PatchCore
 from tailedcore.app.cli import _detector_params, build_parser, main
+from tailedcore.memory import MemoryBank, read_model
 from tailedcore.policies import LOFFilter, TailedCorePolicy
 from tailedcore.tail import LinkageTailSampler, PaperTailSampler
 
@@ -42,3 +45,18 @@ def test_an_option_that_does_not_apply_is_a_usage_error(argv, tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["fit", str(tmp_path), "--out", str(tmp_path / "m"), *argv])
     assert info.value.code == 2
+
+
+def test_engine_options_reach_the_detector_and_stay_out_of_the_model_file(tmp_path):
+    params, policy = _detector_params(_parse("--engine", "ray", "--ray-address", "10.0.0.5:6379",
+                                             "--exact-coreset-rows", "50000"))
+    assert params["engine"] == "ray" and params["ray_address"] == "10.0.0.5:6379"
+    assert policy == {"policy__coreset__exact_rows": 50000}
+    with pytest.raises(SystemExit) as info:
+        main(["fit", str(tmp_path), "--out", str(tmp_path / "m"), "--engine", "spark"])
+    assert info.value.code == 2
+    detector = PatchCore(engine="ray", ray_address="10.0.0.5:6379")
+    detector.memory_, detector.thresholds_, detector.training_summary_ = MemoryBank(np.ones((2, 4))), None, {}
+    detector.save(tmp_path / "m.safetensors")
+    saved = read_model(tmp_path / "m.safetensors")[1]["params"]
+    assert "engine" not in saved and "ray_address" not in saved and saved["resize"] == 256

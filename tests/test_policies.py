@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tailedcore.policies import Coreset, TailCoreset
-from tailedcore.sampling import greedy_coreset
+from tailedcore.sampling import greedy_coreset, two_round_coreset
 from tailedcore.timing import StageTimer
 
 
@@ -52,3 +52,15 @@ def test_two_round_tail_coreset_keeps_the_joint_count_from_every_image():
                                             StageTimer(), False)
     assert len(picks) == int(0.1 * len(rows)) and len(set(picks.tolist())) == len(picks)
     assert ((picks >= 0) & (picks < len(rows))).all()
+
+
+def test_coreset_over_its_exact_budget_is_the_composable_one():
+    rows = tail_rows(n_images=10, rows_per_image=30, views=0, dim=6)
+    exact = Coreset(0.1).select(rows, np.random.default_rng(2), StageTimer())
+    np.testing.assert_array_equal(exact, greedy_coreset(rows, 30, start=int(np.random.default_rng(2).integers(300))))
+    assert np.array_equal(Coreset(0.1, exact_rows=300).select(rows, np.random.default_rng(2), StageTimer()), exact)
+    composable = Coreset(0.1, exact_rows=100).select(rows, np.random.default_rng(2), StageTimer())
+    shards = [np.arange(start, start + 100) for start in (0, 100, 200)]
+    np.testing.assert_array_equal(composable, two_round_coreset(rows, shards, 0.1, np.random.default_rng(2),
+                                                                block_rows=100))
+    assert len(composable) == 30 and len(set(composable.tolist())) == 30
