@@ -6,7 +6,7 @@ DATA ?= ../shared/data/real-ad
 OUT ?= demo-output
 # torch is pinned in the same install command as everything else, so no dependency
 # can pull a different (CUDA) build.
-INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[lite,serve,test,ray]"
+INSTALL := $(BIN)/pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".[lite,serve,test,ray,onnx,openvino]"
 
 .PHONY: install demo test clean
 

@@ -37,6 +37,7 @@ from .policies import (
     policy_from_flat_params,
 )
 from .predictions import Predictions
+from .runtimes import RUNTIMES, GraphFeatures, export_info, is_export
 from .sampling import random_projection
 from .scoring import SEARCHES, PatchScorer, anomaly_maps
 from .store import FeatureCache, ImageSubset
@@ -93,6 +94,8 @@ class Detector:
         engine: "local" (this process) or "ray" (features over image shards, LOF over location
             blocks, composable-coreset shards and exact search over memory shards as Ray tasks;
             the same result); ray_address: the Ray cluster (None: a local one).
+        runtime: what computes test-time patch features: "torch", or the graph of an export
+            (runtimes.py) run by "onnx" Runtime or "openvino"; load an export folder to use one.
     """
 
     default_policy: ClassVar[type[Policy]] = TailedCorePolicy
@@ -105,9 +108,10 @@ class Detector:
         "calibration_share": Interval(float, 0.0, 1.0, "left"), "calibration_min_class": Interval(int, 1),
         "false_alarm_rate": Interval(float, 0.0, 1.0, "neither"), "seed": Interval(int, 0),
         "progress": OneOf((True, False)), "engine": OneOf(ENGINES),
+        "runtime": OneOf(RUNTIMES),
     }
     # Where the work runs, not what the model is: left out of model files.
-    RUN_TIME_PARAMS: ClassVar[tuple[str, ...]] = ("engine", "ray_address")
+    RUN_TIME_PARAMS: ClassVar[tuple[str, ...]] = ("engine", "ray_address", "runtime")
 
     def __init__(
         self,
@@ -134,6 +138,7 @@ class Detector:
         progress: bool = True,
         engine: str = "local",
         ray_address: str | None = None,
+        runtime: str = "torch",
     ):
         self.policy = self.default_policy() if policy is None else policy
         self.backbone = backbone
@@ -158,6 +163,8 @@ class Detector:
         self.progress = progress
         self.engine = engine
         self.ray_address = ray_address
+        self.runtime = runtime
+        self.export_folder_: Path | None = None
         self._engine: LocalEngine | RayEngine | None = None
         self.stage_times_ = StageTimer()
         self._extractor: FeatureExtractor | None = None
@@ -227,6 +234,11 @@ class Detector:
                 self.backbone, self.weights, self.resize, self.crop, self.patch_size,
                 self.layer_dim, self.feature_dim, self.batch_size, self.progress, self.precision,
             )
+            if self.runtime != "torch":
+                if self.export_folder_ is None:
+                    raise ValueError(f"runtime '{self.runtime}' runs an exported graph: load the folder that "
+                                     "'tailedcore export' wrote")
+                self._extractor.graph = GraphFeatures(self.export_folder_, self.runtime)
         return self._extractor
 
     def fit(self, images, cache_dir: str | os.PathLike | None = None, strict: bool = False) -> Detector:
@@ -237,6 +249,8 @@ class Detector:
         feature batches are kept there and reused by the next run.
         """
         self.check_params()
+        if self.runtime != "torch":
+            raise ValueError(f"runtime='{self.runtime}': fitting runs the torch backbone; use runtime='torch'")
         paths = _as_paths(images)
         if not paths:
             raise ValueError("no training images")
@@ -422,7 +436,14 @@ class TailedCore(Detector):
 METHODS: dict[str, type[Detector]] = {cls.default_policy.method: cls for cls in (PatchCore, SoftPatch, TailedCore)}
 
 def load(path: str | os.PathLike, **overrides) -> Detector:
-    """Load a saved model; ``overrides`` replace run-time parameters (e.g. search, batch_size)."""
+    """Load a saved model, or an export folder (its graph then computes the test-time features, unless
+    ``runtime="torch"``); ``overrides`` replace run-time parameters (e.g. search, batch_size)."""
+    if is_export(path):
+        info = export_info(path)
+        detector = load(Path(path) / info["model"], **{"runtime": info["format"], **overrides})
+        detector.export_folder_ = Path(path)
+        detector.check_params()
+        return detector
     arrays, config = read_model(path)
     method = config.get("method")
     if method not in METHODS:

@@ -152,6 +152,8 @@ class FeatureExtractor:
         self.backbone_name = backbone
         self.backbone: Backbone = build_backbone(backbone, crop, weights)
         self.weights_id = None if weights is None else file_identity(Path(weights))
+        # Patch features from an exported graph (runtimes.GraphFeatures) instead of torch; embeddings stay torch's.
+        self.graph = None
         # What rebuilds this extractor in another process (engine tasks), without progress bars.
         self.init_args = (backbone, weights, resize, crop, patch_size, layer_dim, feature_dim, batch_size, False,
                           precision)
@@ -170,6 +172,8 @@ class FeatureExtractor:
     @torch.inference_mode()
     def features(self, batch: torch.Tensor, with_embeddings: bool = False) -> FeatureBatch:
         """batch: (B, 3, crop, crop) normalised -> FeatureBatch."""
+        if self.graph is not None and not with_embeddings:
+            return FeatureBatch(self.graph(batch), None)
         batch = batch.contiguous(memory_format=torch.channels_last)
         embeddings = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):

@@ -23,6 +23,7 @@ from ..engine import ENGINES
 from ..evaluation import calibrate_on_validation, evaluate
 from ..policies import TAIL_CORESETS, Policy, TailedCorePolicy
 from ..report.writers import stage_table, write_evaluation, write_predictions
+from ..runtimes import EXPORT_FORMATS, RUNTIMES
 from ..tail import TAIL_ESTIMATORS
 
 log = logging.getLogger("tailedcore")
@@ -137,6 +138,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                              "the same result; needs pip install 'tailedcore[ray]')")
     parser.add_argument("--ray-address", help="with --engine ray: the cluster to join, e.g. 10.0.0.5:6379 "
                                               "(default: start a local one)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=None,
+                        help="what computes test-time features: torch, or an export's graph run by onnx or "
+                             "openvino (default: torch for a model file, the export's format for an export folder)")
 
 
 def _search_options(args: argparse.Namespace) -> dict | None:
@@ -156,7 +160,7 @@ def _detector_params(args: argparse.Namespace) -> tuple[dict, dict]:
         "seed": args.seed, "batch_size": args.batch_size, "calibration_share": args.calibration_share,
         "false_alarm_rate": args.false_alarm_rate, "progress": not args.quiet,
     }
-    for option in ("search", "precision", "engine", "ray_address"):
+    for option in ("search", "precision", "engine", "ray_address", "runtime"):
         if getattr(args, option):
             params[option] = getattr(args, option)
     params["search_options"] = _search_options(args)
@@ -245,7 +249,7 @@ def fit_summary(detector, model_file: Path) -> list[str]:
 
 def _load(args: argparse.Namespace):
     overrides = {"progress": not args.quiet, "batch_size": args.batch_size}
-    for option in ("search", "precision", "engine", "ray_address"):
+    for option in ("search", "precision", "engine", "ray_address", "runtime"):
         if getattr(args, option):
             overrides[option] = getattr(args, option)
     if args.search_option:
@@ -375,6 +379,16 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
                 print(f"\n{method}\n" + stage_table([[s["stage"], s["seconds"], s["peak_rss_mib"]] for s in stages]))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from ..runtimes import export
+
+    detector = load(args.model, progress=not args.quiet)
+    out = export(detector, args.out, args.format, overwrite=args.overwrite)
+    size = sum(path.stat().st_size for path in out.iterdir()) / 2**20
+    print(f"{args.model} -> {out} ({args.format}, {size:.1f} MiB); predict with: tailedcore predict {out} IMAGES "
+          "--out DIR")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import serve
 
@@ -430,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(run=cmd_fit)
 
     predict = commands.add_parser("predict", help="score images; write scores and heatmap overlays")
-    predict.add_argument("model", help="model file")
+    predict.add_argument("model", help="model file or export folder")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True, help="output folder (new or empty)")
     predict.add_argument("--overwrite", action="store_true", help="replace a previous run's output folder")
@@ -453,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.set_defaults(run=cmd_calibrate)
 
     evaluate_cmd = commands.add_parser("evaluate", help="per-class metrics on an MVTec-layout test split")
-    evaluate_cmd.add_argument("model", help="model file")
+    evaluate_cmd.add_argument("model", help="model file or export folder")
     evaluate_cmd.add_argument("data", help="MVTec-layout root")
     evaluate_cmd.add_argument("--out", required=True, help="output folder")
     _add_run_options(evaluate_cmd)
@@ -504,8 +518,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(bench)
     bench.set_defaults(run=cmd_benchmark)
 
+    export_cmd = commands.add_parser("export", help="write the model's backbone and patch aggregation as one "
+                                                     "ONNX or OpenVINO graph, beside the model file")
+    export_cmd.add_argument("model", help="model file")
+    export_cmd.add_argument("--format", choices=EXPORT_FORMATS, required=True)
+    export_cmd.add_argument("--out", required=True, help="export folder (new or empty)")
+    export_cmd.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    export_cmd.set_defaults(run=cmd_export)
+
     serve_cmd = commands.add_parser("serve", help="HTTP service and web page for one model")
-    serve_cmd.add_argument("model", help="model file")
+    serve_cmd.add_argument("model", help="model file or export folder")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
