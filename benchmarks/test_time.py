@@ -7,9 +7,10 @@ dims x 2 / rate.
 
 Part 2 (real images): fit one model on DATA (an NLT set from make-nlt, or any
 MVTec-layout root), then predict its whole test split with each search /
-precision setting: images per second of prediction end to end (decode,
-backbone, search, maps; metrics not timed) and mean image / pixel AUROC, with
-the difference to the first setting (exact float32).
+precision / runtime setting (runtimes other than torch run the model's export,
+written to a temporary folder): images per second of prediction end to end
+(decode, backbone, search, maps; metrics not timed) and mean image / pixel
+AUROC, with the difference to the first setting (exact float32).
 
     python benchmarks/test_time.py --data runs/step-k1/seed-1/data --method patchcore
 """
@@ -17,7 +18,9 @@ the difference to the first setting (exact float32).
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,17 +29,25 @@ from common import median_time, print_table
 from tailedcore.data import load_mvtec
 from tailedcore.detector import METHODS
 from tailedcore.evaluation import evaluate
+from tailedcore.runtimes import export
 from tailedcore.scoring import ExactSearch
 
+# name -> (search, search options, backbone precision, runtime of the test-time features)
 SETTINGS = {
-    "exact": ("exact", {}, "float32"),
-    "ivf-8": ("ivf", {"nprobe": 8}, "float32"),
-    "ivf-16": ("ivf", {"nprobe": 16}, "float32"),
-    "ivf-16-bf16": ("ivf", {"nprobe": 16}, "bfloat16"),
-    "hnsw-64": ("hnsw", {"ef_search": 64}, "float32"),
-    "exact-bf16": ("exact", {}, "bfloat16"),
-    "ivf-8-bf16": ("ivf", {"nprobe": 8}, "bfloat16"),
-    "hnsw-64-bf16": ("hnsw", {"ef_search": 64}, "bfloat16"),
+    "exact": ("exact", {}, "float32", "torch"),
+    "ivf-8": ("ivf", {"nprobe": 8}, "float32", "torch"),
+    "ivf-16": ("ivf", {"nprobe": 16}, "float32", "torch"),
+    "ivf-16-bf16": ("ivf", {"nprobe": 16}, "bfloat16", "torch"),
+    "hnsw-64": ("hnsw", {"ef_search": 64}, "float32", "torch"),
+    "exact-bf16": ("exact", {}, "bfloat16", "torch"),
+    "ivf-8-bf16": ("ivf", {"nprobe": 8}, "bfloat16", "torch"),
+    "hnsw-64-bf16": ("hnsw", {"ef_search": 64}, "bfloat16", "torch"),
+    "exact-onnx": ("exact", {}, "float32", "onnx"),
+    "ivf-16-onnx": ("ivf", {"nprobe": 16}, "float32", "onnx"),
+    "ivf-8-onnx": ("ivf", {"nprobe": 8}, "float32", "onnx"),
+    "hnsw-64-onnx": ("hnsw", {"ef_search": 64}, "float32", "onnx"),
+    "ivf-16-openvino": ("ivf", {"nprobe": 16}, "float32", "openvino"),
+    "ivf-8-openvino": ("ivf", {"nprobe": 8}, "float32", "openvino"),
 }
 
 
@@ -93,9 +104,13 @@ def main() -> None:
           f"memory {len(detector.memory_):,} features")
     n_test = sum(len(c.test) for c in load_mvtec(args.data))
     rows, reference = [], None
+    scratch = tempfile.TemporaryDirectory()
+    exports = {fmt: export(detector, Path(scratch.name) / fmt, fmt)
+               for fmt in {SETTINGS[name][3] for name in args.settings} - {"torch"}}
     for name in args.settings:
-        search, options, precision = SETTINGS[name]
-        detector.set_params(search=search, search_options=options, precision=precision)
+        search, options, precision, runtime = SETTINGS[name]
+        detector.export_folder_ = exports.get(runtime)
+        detector.set_params(search=search, search_options=options, precision=precision, runtime=runtime)
         started = time.perf_counter()
         detector.build_index()  # timed apart from prediction
         build_seconds = time.perf_counter() - started

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tailedcore import PatchCore
+from tailedcore import PatchCore, load
 from tailedcore.app.serve import create_app
+from tailedcore.runtimes import export
 
 from .conftest import SMALL
 
@@ -28,6 +29,16 @@ def detector(synthetic_root):
     model = PatchCore(**SMALL).fit(synthetic_root)
     model.calibrate([synthetic_root / name / "test" / "good" for name in ("stripes", "checker")])
     return model
+
+
+@pytest.fixture(scope="module")
+def exported(detector, tmp_path_factory):
+    """The same model, exported to ONNX and loaded from its export folder (features by ONNX Runtime)."""
+    pytest.importorskip("onnxruntime")
+    folder = tmp_path_factory.mktemp("export") / "onnx"
+    detector.save(folder.parent / "model.safetensors")
+    export(load(folder.parent / "model.safetensors"), folder, "onnx")
+    return load(folder)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +131,20 @@ def free_port() -> int:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package 'chromium')")
-def test_browser_drop_image_shows_result(detector, synthetic_root, tmp_path):
+def test_an_exported_model_answers_as_the_model_file(client, exported, synthetic_root):
+    exported_client = TestClient(create_app(exported, max_bytes=200_000, max_pixels=1_000_000))
+    assert exported_client.get("/model").json()["memory_size"] == client.get("/model").json()["memory_size"]
+    for image in ("defect/000.png", "good/000.png"):
+        payload = {"file": ("x.png", png(synthetic_root / "stripes" / "test" / image), "image/png")}
+        want = client.post("/predict", files=payload).json()
+        got = exported_client.post("/predict", files=payload).json()
+        assert got["decision"] == want["decision"]
+        assert abs(got["raw_score"] - want["raw_score"]) <= 1e-4 * want["raw_score"]
+
+
+@pytest.mark.parametrize("model", ["detector", "exported"])
+def test_browser_drop_image_shows_result(model, request, synthetic_root, tmp_path):
+    detector = request.getfixturevalue(model)
     uvicorn = pytest.importorskip("uvicorn")
     playwright_api = pytest.importorskip("playwright.sync_api")
     port = free_port()

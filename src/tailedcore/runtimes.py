@@ -93,7 +93,10 @@ def _require(module: str, runtime: str):
 
 
 class GraphFeatures:
-    """The exported graph of ``folder`` run by ``runtime``: (B, 3, crop, crop) float32 -> (B, H*W, D) float32."""
+    """The exported graph of ``folder`` run by ``runtime``: (B, 3, crop, crop) float32 -> (B, H*W, D) float32.
+
+    The runtime uses as many threads as torch (``--threads``), in float32.
+    """
 
     def __init__(self, folder: str | os.PathLike, runtime: str):
         info = export_info(folder)
@@ -103,11 +106,14 @@ class GraphFeatures:
                              f"(use --runtime {info['format']}, or export with --format {runtime})")
         if runtime == "onnx":
             ort = _require("onnxruntime", "onnx")
-            session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
             self._run = lambda images: session.run(None, {"images": images})[0]
         elif runtime == "openvino":
             ov = _require("openvino", "openvino")
-            compiled = ov.Core().compile_model(str(graph), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            compiled = ov.Core().compile_model(str(graph), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                                   "INFERENCE_NUM_THREADS": torch.get_num_threads()})
             self._run = lambda images: compiled(images)[0]
         else:
             raise ValueError(f"runtime '{runtime}': choose from {', '.join(RUNTIMES)}")
