@@ -1,5 +1,6 @@
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,3 +34,18 @@ def tree_digest(root) -> str:
         if path.is_file():
             sha.update(path.read_bytes())
     return sha.hexdigest()
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ad"
+
+
+def real_subset(train: dict[str, int], test_per_folder: int) -> tuple[list[Path], list[Path]]:
+    """The first ``train[name]`` training images of each named real-ad class, and the first
+    ``test_per_folder`` images of each of their test folders (skips the test without real-ad)."""
+    if not REAL.is_dir():
+        pytest.skip("real images (../shared/data/real-ad) not present")
+    images = [path for name, count in train.items()
+              for path in sorted((REAL / name / "train" / "good").iterdir())[:count]]
+    test = [path for name in train for folder in sorted((REAL / name / "test").iterdir())
+            for path in sorted(folder.iterdir())[:test_per_folder]]
+    return images, test

@@ -2,7 +2,6 @@
 recorded before the package was reshaped into strategy objects (bitwise)."""
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,8 @@ from tailedcore import PatchCore, SoftPatch, TailedCore
 from tailedcore.policies import TailedCorePolicy
 from tailedcore.tail import PaperTailSampler
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ad"
+from .conftest import real_subset
+
 # Training images per class (a head, a middle and a one-image tail) and test images per class.
 TRAIN = {"bottle": 10, "pcb": 4, "screw": 1}
 TEST = 2
@@ -36,13 +36,7 @@ def _digest(*arrays) -> str:
 
 @pytest.fixture(scope="module")
 def real_images():
-    if not REAL.is_dir():
-        pytest.skip("real images (../shared/data/real-ad) not present")
-    train = [path for name, count in TRAIN.items()
-             for path in sorted((REAL / name / "train" / "good").iterdir())[:count]]
-    test = [path for name in TRAIN for folder in sorted((REAL / name / "test").iterdir())
-            for path in sorted(folder.iterdir())[:TEST]]
-    return train, test
+    return real_subset(TRAIN, TEST)
 
 
 @pytest.mark.parametrize("name, cls, params", [

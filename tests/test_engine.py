@@ -2,7 +2,6 @@
 and test scores as the local engine, also when workers die mid-task."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,8 @@ from tailedcore.lof import patchwise_lof_scores
 from tailedcore.sampling import two_round_coreset
 from tailedcore.scoring import ExactSearch, ShardedSearch
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ad"
+from .conftest import real_subset
+
 TRAIN = {"bottle": 10, "pcb": 4, "screw": 1}
 # Composable coreset settings (the same on both engines): shards of 200 projected rows.
 PARAMS = {"resize": 72, "crop": 64, "progress": False, "batch_size": 4, "calibration_share": 0.0}
@@ -38,13 +38,7 @@ def ray_engine(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_train():
-    if not REAL.is_dir():
-        pytest.skip("real images (../shared/data/real-ad) not present")
-    train = [path for name, count in TRAIN.items()
-             for path in sorted((REAL / name / "train" / "good").iterdir())[:count]]
-    test = [path for name in TRAIN for folder in sorted((REAL / name / "test").iterdir())
-            for path in sorted(folder.iterdir())[:1]]
-    return train, test
+    return real_subset(TRAIN, 1)
 
 
 def test_the_engine_is_a_ray_cluster_of_two_workers(ray_engine):
