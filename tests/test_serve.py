@@ -124,6 +124,27 @@ def test_concurrent_requests_agree(client, synthetic_root):
     assert parallel == single
 
 
+def test_concurrent_requests_are_batched_and_agree(detector, synthetic_root, monkeypatch):
+    sizes = []
+    score_batch = detector.predict_images
+
+    def recorded(images, names):
+        sizes.append(len(images))
+        time.sleep(0.2)  # a slow batch, so that the other requests queue meanwhile
+        return score_batch(images, names)
+
+    files = sorted((synthetic_root / "checker" / "test").rglob("*.png"))
+    single = [detector.predict_images([Image.open(f)], [f.name]).image_scores[0] for f in files]
+    monkeypatch.setattr(detector, "predict_images", recorded)
+    batched = TestClient(create_app(detector, max_batch=4))
+    with ThreadPoolExecutor(len(files)) as pool:
+        answers = list(pool.map(
+            lambda f: batched.post("/predict", files={"file": (f.name, png(f), "image/png")}).json(), files))
+    assert max(sizes) > 1 and sum(sizes) == len(files) and max(sizes) <= 4
+    assert [a["filename"] for a in answers] == [f.name for f in files]
+    np.testing.assert_allclose([a["raw_score"] for a in answers], single, rtol=1e-5)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

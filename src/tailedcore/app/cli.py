@@ -397,7 +397,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         log.warning("%s has no thresholds: answers carry raw scores and no decision", args.model)
     elif detector.thresholds_.few_images:
         log.warning("%s: %s", args.model, detector.thresholds_.few_images_warning())
-    serve(detector, args.host, args.port, max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels)
+    serve(detector, args.host, args.port, max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+          max_batch=args.max_batch)
 
 
 def set_threads(threads: int) -> None:
@@ -532,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
     serve_cmd.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image area")
+    serve_cmd.add_argument("--max-batch", type=int, default=1,
+                           help="score up to this many concurrent requests together (default 1: one at a time)")
     _add_run_options(serve_cmd)
     serve_cmd.set_defaults(run=cmd_serve)
 

@@ -8,14 +8,17 @@
 - ``GET /``: a page where a person drops images and sees decision, score, overlay.
 
 Uploads are limited in size, pixel count and content type (clear 4xx
-answers); one lock serialises scoring, so concurrent requests are safe.
+answers); one scoring thread takes requests in turn, so concurrent requests are safe, and with
+``max_batch`` above 1 it scores the requests that arrived meanwhile as one batch.
 """
 
 import base64
 import io
+import queue
 import socket
 import threading
 import warnings
+from concurrent.futures import Future
 
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
@@ -24,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from .._io import png_bytes
 from ..data import preprocess
 from ..detector import Detector
+from ..predictions import Predictions
 from ..report.render import prediction_images
 
 ACCEPTED_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp"}
@@ -49,16 +53,59 @@ def _b64png(array) -> str:
     return base64.b64encode(png_bytes(array)).decode("ascii")
 
 
-def create_app(detector: Detector, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS):
+class Batcher:
+    """Scores images one batch at a time: requests that arrive while a batch is scored wait and go
+    together into the next one (at most ``max_batch`` images), so the backbone sees batches under load.
+
+    ``score(image, name)`` blocks until its image is scored and returns its one-image Predictions.
+    With ``max_batch`` 1 every request is scored alone, in arrival order.
+    """
+
+    def __init__(self, detector: Detector, max_batch: int = 1):
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}: must be at least 1")
+        self.detector, self.max_batch = detector, max_batch
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._work, daemon=True, name="tailedcore-batcher").start()
+
+    def score(self, image: Image.Image, name: str) -> Predictions:
+        done: Future = Future()
+        self._queue.put((image, name, done))
+        return done.result()
+
+    def _work(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                predictions = self.detector.predict_images([item[0] for item in batch], [item[1] for item in batch])
+            except Exception as error:  # noqa: BLE001 - handed to each waiting request, which raises it
+                for *_, done in batch:
+                    done.set_exception(error)
+                continue
+            for index, (*_, done) in enumerate(batch):
+                done.set_result(Predictions(predictions.paths[index : index + 1],
+                                            predictions.image_scores[index : index + 1],
+                                            predictions.patch_scores[index : index + 1],
+                                            predictions.anomaly_maps[index : index + 1], predictions.thresholds))
+
+
+def create_app(detector: Detector, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_batch: int = 1):
     """The FastAPI application serving ``detector``.
 
     ``max_pixels`` is the one pixel limit: Pillow's decompression-bomb limit
     (``Image.MAX_IMAGE_PIXELS``, process-wide) is raised to it when lower.
+    ``max_batch``: concurrent requests scored together, up to this many images (see Batcher).
     """
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
     app = FastAPI(title="tailedcore", version="1")
-    lock = threading.Lock()
+    batcher = Batcher(detector, max_batch)
     summary = model_summary(detector)
 
     @app.get("/health")
@@ -97,8 +144,7 @@ def create_app(detector: Detector, max_bytes: int = DEFAULT_MAX_BYTES, max_pixel
             raise HTTPException(400, f"'{file.filename}' is not a readable image (unknown format)") from error
         except (OSError, SyntaxError, ValueError) as error:
             raise HTTPException(400, f"'{file.filename}' is not a readable image ({error})") from error
-        with lock:
-            predictions = detector.predict_images([image], [file.filename or "upload"])
+        predictions = batcher.score(image, file.filename or "upload")
         calibrated = predictions.thresholds is not None
         mask = predictions.defect_masks()[0] if calibrated else None
         picture = prediction_images(predictions, 0, preprocess(image, detector.resize, detector.crop), mask,
