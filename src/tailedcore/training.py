@@ -9,7 +9,7 @@ disk, projections (n, P, d) float32, embeddings (n, E), mean patch features
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,15 @@ class ExtractedFeatures:
     readable: np.ndarray
 
 
+def _stream(extractor: FeatureExtractor, paths: list[Path], store: FeatureStore, projection: np.ndarray, on_error,
+            cache: FeatureCache | None) -> Iterator[tuple[list[int], np.ndarray, np.ndarray, np.ndarray]]:
+    """Batch by batch: append the patch features to ``store``; yield (readable positions in ``paths``,
+    projections (b, P, d), embeddings (b, E), mean patch features (b, D))."""
+    for positions, batch in extractor.iter_batches(paths, True, "features", on_error, cache):
+        store.append(batch.patches.reshape(-1, store.dim))
+        yield positions, batch.patches @ projection, batch.embeddings, batch.patches.mean(axis=1)
+
+
 def _extract_shard(init_args: tuple, paths: list[Path], out: Path, projection: np.ndarray,
                    cache_folder: Path | None) -> tuple:
     """Features of one image shard, as an engine task: patches written to ``out``; returns (readable
@@ -45,14 +54,17 @@ def _extract_shard(init_args: tuple, paths: list[Path], out: Path, projection: n
     index = {path: position for position, path in enumerate(paths)}
     errors: list[tuple[int, str]] = []
     positions, projected, embeddings, mean_patches = [], [], [], []
+
+    def on_error(path: Path, reason: str) -> None:
+        errors.append((index[path], reason))
+
     with FeatureStore(out, extractor.feature_dim) as store:
-        for batch_positions, batch in extractor.iter_batches(
-                paths, True, "features", lambda path, reason: errors.append((index[path], reason)), cache):
-            store.append(batch.patches.reshape(-1, store.dim))
+        for batch_positions, batch_projected, batch_embeddings, batch_means in _stream(
+                extractor, paths, store, projection, on_error, cache):
             positions += batch_positions
-            projected.append(batch.patches @ projection)
-            embeddings.append(batch.embeddings)
-            mean_patches.append(batch.patches.mean(axis=1))
+            projected.append(batch_projected)
+            embeddings.append(batch_embeddings)
+            mean_patches.append(batch_means)
     if not positions:
         return [], None, None, None, errors
     return (positions, np.concatenate(projected), np.concatenate(embeddings), np.concatenate(mean_patches),
@@ -88,11 +100,11 @@ class TrainingRun(ExitStack):
         store = self._store("patches.f32")
         projected = np.empty((len(paths), self._locations, self.projection.shape[1]), dtype=np.float32)
         embeddings, mean_patches, readable = [], [], []
-        for positions, batch in self.extractor.iter_batches(paths, True, "features", on_error, cache):
-            store.append(batch.patches.reshape(-1, store.dim))
-            projected[len(readable) : len(readable) + len(positions)] = batch.patches @ self.projection
-            embeddings.append(batch.embeddings)
-            mean_patches.append(batch.patches.mean(axis=1))
+        for positions, batch_projected, batch_embeddings, batch_means in _stream(
+                self.extractor, paths, store, self.projection, on_error, cache):
+            projected[len(readable) : len(readable) + len(positions)] = batch_projected
+            embeddings.append(batch_embeddings)
+            mean_patches.append(batch_means)
             readable += positions
         if not readable:
             raise ValueError("no readable training images")
