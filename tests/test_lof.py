@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
+from tailedcore import lof
 from tailedcore.lof import inlier_mask, patchwise_lof_scores
+from tailedcore.store import ArrayFile
 
 
 def test_planted_outliers_are_dropped():
@@ -28,3 +30,11 @@ def test_ties_and_degenerate():
     with pytest.raises(ValueError):
         inlier_mask(scores, 1.0)
     assert inlier_mask(scores, 0.0).all()
+
+
+def test_scores_from_a_file_read_in_location_blocks_are_those_of_the_array(tmp_path, monkeypatch):
+    features = np.random.default_rng(3).standard_normal((25, 11, 6)).astype(np.float32)
+    with ArrayFile(tmp_path / "projected.f32", (11, 6)) as stored:
+        stored.append(features)
+        monkeypatch.setattr(lof, "_BLOCK_BYTES", 4 * 25 * 6 * 3)  # blocks of 3 locations
+        np.testing.assert_array_equal(patchwise_lof_scores(stored, k=4), patchwise_lof_scores(features, k=4))

@@ -5,6 +5,7 @@ import pytest
 
 from tailedcore.policies import Coreset, TailCoreset
 from tailedcore.sampling import greedy_coreset, two_round_coreset
+from tailedcore.store import ArrayFile
 from tailedcore.timing import StageTimer
 
 
@@ -64,3 +65,14 @@ def test_coreset_over_its_exact_budget_is_the_composable_one():
     np.testing.assert_array_equal(composable, two_round_coreset(rows, shards, 0.1, np.random.default_rng(2),
                                                                 block_rows=100))
     assert len(composable) == 30 and len(set(composable.tolist())) == 30
+
+
+def test_coreset_of_a_subset_of_rows_on_disk_is_that_of_the_subset_in_ram(tmp_path):
+    rows = tail_rows(n_images=10, rows_per_image=30, views=0, dim=6)
+    subset = np.flatnonzero(np.random.default_rng(4).random(300) < 0.8)
+    with ArrayFile(tmp_path / "rows.f32", (6,)) as stored:
+        stored.append(rows)
+        for coreset in (Coreset(0.1), Coreset(0.1, exact_rows=70)):
+            in_ram = coreset.select(rows[subset], np.random.default_rng(2), StageTimer())
+            on_disk = coreset.select(stored, np.random.default_rng(2), StageTimer(), subset=subset)
+            np.testing.assert_array_equal(on_disk, subset[in_ram])

@@ -1,6 +1,8 @@
+import pickle
+
 import numpy as np
 
-from tailedcore.store import FeatureCache, FeatureStore
+from tailedcore.store import ArrayFile, FeatureCache, FeatureStore
 
 
 def test_append_read_gather(tmp_path):
@@ -27,3 +29,28 @@ def test_cache_keeps_named_arrays_and_drops_a_damaged_entry(tmp_path):
     assert cache.load("missing") is None
     (tmp_path / "cache" / "k.npz").write_bytes(b"not a zip file")
     assert cache.load("k") is None and not (tmp_path / "cache" / "k.npz").exists()
+
+
+def test_array_file_reads_like_the_array_it_holds(tmp_path):
+    rng = np.random.default_rng(1)
+    array = rng.standard_normal((30, 7, 5)).astype(np.float32)
+    with ArrayFile(tmp_path / "a.f32", (7, 5)) as stored:
+        assert stored.shape == (0, 7, 5) and stored[:].shape == (0, 7, 5)
+        for start in range(0, 30, 8):
+            stored.append(array[start : start + 8])
+        assert stored.shape == (30, 7, 5) and stored.ndim == 3
+        np.testing.assert_array_equal(stored[:, 2:5, :], array[:, 2:5, :])
+        picks = rng.integers(0, 30, 12)
+        np.testing.assert_array_equal(stored[picks], array[picks])
+        rows = stored.reshape(-1, 5)
+        assert rows.shape == (210, 5)
+        np.testing.assert_array_equal(rows[picks * 7 + 3], array.reshape(-1, 5)[picks * 7 + 3])
+        kept = stored.take(np.array([29, 0, 4]), tmp_path / "kept.f32")
+        np.testing.assert_array_equal(kept[:], array[[29, 0, 4]])
+        kept.extend(stored)
+        np.testing.assert_array_equal(kept[3:], array)
+        copy = pickle.loads(pickle.dumps(stored))  # what an engine task gets
+        np.testing.assert_array_equal(copy[5], array[5])
+        kept.close()
+    with ArrayFile(tmp_path / "a.f32", (7, 5), existing=True) as reopened:
+        np.testing.assert_array_equal(reopened[:], array)

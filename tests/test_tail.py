@@ -1,6 +1,9 @@
 import numpy as np
 import pytest
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import pdist
 
+from tailedcore import tail
 from tailedcore.tail import (
     LinkageTailSampler,
     TailInputs,
@@ -168,3 +171,15 @@ def test_paper_estimator_is_tail_sampler():
         make_tail_estimator("paper", keep=0.0).estimate(TailInputs(x, x))
     with pytest.raises(ValueError, match="tail_estimator='knn'"):
         make_tail_estimator("knn")
+
+
+def test_linkage_clusters_in_row_blocks_are_single_linkage_cut_at_the_distance(monkeypatch):
+    inputs, _, _ = planted_mix([60, 25, 7, 3, 1, 1], seed=4)
+    sampler = LinkageTailSampler(distance=0.05)
+    condensed = sum(pdist(unit, "sqeuclidean") / 2.0 for unit in sampler._unit_rows(inputs)) / 2
+    expected = fcluster(linkage(condensed, method="single"), t=sampler.distance, criterion="distance")
+    monkeypatch.setattr(tail, "_BLOCK_BYTES", 8 * len(expected) * 7)  # blocks of 7 rows
+    found = sampler.clusters(inputs)
+    # The same partition: a label maps to exactly one label of the other.
+    pairs = set(zip(found.tolist(), expected.tolist()))
+    assert len(pairs) == len(set(found.tolist())) == len(set(expected.tolist())) > 3

@@ -289,8 +289,7 @@ class Detector:
         kept = np.setdiff1d(np.arange(len(paths)), held_out)
         kept_paths = [paths[i] for i in kept]
         features = extracted.features
-        # Without a held-out share, no copy of the projections (the largest array in RAM).
-        projected = features.projected[kept] if len(held_out) else features.projected
+        projected = run.take_images(features.projected, kept) if len(held_out) else features.projected
         transforms = self.policy.view_transforms()
         train = TrainingFeatures(
             ImageSubset(features.patches, kept, patches_per_image), projected, extracted.embeddings[kept],

@@ -11,27 +11,43 @@ import numpy as np
 from sklearn.neighbors import LocalOutlierFactor
 from tqdm import tqdm
 
+from .store import ArrayFile
 
-def _location_scores(features: np.ndarray, locations: range, neighbours: int, progress: bool) -> np.ndarray:
-    """LOF scores (n_images, len(locations)) float32 of the given grid locations of (n, P, dim) features."""
+# Locations read at once: bounds what a block of the (n, P, d) input takes in RAM.
+_BLOCK_BYTES = 64 * 2**20
+
+
+def _location_scores(features, locations: range, neighbours: int, progress: bool) -> np.ndarray:
+    """LOF scores (n_images, len(locations)) float32 of the given grid locations of (n, P, dim) features
+    (an array, or an ArrayFile read one block of locations at a time)."""
     model = LocalOutlierFactor(n_neighbors=neighbours, metric="euclidean", algorithm="brute")
-    scores = np.empty((features.shape[0], len(locations)), dtype=np.float32)
-    for column, location in enumerate(tqdm(locations, desc="patch LOF", disable=not progress, leave=False)):
-        model.fit(features[:, location, :])
-        scores[:, column] = -model.negative_outlier_factor_
+    n_images, _, dim = features.shape
+    step = max(1, _BLOCK_BYTES // (4 * n_images * dim))
+    scores = np.empty((n_images, len(locations)), dtype=np.float32)
+    bar = tqdm(total=len(locations), desc="patch LOF", disable=not progress, leave=False)
+    for lo in range(locations.start, locations.stop, step):
+        hi = min(lo + step, locations.stop)
+        block = features[:, lo:hi, :]
+        for location in range(hi - lo):
+            model.fit(block[:, location, :])
+            scores[:, lo - locations.start + location] = -model.negative_outlier_factor_
+        bar.update(hi - lo)
+    bar.close()
     return scores
 
 
-def patchwise_lof_scores(features: np.ndarray, k: int = 6, progress: bool = False, engine=None) -> np.ndarray:
+def patchwise_lof_scores(features, k: int = 6, progress: bool = False, engine=None) -> np.ndarray:
     """LOF score of every patch, (n_images, n_locations, dim) -> (n_images, n_locations) float32.
 
-    Scores are >= about 1, larger = more outlying. With fewer than two images
-    there is nothing to compare: every score is 1. ``k`` is capped at n - 1.
-    With an ``engine`` (engine.py) of several workers, blocks of grid locations
-    run as separate tasks; each location's LOF is independent, so the scores
-    are the same.
+    ``features``: an array, or an ArrayFile (store.py) that is read in blocks
+    of locations. Scores are >= about 1, larger = more outlying. With fewer
+    than two images there is nothing to compare: every score is 1. ``k`` is
+    capped at n - 1. With an ``engine`` (engine.py) of several workers, blocks
+    of grid locations run as separate tasks; each location's LOF is
+    independent, so the scores are the same.
     """
-    features = np.asarray(features)
+    if not isinstance(features, ArrayFile):
+        features = np.asarray(features)
     if features.ndim != 3:
         raise ValueError(f"features: expected (n_images, n_locations, dim), got shape {features.shape}")
     n_images, n_locations, _ = features.shape

@@ -21,7 +21,7 @@ from .lof import inlier_mask, patchwise_lof_scores
 from .memory import MemoryBank
 from .params import Interval, OneOf, Params, registered
 from .sampling import greedy_coreset, two_round_coreset
-from .store import FeatureStore, ImageSubset
+from .store import ArrayFile, FeatureStore, ImageSubset
 from .tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler, TailInputs
 from .timing import StageTimer
 from .views import view_transforms
@@ -34,11 +34,12 @@ class FeatureSet:
     patches: (n_images * P, D) rows on disk (a FeatureStore or an ImageSubset of
     one; only ``gather`` is used), image i at rows [i*P, (i+1)*P);
     projected: (n_images, P, d) float32, the same rows through the fixed
-    random projection (used for LOF and the coreset).
+    random projection (used for LOF and the coreset), on disk (an ArrayFile,
+    read in pieces) or in RAM.
     """
 
     patches: FeatureStore | ImageSubset
-    projected: np.ndarray
+    projected: ArrayFile | np.ndarray
 
 
 @dataclass
@@ -91,17 +92,24 @@ class Coreset(Params):
     def count(self, n_rows: int) -> int:
         return max(1, int(n_rows * self.ratio))
 
-    def select(self, rows: np.ndarray, rng: np.random.Generator, timer: StageTimer, progress: bool = False,
-               engine=None) -> np.ndarray:
-        """Indices into rows (N, d) float32 (about ``count`` of them), from random starts; none for no rows."""
-        if len(rows) == 0:
+    def select(self, rows: np.ndarray | ArrayFile, rng: np.random.Generator, timer: StageTimer,
+               progress: bool = False, engine=None, subset: np.ndarray | None = None) -> np.ndarray:
+        """Indices into rows (N, d) float32 (about ``count`` of the ``subset`` rows, int64 indices; all
+        rows when None), from random starts; none for no rows.
+
+        The exact coreset reads all its rows into RAM; the composable one reads
+        each shard's rows on its own, so ``rows`` may be an ArrayFile of any size.
+        """
+        n = len(rows) if subset is None else len(subset)
+        if n == 0:
             return np.empty(0, dtype=np.int64)
         with timer.stage("coreset"):
-            if self.exact_rows is None or len(rows) <= self.exact_rows:
-                return greedy_coreset(rows, self.count(len(rows)), start=int(rng.integers(len(rows))),
-                                      progress=progress)
-            shards = [np.arange(start, min(start + self.exact_rows, len(rows)))
-                      for start in range(0, len(rows), self.exact_rows)]
+            if self.exact_rows is None or n <= self.exact_rows:
+                chosen = rows[:] if subset is None else rows[subset]
+                picks = greedy_coreset(chosen, self.count(n), start=int(rng.integers(n)), progress=progress)
+                return picks if subset is None else subset[picks]
+            positions = np.arange(n) if subset is None else np.asarray(subset, dtype=np.int64)
+            shards = [positions[start : start + self.exact_rows] for start in range(0, n, self.exact_rows)]
             return two_round_coreset(rows, shards, self.ratio, rng, block_rows=self.exact_rows, progress=progress,
                                      engine=engine)
 
@@ -203,9 +211,9 @@ def _denoised_coreset(train: TrainingFeatures, coreset: Coreset, lof: LOFFilter,
                       progress: bool):
     """LOF-filter all patches, then coreset the inliers -> (row indices, LOF scores (n, P), inlier mask)."""
     scores, keep = lof.apply(train.projected, train.timer, progress, train.engine)
-    inliers = np.flatnonzero(keep.ravel())
     rows = train.projected.reshape(-1, train.projected.shape[-1])
-    return inliers[coreset.select(rows[inliers], rng, train.timer, progress, train.engine)], scores, keep
+    picks = coreset.select(rows, rng, train.timer, progress, train.engine, subset=np.flatnonzero(keep.ravel()))
+    return picks, scores, keep
 
 
 @registered

@@ -87,6 +87,94 @@ class FeatureStore:
         self.close()
 
 
+class ArrayFile:
+    """A float32 array (n, *item_shape) in a raw file: appended items, read with numpy indexing.
+
+    ``array[key]`` maps the file only for that read and returns a copy of what
+    ``key`` selects, so the process holds the pieces read, never the whole
+    array: the pages of a mapping left open would count as its resident
+    memory. Picklable (path and shape), so engine tasks read their own pieces.
+    """
+
+    def __init__(self, path: str | os.PathLike, item_shape: tuple[int, ...], existing: bool = False):
+        """A new, empty file at ``path``; ``existing``: the items another process wrote there."""
+        self.path, self.item_shape = Path(path), tuple(int(size) for size in item_shape)
+        self._file = open(self.path, "r+b" if existing else "w+b")
+        self._items = self.path.stat().st_size // (self._item_bytes) if existing else 0
+
+    @property
+    def _item_bytes(self) -> int:
+        return 4 * int(np.prod(self.item_shape))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self._items, *self.item_shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.item_shape)
+
+    def __len__(self) -> int:
+        return self._items
+
+    def append(self, items: np.ndarray) -> None:
+        """items: (k, *item_shape)."""
+        items = np.ascontiguousarray(items, dtype=np.float32).reshape(-1, *self.item_shape)
+        self._file.seek(self._items * self._item_bytes)
+        self._file.write(items.tobytes())
+        self._items += len(items)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if self._file is not None and not self._file.closed:
+            self._file.flush()
+        if self._items == 0:
+            return np.empty(self.shape, dtype=np.float32)[key]
+        mapped = np.memmap(self.path, dtype=np.float32, mode="r", shape=self.shape)
+        try:
+            return np.array(mapped[key], dtype=np.float32)
+        finally:
+            mapped._mmap.close()
+
+    def reshape(self, *shape: int) -> ArrayFile:
+        """The same file read as (-1, *shape[1:]) items, e.g. (n, P, d) -> (n * P, d) rows."""
+        view = ArrayFile.__new__(ArrayFile)
+        view.path, view.item_shape, view._file = self.path, tuple(shape[1:]), self._file
+        view._items = self._items * self._item_bytes // view._item_bytes
+        return view
+
+    def _block_items(self, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
+        return max(1, block_bytes // self._item_bytes)
+
+    def take(self, items: np.ndarray, path: str | os.PathLike) -> ArrayFile:
+        """A new file at ``path`` holding the given items (int64 indices, in that order), copied in blocks."""
+        out = ArrayFile(path, self.item_shape)
+        step = self._block_items()
+        for start in range(0, len(items), step):
+            out.append(self[np.asarray(items[start : start + step])])
+        return out
+
+    def extend(self, other: ArrayFile) -> None:
+        """Append all items of ``other`` (same item shape), copied in blocks."""
+        step = other._block_items()
+        for start in range(0, len(other), step):
+            self.append(other[start : start + step])
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def __getstate__(self) -> dict:
+        if self._file is not None and not self._file.closed:
+            self._file.flush()  # a task in another process reads what was written so far
+        return {"path": self.path, "item_shape": self.item_shape, "_items": self._items, "_file": None}
+
+    def __enter__(self) -> ArrayFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class StoreChain:
     """Several stores read as one: rows of store j follow those of store j - 1 (e.g. image shards)."""
 

@@ -11,7 +11,8 @@ Nothing here knows class labels. Two estimators share one interface
 5. ``max_k`` = min(elbow, 15% rule) over the group sizes; tail = size <= max_k.
 
 ``linkage``: classes are the clusters of single-linkage clustering, cut at a
-cosine distance, over the image embedding and the image's mean patch feature;
+cosine distance (the connected parts of the graph of closer pairs, found a
+block of rows at a time), over the image embedding and the image's mean patch feature;
 class size = cluster size; ``max_k`` = min(elbow, 15% rule, ``max_tail_class``)
 over the cluster sizes.
 """
@@ -22,10 +23,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import pdist
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial.distance import cdist
 
 from .params import Interval, OneOf, Params, registered
+
+# Rows of a distance block: bounds the memory of the linkage estimator's (block, n) float64 distances.
+_BLOCK_BYTES = 64 * 2**20
 
 
 def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
@@ -224,31 +229,52 @@ class LinkageTailSampler(Params):
                                    "share": Interval(float, 0.0, 1.0, "neither"),
                                    "max_tail_class": Interval(int, 1, none_ok=True)}
 
-    def distances(self, inputs: TailInputs) -> np.ndarray:
-        """Condensed (n * (n - 1) / 2,) float64 cosine distances between the images (scipy's pdist order).
+    def _unit_rows(self, inputs: TailInputs) -> list[np.ndarray]:
+        """The (n, ·) float64 unit-length rows of each feature used."""
+        parts = {"embedding": inputs.embeddings, "patches": inputs.mean_patches}
+        used = ["embedding", "patches"] if self.features == "both" else [self.features]
+        units = []
+        for name in used:
+            x = _check_embeddings(parts[name])
+            units.append(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+        return units
+
+    def distances(self, units: list[np.ndarray], lo: int, hi: int) -> np.ndarray:
+        """(hi - lo, n) float64 cosine distances of images lo..hi-1 to every image, averaged over ``units``.
 
         1 - cos = |u - v|^2 / 2 on unit rows; an all-zero row is at distance 0.5 from every other.
         """
-        parts = {"embedding": inputs.embeddings, "patches": inputs.mean_patches}
-        used = ["embedding", "patches"] if self.features == "both" else [self.features]
         total = 0.0
-        for name in used:
-            x = _check_embeddings(parts[name])
-            unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-            total = total + pdist(unit, "sqeuclidean") / 2.0
-        return total / len(used)
+        for unit in units:
+            total = total + cdist(unit[lo:hi], unit, "sqeuclidean") / 2.0
+        return total / len(units)
+
+    def clusters(self, inputs: TailInputs) -> np.ndarray:
+        """(n,) int64 cluster of each image: the connected parts of the graph whose edges are the pairs at
+        most ``distance`` apart (single linkage cut at ``distance``).
+
+        Distances are computed a block of rows at a time, and the edges found so
+        far are replaced after each block by one edge from every image to the
+        first image of its part, so memory is O(block x n), never n x n.
+        """
+        units = self._unit_rows(inputs)
+        n = len(units[0])
+        step = max(1, _BLOCK_BYTES // (8 * n))
+        first_of_part = np.arange(n)
+        for lo in range(0, n, step):
+            rows, cols = np.nonzero(self.distances(units, lo, min(lo + step, n)) <= self.distance)
+            edges = (np.concatenate([np.arange(n), rows + lo]), np.concatenate([first_of_part, cols]))
+            graph = coo_matrix((np.ones(len(edges[0]), dtype=np.int8), edges), shape=(n, n))
+            _, part = connected_components(graph, directed=False)
+            first_of_part = np.unique(part, return_index=True)[1][part]
+        return np.unique(first_of_part, return_inverse=True)[1].astype(np.int64)
 
     def estimate(self, inputs: TailInputs) -> TailEstimate:
         self.check()
         n = len(_check_embeddings(inputs.embeddings))
         if len(inputs.mean_patches) != n:
             raise ValueError(f"mean_patches: {len(inputs.mean_patches)} rows for {n} embeddings")
-        if n == 1:
-            labels = np.ones(1, dtype=np.int64)
-        else:
-            tree = linkage(self.distances(inputs), method="single")
-            labels = fcluster(tree, t=self.distance, criterion="distance")
-        _, cluster, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        _, cluster, counts = np.unique(self.clusters(inputs), return_inverse=True, return_counts=True)
         sizes = counts[cluster].astype(np.int64)
         groups = np.sort(counts).astype(np.int64)[::-1]
         limit = max_k(groups, self.share)

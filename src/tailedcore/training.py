@@ -1,10 +1,12 @@
-"""Training features for a fit: streamed to disk, projected in RAM, closed as one context.
+"""Training features for a fit: streamed to disk, closed as one context.
 
-``TrainingRun`` opens every file a fit writes (the patch store, the tail views'
-store) on one ``contextlib.ExitStack``, so leaving the ``with`` block closes
-them all, whatever the policy did. Arrays: patches (n * P, D) float32 on
-disk, projections (n, P, d) float32, embeddings (n, E), mean patch features
-(n, D); P = grid locations per image.
+``TrainingRun`` opens every file a fit writes (the patch store, the
+projections, the tail views' store) on one ``contextlib.ExitStack``, so
+leaving the ``with`` block closes them all, whatever the policy did. Arrays:
+patches (n * P, D) float32 and projections (n, P, d) float32 on disk (read in
+pieces, so resident memory does not grow with the training set); embeddings
+(n, E) and mean patch features (n, D) in RAM; P = grid locations per image.
+Tail views' projections stay in RAM: they grow with the tail, not the set.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .data import ImageLoadError, load_image
 from .engine import LocalEngine, RayEngine
 from .features import FeatureExtractor
 from .policies import FeatureSet
-from .store import FeatureCache, FeatureStore, StoreChain
+from .store import ArrayFile, FeatureCache, FeatureStore, StoreChain
 from .views import augmented_views
 
 
@@ -44,21 +46,23 @@ def _stream(extractor: FeatureExtractor, paths: list[Path], store: FeatureStore,
         yield positions, batch.patches @ projection, batch.embeddings, batch.patches.mean(axis=1)
 
 
-def _extract_shard(init_args: tuple, paths: list[Path], out: Path, projection: np.ndarray,
+def _extract_shard(init_args: tuple, paths: list[Path], out: Path, projected_out: Path, projection: np.ndarray,
                    cache_folder: Path | None) -> tuple:
-    """Features of one image shard, as an engine task: patches written to ``out``; returns (readable
-    positions, projections (k, P, d), embeddings (k, E), mean patch features (k, D), (position, reason)
-    of the unreadable images)."""
+    """Features of one image shard, as an engine task: patches written to ``out``, projections (k, P, d)
+    to ``projected_out``; returns (readable positions, embeddings (k, E), mean patch features (k, D),
+    (position, reason) of the unreadable images)."""
     extractor = FeatureExtractor(*init_args)
     cache = FeatureCache(cache_folder) if cache_folder is not None else None
     index = {path: position for position, path in enumerate(paths)}
     errors: list[tuple[int, str]] = []
-    positions, projected, embeddings, mean_patches = [], [], [], []
+    positions, embeddings, mean_patches = [], [], []
 
     def on_error(path: Path, reason: str) -> None:
         errors.append((index[path], reason))
 
-    with FeatureStore(out, extractor.feature_dim) as store:
+    rows, cols = extractor.grid_shape
+    with (FeatureStore(out, extractor.feature_dim) as store,
+          ArrayFile(projected_out, (rows * cols, projection.shape[1])) as projected):
         for batch_positions, batch_projected, batch_embeddings, batch_means in _stream(
                 extractor, paths, store, projection, on_error, cache):
             positions += batch_positions
@@ -66,9 +70,8 @@ def _extract_shard(init_args: tuple, paths: list[Path], out: Path, projection: n
             embeddings.append(batch_embeddings)
             mean_patches.append(batch_means)
     if not positions:
-        return [], None, None, None, errors
-    return (positions, np.concatenate(projected), np.concatenate(embeddings), np.concatenate(mean_patches),
-            errors)
+        return [], None, None, errors
+    return positions, np.concatenate(embeddings), np.concatenate(mean_patches), errors
 
 
 class TrainingRun(ExitStack):
@@ -88,6 +91,14 @@ class TrainingRun(ExitStack):
     def _store(self, name: str) -> FeatureStore:
         return self.enter_context(FeatureStore(self.folder / name, self.extractor.feature_dim))
 
+    def _projections(self, name: str) -> ArrayFile:
+        """A new (n, P, d) file of projections."""
+        return self.enter_context(ArrayFile(self.folder / name, (self._locations, self.projection.shape[1])))
+
+    def take_images(self, projected: ArrayFile, images: np.ndarray) -> ArrayFile:
+        """The projections of the given images (int64 indices) as a new file of this run."""
+        return self.enter_context(projected.take(images, self.folder / "projections-kept.f32"))
+
     @property
     def _locations(self) -> int:
         rows, cols = self.extractor.grid_shape
@@ -97,32 +108,32 @@ class TrainingRun(ExitStack):
         """Stream the patch features of ``paths`` to disk; projections, embeddings and means stay in RAM."""
         if self.engine.workers > 1:
             return self._extract_shards(paths, on_error, cache)
-        store = self._store("patches.f32")
-        projected = np.empty((len(paths), self._locations, self.projection.shape[1]), dtype=np.float32)
+        store, projected = self._store("patches.f32"), self._projections("projections.f32")
         embeddings, mean_patches, readable = [], [], []
         for positions, batch_projected, batch_embeddings, batch_means in _stream(
                 self.extractor, paths, store, self.projection, on_error, cache):
-            projected[len(readable) : len(readable) + len(positions)] = batch_projected
+            projected.append(batch_projected)
             embeddings.append(batch_embeddings)
             mean_patches.append(batch_means)
             readable += positions
         if not readable:
             raise ValueError("no readable training images")
-        return ExtractedFeatures(FeatureSet(store, projected[: len(readable)]), np.concatenate(embeddings),
+        return ExtractedFeatures(FeatureSet(store, projected), np.concatenate(embeddings),
                                  np.concatenate(mean_patches), np.asarray(readable, dtype=np.int64))
 
     def _extract_shards(self, paths: list[Path], on_error, cache: FeatureCache | None) -> ExtractedFeatures:
         """``extract`` as engine tasks over shards of whole batches; the same arrays, the patches in one
-        file per shard (read as one store)."""
+        file per shard (read as one store), the projections copied into one file in shard order."""
         batch = self.extractor.batch_size
         per_shard = -(-len(paths) // (batch * 2 * self.engine.workers)) * batch
         starts = list(range(0, len(paths), per_shard))
         tasks = [(self.extractor.init_args, paths[start : start + per_shard], self.folder / f"patches-{n}.f32",
-                  self.projection, cache.folder if cache else None)
+                  self.folder / f"projections-{n}.f32", self.projection, cache.folder if cache else None)
                  for n, start in enumerate(starts)]
         results = self.engine.map(_extract_shard, tasks)
         stores, parts, readable = [], [], []
-        for n, (start, (positions, projected, embeddings, mean_patches, errors)) in enumerate(zip(starts, results)):
+        projected = self._projections("projections.f32")
+        for n, (start, (positions, embeddings, mean_patches, errors)) in enumerate(zip(starts, results)):
             for position, reason in errors:
                 if on_error is None:
                     raise ImageLoadError(reason)
@@ -130,11 +141,14 @@ class TrainingRun(ExitStack):
             if positions:
                 path = self.folder / f"patches-{n}.f32"
                 stores.append(self.enter_context(FeatureStore(path, self.extractor.feature_dim, existing=True)))
-                parts.append((projected, embeddings, mean_patches))
+                with ArrayFile(self.folder / f"projections-{n}.f32", projected.item_shape, existing=True) as shard:
+                    projected.extend(shard)
+                (self.folder / f"projections-{n}.f32").unlink()
+                parts.append((embeddings, mean_patches))
                 readable += [start + position for position in positions]
         if not readable:
             raise ValueError("no readable training images")
-        projected, embeddings, mean_patches = (np.concatenate(arrays) for arrays in zip(*parts))
+        embeddings, mean_patches = (np.concatenate(arrays) for arrays in zip(*parts))
         return ExtractedFeatures(FeatureSet(StoreChain(stores), projected), embeddings, mean_patches,
                                  np.asarray(readable, dtype=np.int64))
 
