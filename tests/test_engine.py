@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tailedcore import PatchCore, SoftPatch, TailedCore
+from tailedcore.data import ImageLoadError
 from tailedcore.engine import FAULT_FOLDER, LocalEngine, make_engine
 from tailedcore.lof import patchwise_lof_scores
 from tailedcore.sampling import two_round_coreset
@@ -107,3 +108,20 @@ def test_without_ray_the_engine_is_a_one_line_error(monkeypatch):
     with pytest.raises(RuntimeError, match=r"--engine ray needs Ray: pip install 'tailedcore\[ray\]'"):
         make_engine("ray")
     assert isinstance(make_engine("local"), LocalEngine)
+
+
+def test_batch_prediction_as_tasks_over_image_shards(ray_engine, real_train, tmp_path):
+    train, test = real_train
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    images = [*test, broken, *train[:9]]  # shards of whole batches of 4, one unreadable file among them
+    detector = SoftPatch(**PARAMS).fit(train)
+    local = detector.predict(images)
+    remote = detector.set_params(engine="ray").predict(images)
+    assert "test shards" in [record.name for record in detector.stage_times_.records]
+    assert remote.paths == local.paths and len(remote.paths) == len(images) - 1
+    assert [path for path, _ in remote.failures] == [broken] == [path for path, _ in local.failures]
+    for name in ("image_scores", "patch_scores", "anomaly_maps"):
+        np.testing.assert_array_equal(getattr(remote, name), getattr(local, name))
+    with pytest.raises(ImageLoadError, match="broken.png"):
+        detector.predict(images, strict=True)

@@ -1,6 +1,7 @@
 import pickle
 
 import numpy as np
+import pytest
 
 from tailedcore.store import ArrayFile, FeatureCache, FeatureStore
 
@@ -54,3 +55,14 @@ def test_array_file_reads_like_the_array_it_holds(tmp_path):
         kept.close()
     with ArrayFile(tmp_path / "a.f32", (7, 5), existing=True) as reopened:
         np.testing.assert_array_equal(reopened[:], array)
+
+
+def test_array_file_refuses_what_it_cannot_read(tmp_path):
+    with ArrayFile(tmp_path / "a.f32", (3, 2)) as stored:
+        stored.append(np.zeros((4, 3, 2), np.float32))
+        with pytest.raises(IndexError, match="out of range 0..3"):
+            stored[np.array([0, 4])]
+        with pytest.raises(IndexError, match="a.f32: index with a slice"):
+            stored[0.5]
+        with pytest.raises(IndexError, match="step of 1"):
+            stored[:, ::2]

@@ -183,3 +183,11 @@ def test_linkage_clusters_in_row_blocks_are_single_linkage_cut_at_the_distance(m
     # The same partition: a label maps to exactly one label of the other.
     pairs = set(zip(found.tolist(), expected.tolist()))
     assert len(pairs) == len(set(found.tolist())) == len(set(expected.tolist())) > 3
+
+
+def test_class_sizes_in_blocks_of_rows_are_those_of_one_block(monkeypatch):
+    x, _ = clustered_embeddings([40, 20, 9, 3, 1], spread=0.3, seed=2)
+    whole = estimate_class_sizes(x)
+    monkeypatch.setattr(tail, "_BLOCK_BYTES", 8 * len(x) * 6)  # blocks of 6 rows, then of 6 columns
+    np.testing.assert_array_equal(estimate_class_sizes(x), whole)
+    assert len(set(whole.tolist())) > 2

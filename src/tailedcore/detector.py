@@ -57,6 +57,29 @@ def _check_upscale(name, size: tuple[int, int], resize: int, strict: bool) -> No
         log.warning("%s: %s", name, problem)
 
 
+def _score_shard(init_args: tuple, graph: tuple | None, memory: np.ndarray, weights: np.ndarray | None,
+                 scorer_args: tuple, paths: list[Path]) -> tuple[list[int], np.ndarray | None, list[tuple[int, str]]]:
+    """Patch scores of one shard of test images, as an engine task -> (readable positions in ``paths``,
+    patch scores (k, rows, cols) float32, (position, reason) of the unreadable images).
+
+    graph: (export folder, runtime) when an exported graph computes the features;
+    memory (M, D), weights (M,) or None; scorer_args: PatchScorer's (num_neighbors,
+    squared, search, search options).
+    """
+    extractor = FeatureExtractor(*init_args)
+    if graph is not None:
+        extractor.graph = GraphFeatures(*graph)
+    num_neighbors, squared, search, search_options = scorer_args
+    scorer = PatchScorer(memory, weights, num_neighbors, squared, search, **search_options)
+    index = {path: position for position, path in enumerate(paths)}
+    errors: list[tuple[int, str]] = []
+    positions, scores = [], []
+    for batch_positions, batch in extractor.iter_batches(paths, on_error=lambda p, r: errors.append((index[p], r))):
+        positions += batch_positions
+        scores.append(scorer.score(batch.patches).reshape(-1, *extractor.grid_shape))
+    return positions, np.concatenate(scores) if scores else None, errors
+
+
 def _as_paths(images) -> list[Path]:
     if isinstance(images, (str, os.PathLike)):
         return training_images(images)
@@ -336,16 +359,21 @@ class Detector:
     def _predictions(self, batches: Iterator[FeatureBatch], paths: list[Path]) -> Predictions:
         scorer = self.scorer
         grid = self.extractor.grid_shape
-        patch_scores, maps = [], []
+        patch_scores = []
         while True:
             with self.stage_times_.stage("test features"):
                 batch = next(batches, None)
             if batch is None:
                 break
             with self.stage_times_.stage("test scoring"):
-                scores = scorer.score(batch.patches).reshape(-1, *grid)
-                patch_scores.append(scores)
-                maps.append(anomaly_maps(scores, self.crop, self.blur_sigma))
+                patch_scores.append(scorer.score(batch.patches).reshape(-1, *grid))
+        return self._assemble(patch_scores, paths)
+
+    def _assemble(self, patch_scores: list[np.ndarray], paths: list[Path]) -> Predictions:
+        """Predictions of ``paths`` from their patch scores, a list of (b, rows, cols) batches."""
+        grid = self.extractor.grid_shape
+        with self.stage_times_.stage("test scoring"):
+            maps = [anomaly_maps(scores, self.crop, self.blur_sigma) for scores in patch_scores]
         if not patch_scores:
             no_maps = np.empty((0, self.crop, self.crop), np.float32)
             return Predictions([], np.empty(0, np.float32), np.empty((0, *grid), np.float32), no_maps, self.thresholds_)
@@ -368,6 +396,8 @@ class Detector:
             except ImageLoadError:
                 continue  # reported when the image is read
             _check_upscale(path, size, self.resize, strict)
+        if self.engine_.workers > 1:
+            return self._predict_shards(paths, strict)
         failures: list[tuple[Path, str]] = []
         scored: list[Path] = []
 
@@ -378,6 +408,32 @@ class Detector:
                 yield batch
 
         predictions = self._predictions(batches(), scored)
+        predictions.failures = failures
+        return predictions
+
+    def _predict_shards(self, paths: list[Path], strict: bool) -> Predictions:
+        """``predict`` as engine tasks over shards of whole batches (batch prediction of large folders):
+        each task computes features and patch scores of its images; anomaly maps are made here."""
+        engine = self.engine_
+        per_shard = -(-len(paths) // (self.batch_size * 2 * engine.workers)) * self.batch_size
+        starts = list(range(0, len(paths), per_shard))
+        graph = (self.export_folder_, self.runtime) if self.runtime != "torch" else None
+        memory = engine.put(self.memory_.features)
+        weights = engine.put(self.memory_.weights) if self.memory_.weights is not None else None
+        scorer_args = (self.num_neighbors, self.squared_distance, self.search, self.search_options or {})
+        with self.stage_times_.stage("test shards"):
+            results = engine.map(_score_shard, [(self.extractor.init_args, graph, memory, weights, scorer_args,
+                                                 paths[start : start + per_shard]) for start in starts])
+        failures, scored, patch_scores = [], [], []
+        for start, (positions, scores, errors) in zip(starts, results):
+            for position, reason in errors:
+                if strict:
+                    raise ImageLoadError(reason)
+                failures.append((paths[start + position], reason))
+            scored += [paths[start + position] for position in positions]
+            if scores is not None:
+                patch_scores.append(scores)
+        predictions = self._assemble(patch_scores, scored)
         predictions.failures = failures
         return predictions
 

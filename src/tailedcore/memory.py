@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save
+from safetensors.numpy import save_file
 
-from ._io import atomic_write_bytes
+from ._io import atomic_write_file
 
 FORMAT_NAME = "tailedcore-model"
 FORMAT_VERSION = 2
@@ -57,7 +57,7 @@ def _digest(arrays: dict[str, np.ndarray], config: dict) -> str:
     for name in sorted(arrays):
         array = np.ascontiguousarray(arrays[name])
         sha.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-        sha.update(array.tobytes())
+        sha.update(memoryview(array).cast("B"))  # no copy of a memory bank that may be GBs
     return sha.hexdigest()
 
 
@@ -65,8 +65,8 @@ def write_model(path: str | os.PathLike, arrays: dict[str, np.ndarray], config: 
     """Write arrays + config atomically (temp file, then rename)."""
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config,
               "sha256": _digest(arrays, config)}
-    payload = save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"tailedcore": json.dumps(header)})
-    atomic_write_bytes(Path(path), payload)
+    contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    atomic_write_file(Path(path), lambda tmp: save_file(contiguous, tmp, metadata={"tailedcore": json.dumps(header)}))
 
 
 def read_model(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:

@@ -12,7 +12,8 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +89,13 @@ class FeatureStore:
 
 
 class ArrayFile:
-    """A float32 array (n, *item_shape) in a raw file: appended items, read with numpy indexing.
+    """A float32 array (n, *item_shape) in a raw file: appended items, read in pieces by plain reads.
 
-    ``array[key]`` maps the file only for that read and returns a copy of what
-    ``key`` selects, so the process holds the pieces read, never the whole
-    array: the pages of a mapping left open would count as its resident
+    Indexing reads only what is asked for and returns a new array:
+    ``a[start:stop]`` (items), ``a[i]``, ``a[indices]`` (int64 item indices,
+    any order, repeats allowed) and ``a[:, lo:hi]`` (the sub-range lo..hi-1 of the first
+    item axis of every item, e.g. a block of grid locations of every image).
+    No memory map: the pages of a mapping would count as the process's resident
     memory. Picklable (path and shape), so engine tasks read their own pieces.
     """
 
@@ -100,7 +103,7 @@ class ArrayFile:
         """A new, empty file at ``path``; ``existing``: the items another process wrote there."""
         self.path, self.item_shape = Path(path), tuple(int(size) for size in item_shape)
         self._file = open(self.path, "r+b" if existing else "w+b")
-        self._items = self.path.stat().st_size // (self._item_bytes) if existing else 0
+        self._items = self.path.stat().st_size // self._item_bytes if existing else 0
 
     @property
     def _item_bytes(self) -> int:
@@ -124,16 +127,58 @@ class ArrayFile:
         self._file.write(items.tobytes())
         self._items += len(items)
 
-    def __getitem__(self, key) -> np.ndarray:
+    @contextmanager
+    def _descriptor(self) -> Iterator[int]:
+        """A file descriptor to read from: this object's own file (flushed), or the path opened for a read."""
         if self._file is not None and not self._file.closed:
             self._file.flush()
-        if self._items == 0:
-            return np.empty(self.shape, dtype=np.float32)[key]
-        mapped = np.memmap(self.path, dtype=np.float32, mode="r", shape=self.shape)
-        try:
-            return np.array(mapped[key], dtype=np.float32)
-        finally:
-            mapped._mmap.close()
+            yield self._file.fileno()
+            return
+        with open(self.path, "rb") as file:
+            yield file.fileno()
+
+    def _read_runs(self, starts: np.ndarray, counts: np.ndarray, offset_bytes: int, out: np.ndarray) -> None:
+        """Fill ``out`` (its first axis laid end to end) from runs of ``counts[j]`` items at item ``starts[j]``,
+        each read ``offset_bytes`` into its first item."""
+        buffer, position = memoryview(out.reshape(-1)).cast("B"), 0
+        with self._descriptor() as fd:
+            for start, count in zip(starts.tolist(), counts.tolist()):
+                size = count * out[0].nbytes
+                if os.preadv(fd, [buffer[position : position + size]], start * self._item_bytes + offset_bytes) != size:
+                    raise OSError(f"{self.path}: file ends before item {start + count}")
+                position += size
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(self._items)
+            out = np.empty((max(0, stop - start), *self.item_shape), dtype=np.float32)
+            if len(out):
+                self._read_runs(np.array([start]), np.array([len(out)]), 0, out)
+            return out
+        if isinstance(key, tuple) and len(key) >= 2 and key[0] == slice(None) and isinstance(key[1], slice) \
+                and all(k == slice(None) for k in key[2:]) and self.item_shape:
+            lo, hi, step = key[1].indices(self.item_shape[0])
+            if step != 1:
+                raise IndexError(f"{self.path}: a part of each item needs a step of 1, got {key[1]}")
+            out = np.empty((self._items, max(0, hi - lo), *self.item_shape[1:]), dtype=np.float32)
+            if out.size:
+                per_part = self._item_bytes // self.item_shape[0]
+                self._read_runs(np.arange(self._items), np.ones(self._items, np.int64), lo * per_part, out)
+            return out
+        indices = np.asarray(key)
+        if indices.dtype.kind not in "iu" or indices.ndim > 1:
+            raise IndexError(f"{self.path}: index with a slice, [:, lo:hi] or integer indices, got {key!r}")
+        if indices.ndim == 0:
+            return self[indices.reshape(1)][0]
+        if indices.size and (indices.min() < 0 or indices.max() >= self._items):
+            raise IndexError(f"{self.path}: item index out of range 0..{self._items - 1}")
+        unique, inverse = np.unique(indices, return_inverse=True)
+        out = np.empty((len(unique), *self.item_shape), dtype=np.float32)
+        if len(unique):
+            run_starts = np.flatnonzero(np.diff(unique, prepend=-2) != 1)
+            counts = np.diff(np.append(run_starts, len(unique)))
+            self._read_runs(unique[run_starts], counts, 0, out)
+        return out[inverse.reshape(-1)]
 
     def reshape(self, *shape: int) -> ArrayFile:
         """The same file read as (-1, *shape[1:]) items, e.g. (n, P, d) -> (n * P, d) rows."""

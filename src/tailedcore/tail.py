@@ -29,7 +29,7 @@ from scipy.spatial.distance import cdist
 
 from .params import Interval, OneOf, Params, registered
 
-# Rows of a distance block: bounds the memory of the linkage estimator's (block, n) float64 distances.
+# Rows of a similarity or distance block: bounds the memory of the (block, n) float64 arrays.
 _BLOCK_BYTES = 64 * 2**20
 
 
@@ -42,15 +42,18 @@ def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
     return embeddings
 
 
-def cosine_similarity(embeddings: np.ndarray) -> np.ndarray:
-    """(n, dim) -> (n, n) float64 cosine similarities (zero rows stay zero)."""
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    unit = embeddings / np.maximum(norms, 1e-12)
-    return np.clip(unit @ unit.T, -1.0, 1.0)
+def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    """(n, dim) -> (n, dim) float64 rows of length 1 (zero rows stay zero)."""
+    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+
+
+def cosine_similarity(unit_a: np.ndarray, unit_b: np.ndarray) -> np.ndarray:
+    """(a, dim), (b, dim) unit rows -> (a, b) float64 cosine similarities."""
+    return np.clip(unit_a @ unit_b.T, -1.0, 1.0)
 
 
 def row_thresholds(similarity: np.ndarray, keep: float = 0.85, quantize: bool = True) -> np.ndarray:
-    """Per-row membership thresholds t_i, (n, n) -> (n,).
+    """Per-row membership thresholds t_i, (rows, n) similarities of some images to all n -> (rows,).
 
     m_i = min_j S_ij; h_i = cos(arccos(m_i) / 2); candidates = scores above
     h_i, sorted ascending; t_i keeps the most similar ``keep`` share of them:
@@ -58,7 +61,7 @@ def row_thresholds(similarity: np.ndarray, keep: float = 0.85, quantize: bool = 
     ``quantize`` the scores are first truncated to multiples of 1/n, as in the
     reference code. A row with no candidate (all scores equal) gets t_i = m_i.
     """
-    n = len(similarity)
+    n = similarity.shape[1]
     scores = np.trunc(similarity * n) / n if quantize else similarity
     scores = np.sort(scores, axis=1)
     minimum = scores[:, 0]
@@ -67,7 +70,7 @@ def row_thresholds(similarity: np.ndarray, keep: float = 0.85, quantize: bool = 
     n_kept = np.floor(keep * n_candidates).astype(np.int64)
     # Candidates are the last n_candidates sorted scores; C[j] = scores[n - n_candidates + j].
     index = np.where(n_kept > 0, n - n_kept, n - n_candidates)
-    thresholds = scores[np.arange(n), np.minimum(index, n - 1)]
+    thresholds = scores[np.arange(len(scores)), np.minimum(index, n - 1)]
     return np.where(n_candidates > 0, thresholds, minimum)
 
 
@@ -76,16 +79,26 @@ def estimate_class_sizes(embeddings: np.ndarray, keep: float = 0.85, quantize: b
 
     Membership M_ij = S_ij >= t_i; row counts c_i = sum_j M_ij; the class size
     of image j is the most frequent c_i over the rows i with M_ij (the smallest
-    such value on ties).
+    such value on ties). Similarities are computed a block of rows (then of
+    columns) at a time, so memory is O(block x n), never n x n.
     """
-    similarity = cosine_similarity(_check_embeddings(embeddings))
-    thresholds = row_thresholds(similarity, keep, quantize)
-    members = similarity >= thresholds[:, None]
-    members[np.diag_indices_from(members)] = True  # an image always counts itself
-    counts = members.sum(axis=1)
-    sizes = np.empty(len(counts), dtype=np.int64)
-    for j in range(len(counts)):
-        sizes[j] = np.argmax(np.bincount(counts[members[:, j]]))
+    unit = _unit_rows(_check_embeddings(embeddings))
+    n = len(unit)
+    step = max(1, _BLOCK_BYTES // (8 * n))
+    blocks = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+    thresholds, counts = np.empty(n), np.empty(n, dtype=np.int64)
+    for lo, hi in blocks:  # rows i: t_i and c_i
+        similarity = cosine_similarity(unit[lo:hi], unit)
+        thresholds[lo:hi] = row_thresholds(similarity, keep, quantize)
+        members = similarity >= thresholds[lo:hi, None]
+        members[np.arange(hi - lo), np.arange(lo, hi)] = True  # an image always counts itself
+        counts[lo:hi] = members.sum(axis=1)
+    sizes = np.empty(n, dtype=np.int64)
+    for lo, hi in blocks:  # columns j: the mode of c_i over the rows i with M_ij
+        members = cosine_similarity(unit, unit[lo:hi]) >= thresholds[:, None]
+        members[np.arange(lo, hi), np.arange(hi - lo)] = True
+        for column in range(hi - lo):
+            sizes[lo + column] = np.argmax(np.bincount(counts[members[:, column]]))
     return sizes
 
 
@@ -233,11 +246,7 @@ class LinkageTailSampler(Params):
         """The (n, ·) float64 unit-length rows of each feature used."""
         parts = {"embedding": inputs.embeddings, "patches": inputs.mean_patches}
         used = ["embedding", "patches"] if self.features == "both" else [self.features]
-        units = []
-        for name in used:
-            x = _check_embeddings(parts[name])
-            units.append(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
-        return units
+        return [_unit_rows(_check_embeddings(parts[name])) for name in used]
 
     def distances(self, units: list[np.ndarray], lo: int, hi: int) -> np.ndarray:
         """(hi - lo, n) float64 cosine distances of images lo..hi-1 to every image, averaged over ``units``.
