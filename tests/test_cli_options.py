@@ -60,3 +60,9 @@ def test_engine_options_reach_the_detector_and_stay_out_of_the_model_file(tmp_pa
     detector.save(tmp_path / "m.safetensors")
     saved = read_model(tmp_path / "m.safetensors")[1]["params"]
     assert "engine" not in saved and "ray_address" not in saved and saved["resize"] == 256
+
+
+def test_store_dtype_option_reaches_the_detector():
+    params, _ = _detector_params(_parse("--store-dtype", "float16"))
+    assert params["store_dtype"] == "float16"
+    assert _detector_params(_parse())[0]["store_dtype"] == "float32"

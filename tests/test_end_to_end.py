@@ -109,6 +109,14 @@ def test_memory_bank_is_bitwise_as_recorded(cls, synthetic_root):
     assert digest.hexdigest()[:16] == RECORDED_MEMORY[cls.default_policy.method]
 
 
+@pytest.mark.parametrize("cls", [PatchCore, TailedCore])
+def test_a_float16_store_gives_the_same_picks_rounded(cls, synthetic_root):
+    # Projections are made before the store, so the picks are those of float32; only their rows are rounded.
+    exact = cls(**SMALL, calibration_share=0.0).fit(synthetic_root).memory_.features
+    half = cls(**SMALL, calibration_share=0.0, store_dtype="float16").fit(synthetic_root).memory_.features
+    np.testing.assert_array_equal(half, exact.astype(np.float16).astype(np.float32))
+
+
 def test_tail_estimator_choice_reaches_the_fit(synthetic_root):
     paper = TailedCore(TailedCorePolicy(tail=PaperTailSampler()), **SMALL, calibration_share=0.0).fit(synthetic_root)
     linkage = TailedCore(**SMALL, calibration_share=0.0).fit(synthetic_root)

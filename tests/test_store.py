@@ -66,3 +66,15 @@ def test_array_file_refuses_what_it_cannot_read(tmp_path):
             stored[0.5]
         with pytest.raises(IndexError, match="step of 1"):
             stored[:, ::2]
+
+
+def test_a_float16_store_holds_half_the_bytes_and_reads_float32(tmp_path):
+    rows = np.random.default_rng(2).standard_normal((50, 8)).astype(np.float32)
+    with FeatureStore(tmp_path / "half.f16", 8, dtype="float16") as store:
+        store.append(rows)
+        got = store.gather(np.array([49, 3, 3]))
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, rows[[49, 3, 3]].astype(np.float16).astype(np.float32))
+    assert (tmp_path / "half.f16").stat().st_size == 50 * 8 * 2
+    with pytest.raises(ValueError, match="store dtype='int8'"):
+        FeatureStore(tmp_path / "x", 8, dtype="int8")

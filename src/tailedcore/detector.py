@@ -40,7 +40,7 @@ from .predictions import Predictions
 from .runtimes import RUNTIMES, GraphFeatures, export_info, is_export
 from .sampling import random_projection
 from .scoring import SEARCHES, PatchScorer, anomaly_maps
-from .store import FeatureCache, ImageSubset
+from .store import STORE_DTYPES, FeatureCache, ImageSubset
 from .thresholds import Thresholds, calibrate_false_alarm, held_out_images
 from .timing import StageTimer
 from .training import TrainingRun
@@ -106,6 +106,9 @@ class Detector:
         search: nearest-neighbour backend (exact, flat, ivf, hnsw);
         search_options: its settings, e.g. {"nprobe": 16} (ivf), {"ef_search": 64} (hnsw).
         precision: backbone arithmetic, float32 (reference) or bfloat16 (faster).
+        store_dtype: what the fit keeps of each training patch on disk until the memory bank is
+            gathered: float32 (reference) or float16 (half the disk; the memory bank is then
+            rounded to float16 precision).
         batch_size: images per backbone batch.
         calibration_share: share of the training images set aside (never put in
             memory) to calibrate thresholds, among images of classes of at least
@@ -127,7 +130,8 @@ class Detector:
         "patch_size": Interval(int, 1), "layer_dim": Interval(int, 1), "feature_dim": Interval(int, 1),
         "projection_dim": Interval(int, 1), "num_neighbors": Interval(int, 1),
         "squared_distance": OneOf((True, False)), "blur_sigma": Interval(float, 0.0),
-        "search": OneOf(tuple(SEARCHES)), "precision": OneOf(PRECISIONS), "batch_size": Interval(int, 1),
+        "search": OneOf(tuple(SEARCHES)), "precision": OneOf(PRECISIONS), "store_dtype": OneOf(STORE_DTYPES),
+        "batch_size": Interval(int, 1),
         "calibration_share": Interval(float, 0.0, 1.0, "left"), "calibration_min_class": Interval(int, 1),
         "false_alarm_rate": Interval(float, 0.0, 1.0, "neither"), "seed": Interval(int, 0),
         "progress": OneOf((True, False)), "engine": OneOf(ENGINES),
@@ -153,6 +157,7 @@ class Detector:
         search: str = "exact",
         search_options: dict | None = None,
         precision: str = "float32",
+        store_dtype: str = "float32",
         batch_size: int = 16,
         calibration_share: float = 0.1,
         calibration_min_class: int = 20,
@@ -178,6 +183,7 @@ class Detector:
         self.search = search
         self.search_options = search_options
         self.precision = precision
+        self.store_dtype = store_dtype
         self.batch_size = batch_size
         self.calibration_share = calibration_share
         self.calibration_min_class = calibration_min_class
@@ -290,7 +296,7 @@ class Detector:
         self.stage_times_ = StageTimer()
         projection = random_projection(self.feature_dim, self.projection_dim, self.seed)
         with (tempfile.TemporaryDirectory(prefix="tailedcore-", dir=cache_dir) as work,
-              TrainingRun(self.extractor, Path(work), projection, self.engine_) as run):
+              TrainingRun(self.extractor, Path(work), projection, self.engine_, self.store_dtype) as run):
             self._fit_with(run, paths, None if strict else skip, cache)
         log.info("%s: memory bank of %d features from %d images%s", self.method, len(self.memory_),
                  len(self.training_paths_),

@@ -1,4 +1,4 @@
-"""An on-disk (rows, dim) float32 array, written and read in blocks.
+"""On-disk arrays, written and read in blocks: patch-feature stores and (n, ...) float32 arrays.
 
 Patch features of a training set do not fit in RAM on ordinary machines
 (1,670 images x 784 patches x 1024 dims is 5.4 GB). The store keeps them in a
@@ -23,15 +23,25 @@ from ._io import atomic_write_bytes
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 
 
-class FeatureStore:
-    """Append-only float32 rows of width ``dim`` in the file ``path``."""
+STORE_DTYPES = ("float32", "float16")
 
-    def __init__(self, path: str | os.PathLike, dim: int, existing: bool = False):
+
+class FeatureStore:
+    """Append-only rows of width ``dim`` in the file ``path``, read back as float32.
+
+    ``dtype`` is what the file holds: float32 (exact) or float16 (half the
+    disk; rows are rounded to 11 significant bits when written).
+    """
+
+    def __init__(self, path: str | os.PathLike, dim: int, existing: bool = False, dtype: str = "float32"):
         """A new, empty file at ``path``; ``existing``: open the rows another process wrote there."""
+        if dtype not in STORE_DTYPES:
+            raise ValueError(f"store dtype='{dtype}': choose from {', '.join(STORE_DTYPES)}")
         self.path = Path(path)
-        self.dim = dim
+        self.dim, self.dtype = dim, np.dtype(dtype)
+        self._row_bytes = dim * self.dtype.itemsize
         self._file = open(self.path, "r+b" if existing else "w+b")
-        self._rows = self.path.stat().st_size // (dim * 4) if existing else 0
+        self._rows = self.path.stat().st_size // self._row_bytes if existing else 0
 
     def __len__(self) -> int:
         return self._rows
@@ -42,23 +52,23 @@ class FeatureStore:
 
     def append(self, rows: np.ndarray) -> None:
         """rows: (k, dim) float32."""
-        rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, self.dim)
-        self._file.seek(self._rows * self.dim * 4)
+        rows = np.ascontiguousarray(rows, dtype=self.dtype).reshape(-1, self.dim)
+        self._file.seek(self._rows * self._row_bytes)
         self._file.write(rows.tobytes())
         self._rows += len(rows)
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) as a new (stop - start, dim) array."""
+        """Rows [start, stop) as a new (stop - start, dim) float32 array."""
         start, stop = max(0, start), min(stop, self._rows)
-        out = np.empty((max(0, stop - start), self.dim), dtype=np.float32)
+        out = np.empty((max(0, stop - start), self.dim), dtype=self.dtype)
         if out.size:
             self._file.flush()
-            self._file.seek(start * self.dim * 4)
+            self._file.seek(start * self._row_bytes)
             self._file.readinto(memoryview(out).cast("B"))
-        return out
+        return out.astype(np.float32, copy=False)
 
     def block_rows(self, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
-        return max(1, block_bytes // (self.dim * 4))
+        return max(1, block_bytes // self._row_bytes)
 
     def gather(self, indices: np.ndarray) -> np.ndarray:
         """Rows at ``indices`` (any order, repeats allowed) as a (len(indices), dim) array."""

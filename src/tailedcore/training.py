@@ -46,8 +46,8 @@ def _stream(extractor: FeatureExtractor, paths: list[Path], store: FeatureStore,
         yield positions, batch.patches @ projection, batch.embeddings, batch.patches.mean(axis=1)
 
 
-def _extract_shard(init_args: tuple, paths: list[Path], out: Path, projected_out: Path, projection: np.ndarray,
-                   cache_folder: Path | None) -> tuple:
+def _extract_shard(init_args: tuple, paths: list[Path], out: Path, store_dtype: str, projected_out: Path,
+                   projection: np.ndarray, cache_folder: Path | None) -> tuple:
     """Features of one image shard, as an engine task: patches written to ``out``, projections (k, P, d)
     to ``projected_out``; returns (readable positions, embeddings (k, E), mean patch features (k, D),
     (position, reason) of the unreadable images)."""
@@ -61,7 +61,7 @@ def _extract_shard(init_args: tuple, paths: list[Path], out: Path, projected_out
         errors.append((index[path], reason))
 
     rows, cols = extractor.grid_shape
-    with (FeatureStore(out, extractor.feature_dim) as store,
+    with (FeatureStore(out, extractor.feature_dim, dtype=store_dtype) as store,
           ArrayFile(projected_out, (rows * cols, projection.shape[1])) as projected):
         for batch_positions, batch_projected, batch_embeddings, batch_means in _stream(
                 extractor, paths, store, projection, on_error, cache):
@@ -77,19 +77,21 @@ def _extract_shard(init_args: tuple, paths: list[Path], out: Path, projected_out
 class TrainingRun(ExitStack):
     """The files of one fit under ``folder``; use as ``with TrainingRun(...) as run:``.
 
+    ``store_dtype``: what the patch stores hold on disk (store.STORE_DTYPES).
+
     With an ``engine`` of several workers, features are computed as tasks over
     image shards, each writing its own file under ``folder`` (which every
     worker must be able to read and write: a shared file system on a cluster).
     """
 
     def __init__(self, extractor: FeatureExtractor, folder: Path, projection: np.ndarray,
-                 engine: LocalEngine | RayEngine | None = None):
+                 engine: LocalEngine | RayEngine | None = None, store_dtype: str = "float32"):
         super().__init__()
         self.extractor, self.folder, self.projection = extractor, folder, projection
-        self.engine = engine or LocalEngine()
+        self.engine, self.store_dtype = engine or LocalEngine(), store_dtype
 
     def _store(self, name: str) -> FeatureStore:
-        return self.enter_context(FeatureStore(self.folder / name, self.extractor.feature_dim))
+        return self.enter_context(FeatureStore(self.folder / name, self.extractor.feature_dim, dtype=self.store_dtype))
 
     def _projections(self, name: str) -> ArrayFile:
         """A new (n, P, d) file of projections."""
@@ -128,7 +130,8 @@ class TrainingRun(ExitStack):
         per_shard = -(-len(paths) // (batch * 2 * self.engine.workers)) * batch
         starts = list(range(0, len(paths), per_shard))
         tasks = [(self.extractor.init_args, paths[start : start + per_shard], self.folder / f"patches-{n}.f32",
-                  self.folder / f"projections-{n}.f32", self.projection, cache.folder if cache else None)
+                  self.store_dtype, self.folder / f"projections-{n}.f32", self.projection,
+                  cache.folder if cache else None)
                  for n, start in enumerate(starts)]
         results = self.engine.map(_extract_shard, tasks)
         stores, parts, readable = [], [], []
@@ -140,7 +143,8 @@ class TrainingRun(ExitStack):
                 on_error(paths[start + position], reason)
             if positions:
                 path = self.folder / f"patches-{n}.f32"
-                stores.append(self.enter_context(FeatureStore(path, self.extractor.feature_dim, existing=True)))
+                stores.append(self.enter_context(FeatureStore(path, self.extractor.feature_dim, existing=True,
+                                                              dtype=self.store_dtype)))
                 with ArrayFile(self.folder / f"projections-{n}.f32", projected.item_shape, existing=True) as shard:
                     projected.extend(shard)
                 (self.folder / f"projections-{n}.f32").unlink()

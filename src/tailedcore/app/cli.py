@@ -24,6 +24,7 @@ from ..evaluation import calibrate_on_validation, evaluate
 from ..policies import TAIL_CORESETS, Policy, TailedCorePolicy
 from ..report.writers import stage_table, write_evaluation, write_predictions
 from ..runtimes import EXPORT_FORMATS, RUNTIMES
+from ..store import STORE_DTYPES
 from ..tail import TAIL_ESTIMATORS
 
 log = logging.getLogger("tailedcore")
@@ -72,6 +73,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--crop", type=int, default=default("crop"),
                        help=f"center crop size, a multiple of 16 (default {default('crop')})")
     group.add_argument("--seed", type=int, default=default("seed"), help=f"random seed (default {default('seed')})")
+    group.add_argument("--store-dtype", choices=STORE_DTYPES, default=default("store_dtype"),
+                       help="what the fit keeps of each training patch on disk: float32 (default) or float16 "
+                            "(half the disk; the memory bank is rounded to float16)")
     group.add_argument("--calibration-share", type=float,
                        help=f"share of training images set aside for thresholds (default "
                             f"{default('calibration_share')}, none with --calibration; 0 = none)")
@@ -158,7 +162,7 @@ def _detector_params(args: argparse.Namespace) -> tuple[dict, dict]:
     params = {
         "backbone": args.backbone, "weights": args.weights, "resize": args.resize, "crop": args.crop,
         "seed": args.seed, "batch_size": args.batch_size, "calibration_share": args.calibration_share,
-        "false_alarm_rate": args.false_alarm_rate, "progress": not args.quiet,
+        "false_alarm_rate": args.false_alarm_rate, "progress": not args.quiet, "store_dtype": args.store_dtype,
     }
     for option in ("search", "precision", "engine", "ray_address", "runtime"):
         if getattr(args, option):
