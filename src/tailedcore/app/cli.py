@@ -360,7 +360,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
     options = {"resize": args.resize, "crop": args.crop, "batch_size": args.batch_size,
                "backbone": args.backbone, "weights": args.weights,
-               "precision": args.precision or "float32", "engine": args.engine or "local",
+               "precision": args.precision or "float32", "store_dtype": args.store_dtype,
+               "engine": args.engine or "local",
                "ray_address": args.ray_address, "search_options": _search_options(args)}
     search = args.search or "exact"
     if args.seeds:
@@ -517,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--weights")
     bench.add_argument("--resize", type=int, default=_detector_default("resize"))
     bench.add_argument("--crop", type=int, default=_detector_default("crop"))
+    bench.add_argument("--store-dtype", choices=STORE_DTYPES, default=_detector_default("store_dtype"),
+                       help="what each fit keeps of a training patch on disk (default float32)")
     bench.add_argument("--stage-times", action="store_true",
                        help="print wall time and peak RSS of every stage of each method")
     _add_method_options(bench.add_argument_group("method"))
