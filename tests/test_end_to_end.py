@@ -10,6 +10,7 @@ import pytest
 
 from tailedcore import PatchCore, SoftPatch, TailedCore, load
 from tailedcore.app.cli import main
+from tailedcore.engine import LocalEngine
 from tailedcore.evaluation import evaluate
 from tailedcore.policies import TailedCorePolicy
 from tailedcore.tail import PaperTailSampler
@@ -168,3 +169,24 @@ def test_cli_fit_says_what_it_did(synthetic_root, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "tail:" not in printed and f"memory: {len(load(calibrated).memory_)} rows\n" in printed
     assert "thresholds: not set (--calibration-share 0 and no --calibration)" in printed
+
+
+class TwoWorkersHere(LocalEngine):
+    """Tasks split as for two workers, run here: the sharded code paths without a cluster."""
+
+    workers = 2
+
+
+def test_work_split_for_two_workers_gives_the_same_model_and_scores(synthetic_root):
+    local = TailedCore(**SMALL, calibration_share=0.0).fit(synthetic_root)
+    split = TailedCore(**SMALL, calibration_share=0.0)
+    split._engine = TwoWorkersHere()
+    split.fit(synthetic_root)
+    assert len(local.diagnostics_["tail_indices"]) >= 2  # the views of several tail images are split too
+    np.testing.assert_array_equal(split.diagnostics_["tail_indices"], local.diagnostics_["tail_indices"])
+    np.testing.assert_array_equal(split.memory_.features, local.memory_.features)
+    test_images = sorted(synthetic_root.glob("*/test/*/*.png"))
+    assert len(test_images) > 4
+    a, b = local.predict(test_images), split.predict(test_images)
+    assert "test shards" in [record.name for record in split.stage_times_.records]
+    np.testing.assert_array_equal(a.patch_scores, b.patch_scores)

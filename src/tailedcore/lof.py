@@ -12,6 +12,7 @@ from sklearn.neighbors import LocalOutlierFactor
 from tqdm import tqdm
 
 from .store import ArrayFile
+from .timing import trim_heap
 
 # Locations read at once: bounds what a block of the (n, P, d) input takes in RAM.
 _BLOCK_BYTES = 64 * 2**20
@@ -32,6 +33,7 @@ def _location_scores(features, locations: range, neighbours: int, progress: bool
             model.fit(block[:, location, :])
             scores[:, lo - locations.start + location] = -model.negative_outlier_factor_
         bar.update(hi - lo)
+        trim_heap()
     bar.close()
     return scores
 

@@ -1,12 +1,15 @@
-"""Per-stage wall time and peak resident memory (RSS) of a run.
+"""Per-stage wall time and peak resident memory (RSS) of a run, and keeping RSS flat.
 
 ``with timer.stage("coreset"):`` records how long the block took and the
 highest RSS seen while it ran (sampled every few milliseconds from
 /proc/self/statm, or the process's lifetime peak where /proc is missing).
+``trim_heap()`` hands the C heap's free pages back to the system.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import resource
 import threading
@@ -15,6 +18,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
+_MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)  # glibc only
+
+
+def trim_heap() -> None:
+    """Return the free pages of the C heap to the system (glibc ``malloc_trim``; elsewhere nothing).
+
+    glibc keeps freed blocks of batch-sized arrays in its heap, so without this
+    the RSS of a long streaming stage creeps up with the number of batches
+    (measured: +130 MiB from 96 to 768 training images), though nothing is held.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def current_rss_bytes() -> int:

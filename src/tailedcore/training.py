@@ -24,6 +24,7 @@ from .engine import LocalEngine, RayEngine
 from .features import FeatureExtractor
 from .policies import FeatureSet
 from .store import ArrayFile, FeatureCache, FeatureStore, StoreChain
+from .timing import trim_heap
 from .views import augmented_views
 
 
@@ -44,6 +45,7 @@ def _stream(extractor: FeatureExtractor, paths: list[Path], store: FeatureStore,
     for positions, batch in extractor.iter_batches(paths, True, "features", on_error, cache):
         store.append(batch.patches.reshape(-1, store.dim))
         yield positions, batch.patches @ projection, batch.embeddings, batch.patches.mean(axis=1)
+        trim_heap()
 
 
 def _extract_shard(init_args: tuple, paths: list[Path], out: Path, store_dtype: str, projected_out: Path,
@@ -72,6 +74,24 @@ def _extract_shard(init_args: tuple, paths: list[Path], out: Path, store_dtype: 
     if not positions:
         return [], None, None, errors
     return positions, np.concatenate(embeddings), np.concatenate(mean_patches), errors
+
+
+def _view_shard(init_args: tuple, paths: list[Path], transforms: list[tuple[float, bool]], batch_size: int,
+                out: Path, store_dtype: str, projection: np.ndarray, progress: bool) -> np.ndarray:
+    """Rotated/flipped views of some images, as an engine task: their patch features written to ``out``
+    (views of image j at rows [j * V * P, (j + 1) * V * P)); returns their projections (len(paths) * V, P, d)."""
+    extractor = FeatureExtractor(*init_args)
+    projected = []
+    with FeatureStore(out, extractor.feature_dim, dtype=store_dtype) as store:
+        for path in tqdm(paths, desc="tail views", unit="img", disable=not progress, leave=False):
+            image = extractor.standardise([load_image(path, extractor.resize, extractor.crop)])[0]
+            all_views = augmented_views(image, transforms)
+            for start in range(0, len(all_views), batch_size):
+                batch = extractor.features(all_views[start : start + batch_size])
+                store.append(batch.patches.reshape(-1, store.dim))
+                projected.append(batch.patches @ projection)
+    rows, cols = extractor.grid_shape
+    return np.concatenate(projected) if projected else np.empty((0, rows * cols, projection.shape[1]), np.float32)
 
 
 class TrainingRun(ExitStack):
@@ -161,23 +181,17 @@ class TrainingRun(ExitStack):
         """A function: image indices into ``paths`` -> FeatureSet of all their rotated/flipped views.
 
         Views of the j-th given image are rows [j * V, (j + 1) * V) in the order of ``transforms``.
+        With an engine of several workers, shards of the images run as its tasks,
+        each writing its own patch file (read as one store).
         """
-        extractor = self.extractor
-
         def views(indices: np.ndarray) -> FeatureSet:
-            store = self._store("views.f32")
-            projected = np.empty((len(indices) * len(transforms), self._locations, self.projection.shape[1]),
-                                 np.float32)
-            row = 0
-            for index in tqdm(indices, desc="tail views", unit="img", disable=not progress, leave=False):
-                image = extractor.standardise([load_image(paths[int(index)], extractor.resize, extractor.crop)])[0]
-                all_views = augmented_views(image, transforms)
-                for start in range(0, len(all_views), batch_size):
-                    chunk = all_views[start : start + batch_size]
-                    batch = extractor.features(chunk)
-                    store.append(batch.patches.reshape(-1, store.dim))
-                    projected[row : row + len(chunk)] = batch.patches @ self.projection
-                    row += len(chunk)
-            return FeatureSet(store, projected)
+            shards = np.array_split(np.asarray(indices), min(len(indices), 2 * self.engine.workers) or 1)
+            tasks = [(self.extractor.init_args, [paths[int(i)] for i in shard], transforms, batch_size,
+                      self.folder / f"views-{n}.f32", self.store_dtype, self.projection,
+                      progress and self.engine.workers == 1) for n, shard in enumerate(shards)]
+            projected = self.engine.map(_view_shard, tasks)
+            stores = [self.enter_context(FeatureStore(task[4], self.extractor.feature_dim, existing=True,
+                                                      dtype=self.store_dtype)) for task in tasks]
+            return FeatureSet(StoreChain(stores), np.concatenate(projected))
 
         return views
