@@ -66,6 +66,13 @@ def _maybe_die(index: int) -> None:
         os._exit(1)  # the worker process dies mid-task, as on a lost node
 
 
+def _run_task(function: Callable, index: int, counts: dict, *args):
+    """One engine task on a Ray worker: ``function(*args)`` with the driver's thread ``counts``."""
+    _maybe_die(index)
+    with same_threads(counts):
+        return function(*args)
+
+
 class RayEngine:
     """Tasks run as Ray tasks on the cluster at ``address`` (None: a local one, started on first use).
 
@@ -81,6 +88,7 @@ class RayEngine:
             raise RuntimeError("--engine ray needs Ray: pip install 'tailedcore[ray]'") from error
         self._ray = ray
         self.address, self.max_retries = address, max_retries
+        self._task = ray.remote(max_retries=max_retries, retry_exceptions=False)(_run_task)
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k == FAULT_FOLDER}})
@@ -96,16 +104,8 @@ class RayEngine:
     def map(self, function: Callable, tasks: Sequence[tuple]) -> list:
         """[function(*args) for args in tasks], one Ray task each, run with this process's thread counts;
         object references among args are resolved."""
-        ray = self._ray
-
-        @ray.remote(max_retries=self.max_retries, retry_exceptions=False)
-        def task(index: int, counts: dict, *args):
-            _maybe_die(index)
-            with same_threads(counts):
-                return function(*args)
-
         counts = thread_counts()
-        return ray.get([task.remote(index, counts, *args) for index, args in enumerate(tasks)])
+        return self._ray.get([self._task.remote(function, index, counts, *args) for index, args in enumerate(tasks)])
 
 
 def make_engine(name: str, address: str | None = None) -> LocalEngine | RayEngine:
