@@ -3,8 +3,9 @@
 ``TrainingRun`` opens every file a fit writes (the patch store, the
 projections, the tail views' store) on one ``contextlib.ExitStack``, so
 leaving the ``with`` block closes them all, whatever the policy did. Arrays:
-patches (n * P, D) float32 and projections (n, P, d) float32 on disk (read in
-pieces, so resident memory does not grow with the training set); embeddings
+patches (n * P, D) (float32, or float16 with ``store_dtype``) and projections
+(n, P, d) float32 on disk (read in pieces, so resident memory does not grow
+with the training set); embeddings
 (n, E) and mean patch features (n, D) in RAM; P = grid locations per image.
 Tail views' projections stay in RAM: they grow with the tail, not the set.
 """
@@ -127,7 +128,8 @@ class TrainingRun(ExitStack):
         return rows * cols
 
     def extract(self, paths: list[Path], on_error, cache: FeatureCache | None) -> ExtractedFeatures:
-        """Stream the patch features of ``paths`` to disk; projections, embeddings and means stay in RAM."""
+        """Stream the patch features of ``paths`` and their projections to disk; embeddings and means stay
+        in RAM."""
         if self.engine.workers > 1:
             return self._extract_shards(paths, on_error, cache)
         store, projected = self._store("patches.f32"), self._projections("projections.f32")
