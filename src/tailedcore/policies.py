@@ -66,9 +66,26 @@ class PolicyResult:
     diagnostics: dict
 
 
-def _gather(store: FeatureStore | ImageSubset, rows: np.ndarray, timer: StageTimer) -> np.ndarray:
+# Rows gathered per read into the memory bank (bounds the transient copy: 16,384 x 1024 float32 = 64 MB).
+_GATHER_ROWS = 16384
+
+
+def _gather(sources: list[tuple[FeatureStore | ImageSubset, np.ndarray]], timer: StageTimer) -> np.ndarray:
+    """The memory bank: the rows of each (store, row indices) source, in that order, as one (k, D) array.
+
+    Filled in place, a block of sorted rows at a time, so the memory bank is the
+    only large array made (no concatenation of its parts).
+    """
     with timer.stage("memory gather"):
-        return store.gather(rows)
+        memory = np.empty((sum(len(rows) for _, rows in sources), sources[0][0].dim), dtype=np.float32)
+        start = 0
+        for store, rows in sources:
+            order = np.argsort(rows, kind="stable")
+            for first in range(0, len(order), _GATHER_ROWS):
+                block = order[first : first + _GATHER_ROWS]
+                memory[start + block] = store.gather(rows[block])
+            start += len(rows)
+        return memory
 
 
 @registered
@@ -229,7 +246,7 @@ class PatchCorePolicy(Policy):
         rows = train.projected.reshape(-1, train.projected.shape[-1])
         picks = self.coreset.select(rows, rng, train.timer, progress, train.engine)
         info = {"coreset": len(picks), "patches": len(rows)}
-        return PolicyResult(MemoryBank(_gather(train.patches, picks, train.timer), info=info), {})
+        return PolicyResult(MemoryBank(_gather([(train.patches, picks)], train.timer), info=info), {})
 
 
 @registered
@@ -245,7 +262,7 @@ class SoftPatchPolicy(Policy):
     def build(self, train, rng, progress=False):
         picks, scores, keep = _denoised_coreset(train, self.coreset, self.lof, rng, progress)
         memory = MemoryBank(
-            _gather(train.patches, picks, train.timer),
+            _gather([(train.patches, picks)], train.timer),
             weights=scores.ravel()[picks],
             info={"coreset": len(picks), "inliers": int(keep.sum()), "patches": keep.size},
         )
@@ -279,7 +296,7 @@ class TailedCorePolicy(Policy):
         tail = estimate.tail_indices
         patches_per_image = train.projected.shape[1]
         tail_rows_count = len(tail) * (1 + train.views_per_image) * patches_per_image
-        parts = []
+        sources = []  # (patch store, row indices) of the memory rows, in memory order
         info = {"tail_images": len(tail), "max_k": estimate.max_k,
                 "tail_coreset": self.tail_coreset.scope_for(tail_rows_count)}
         if len(tail):
@@ -292,11 +309,10 @@ class TailedCorePolicy(Policy):
             n_own = len(tail) * patches_per_image
             own = picks[picks < n_own]
             own_rows = tail[own // patches_per_image] * patches_per_image + own % patches_per_image
-            parts += [_gather(train.patches, own_rows, train.timer),
-                      _gather(views.patches, picks[picks >= n_own] - n_own, train.timer)]
+            sources += [(train.patches, own_rows), (views.patches, picks[picks >= n_own] - n_own)]
             info["tail_memory"] = len(picks)
         denoised_picks, scores, keep = _denoised_coreset(train, self.coreset, self.lof, rng, progress)
-        parts.append(_gather(train.patches, denoised_picks, train.timer))
+        sources.append((train.patches, denoised_picks))
         info.update(denoised_memory=len(denoised_picks), inliers=int(keep.sum()), patches=keep.size)
         diagnostics = {
             "class_sizes": estimate.class_sizes,
@@ -305,7 +321,7 @@ class TailedCorePolicy(Policy):
             "tail_indices": tail,
             "dropped_share": 1.0 - keep.mean(axis=1),
         }
-        return PolicyResult(MemoryBank(np.concatenate(parts), info=info), diagnostics)
+        return PolicyResult(MemoryBank(_gather(sources, train.timer), info=info), diagnostics)
 
 
 POLICIES: dict[str, type[Policy]] = {cls.method: cls for cls in (PatchCorePolicy, SoftPatchPolicy, TailedCorePolicy)}

@@ -269,6 +269,10 @@ class ImageSubset:
     def __len__(self) -> int:
         return len(self.images) * self.rows_per_image
 
+    @property
+    def dim(self) -> int:
+        return self.store.dim
+
     def gather(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
         image, offset = np.divmod(indices, self.rows_per_image)
