@@ -78,3 +78,14 @@ def test_a_float16_store_holds_half_the_bytes_and_reads_float32(tmp_path):
     assert (tmp_path / "half.f16").stat().st_size == 50 * 8 * 2
     with pytest.raises(ValueError, match="store dtype='int8'"):
         FeatureStore(tmp_path / "x", 8, dtype="int8")
+
+
+def test_array_file_reports_a_file_cut_short(tmp_path):
+    with ArrayFile(tmp_path / "a.f32", (4,)) as stored:
+        stored.append(np.ones((10, 4), np.float32))
+        stored._file.flush()
+        with open(tmp_path / "a.f32", "r+b") as handle:
+            handle.truncate(4 * 4 * 7)  # another process cut the file after 7 items
+        np.testing.assert_array_equal(stored[:7], np.ones((7, 4)))
+        with pytest.raises(OSError, match="a.f32: file ends before item 10"):
+            stored[5:10]

@@ -153,10 +153,12 @@ class ArrayFile:
         buffer, position = memoryview(out.reshape(-1)).cast("B"), 0
         with self._descriptor() as fd:
             for start, count in zip(starts.tolist(), counts.tolist()):
-                size = count * out[0].nbytes
-                if os.preadv(fd, [buffer[position : position + size]], start * self._item_bytes + offset_bytes) != size:
-                    raise OSError(f"{self.path}: file ends before item {start + count}")
-                position += size
+                end, offset = position + count * out[0].nbytes, start * self._item_bytes + offset_bytes
+                while position < end:  # one call reads at most about 2 GB
+                    read = os.preadv(fd, [buffer[position:end]], offset)
+                    if read == 0:
+                        raise OSError(f"{self.path}: file ends before item {start + count}")
+                    position, offset = position + read, offset + read
 
     def __getitem__(self, key) -> np.ndarray:
         if isinstance(key, slice) and key.step in (None, 1):
