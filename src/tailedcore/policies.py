@@ -66,8 +66,9 @@ class PolicyResult:
     diagnostics: dict
 
 
-# Rows gathered per read into the memory bank (bounds the transient copy: 16,384 x 1024 float32 = 64 MB).
-_GATHER_ROWS = 16384
+# Memory rows gathered per call into the memory bank: the transient arrays of a call (its rows, 16 MB,
+# and the store's 64 MB read blocks) stay small beside the memory bank itself.
+_GATHER_ROWS = 4096
 
 
 def _gather(sources: list[tuple[FeatureStore | ImageSubset, np.ndarray]], timer: StageTimer) -> np.ndarray:
