@@ -77,22 +77,28 @@ def _extract_shard(init_args: tuple, paths: list[Path], out: Path, store_dtype: 
     return positions, np.concatenate(embeddings), np.concatenate(mean_patches), errors
 
 
-def _view_shard(init_args: tuple, paths: list[Path], transforms: list[tuple[float, bool]], batch_size: int,
-                out: Path, store_dtype: str, projection: np.ndarray, progress: bool) -> np.ndarray:
-    """Rotated/flipped views of some images, as an engine task: their patch features written to ``out``
-    (views of image j at rows [j * V * P, (j + 1) * V * P)); returns their projections (len(paths) * V, P, d)."""
-    extractor = FeatureExtractor(*init_args)
+def _views(extractor: FeatureExtractor, paths: list[Path], transforms: list[tuple[float, bool]], batch_size: int,
+           store: FeatureStore, projection: np.ndarray, progress: bool) -> np.ndarray:
+    """Rotated/flipped views of some images: their patch features appended to ``store`` (views of image j
+    at rows [j * V * P, (j + 1) * V * P)); returns their projections (len(paths) * V, P, d)."""
     projected = []
-    with FeatureStore(out, extractor.feature_dim, dtype=store_dtype) as store:
-        for path in tqdm(paths, desc="tail views", unit="img", disable=not progress, leave=False):
-            image = extractor.standardise([load_image(path, extractor.resize, extractor.crop)])[0]
-            all_views = augmented_views(image, transforms)
-            for start in range(0, len(all_views), batch_size):
-                batch = extractor.features(all_views[start : start + batch_size])
-                store.append(batch.patches.reshape(-1, store.dim))
-                projected.append(batch.patches @ projection)
+    for path in tqdm(paths, desc="tail views", unit="img", disable=not progress, leave=False):
+        image = extractor.standardise([load_image(path, extractor.resize, extractor.crop)])[0]
+        all_views = augmented_views(image, transforms)
+        for start in range(0, len(all_views), batch_size):
+            batch = extractor.features(all_views[start : start + batch_size])
+            store.append(batch.patches.reshape(-1, store.dim))
+            projected.append(batch.patches @ projection)
     rows, cols = extractor.grid_shape
     return np.concatenate(projected) if projected else np.empty((0, rows * cols, projection.shape[1]), np.float32)
+
+
+def _view_shard(init_args: tuple, paths: list[Path], transforms: list[tuple[float, bool]], batch_size: int,
+                out: Path, store_dtype: str, projection: np.ndarray) -> np.ndarray:
+    """``_views`` of a shard of images as an engine task, its patch features written to ``out``."""
+    extractor = FeatureExtractor(*init_args)
+    with FeatureStore(out, extractor.feature_dim, dtype=store_dtype) as store:
+        return _views(extractor, paths, transforms, batch_size, store, projection, False)
 
 
 class TrainingRun(ExitStack):
@@ -187,10 +193,14 @@ class TrainingRun(ExitStack):
         each writing its own patch file (read as one store).
         """
         def views(indices: np.ndarray) -> FeatureSet:
-            shards = np.array_split(np.asarray(indices), min(len(indices), 2 * self.engine.workers) or 1)
+            if self.engine.workers == 1:
+                store = self._store("views.f32")
+                return FeatureSet(store, _views(self.extractor, [paths[int(i)] for i in indices], transforms,
+                                                batch_size, store, self.projection, progress))
+            shards = np.array_split(np.asarray(indices), min(len(indices), 2 * self.engine.workers))
             tasks = [(self.extractor.init_args, [paths[int(i)] for i in shard], transforms, batch_size,
-                      self.folder / f"views-{n}.f32", self.store_dtype, self.projection,
-                      progress and self.engine.workers == 1) for n, shard in enumerate(shards)]
+                      self.folder / f"views-{n}.f32", self.store_dtype, self.projection)
+                     for n, shard in enumerate(shards)]
             projected = self.engine.map(_view_shard, tasks)
             stores = [self.enter_context(FeatureStore(task[4], self.extractor.feature_dim, existing=True,
                                                       dtype=self.store_dtype)) for task in tasks]
