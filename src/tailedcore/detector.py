@@ -352,10 +352,13 @@ class Detector:
         """Build the nearest-neighbour index now (it is otherwise built at the first prediction)."""
         _ = self.scorer
 
-    @property
-    def scorer(self) -> PatchScorer:
+    def _check_fitted(self) -> None:
         if not hasattr(self, "memory_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load a model")
+
+    @property
+    def scorer(self) -> PatchScorer:
+        self._check_fitted()
         if self._scorer is None:
             self._scorer = PatchScorer(self.memory_.features, self.memory_.weights, self.num_neighbors,
                                        self.squared_distance, self.search, self.engine_,
@@ -395,14 +398,17 @@ class Detector:
         times get a warning each (``strict``: ImageLoadError).
         """
         paths = collect_images([images] if isinstance(images, (str, os.PathLike)) else list(images), recursive=True)
-        self.build_index()  # fails before any image is read when the model is not fitted
+        self._check_fitted()  # before any image is read
+        sharded = self.engine_.workers > 1
+        if not sharded:
+            self.build_index()  # the shard tasks build their own
         for path in paths:
             try:
                 size = image_size(path)
             except ImageLoadError:
                 continue  # reported when the image is read
             _check_upscale(path, size, self.resize, strict)
-        if self.engine_.workers > 1:
+        if sharded:
             return self._predict_shards(paths, strict)
         failures: list[tuple[Path, str]] = []
         scored: list[Path] = []
