@@ -36,6 +36,7 @@ def test_exported_runtime_agrees_with_torch(fitted, fmt, tmp_path):
     exported = load(folder)
     assert exported.runtime == fmt
     got = exported.predict(test)
+    assert "backbone" not in vars(exported.extractor)  # loading and predicting built no torch backbone
     np.testing.assert_allclose(got.image_scores, reference.image_scores, rtol=1e-4)
     np.testing.assert_allclose(got.anomaly_maps, reference.anomaly_maps, rtol=1e-4,
                                atol=1e-4 * reference.anomaly_maps.max())
@@ -62,3 +63,27 @@ def test_cli_export_and_predict_with_a_runtime(fitted, tmp_path, capsys):
     assert main(["--quiet", "predict", str(folder), str(test[0]), "--runtime", "openvino",
                  "--out", str(tmp_path / "y")]) == 1
     assert "holds a onnx export, not a openvino graph" in capsys.readouterr().err
+
+
+def test_lower_precision_modes_are_each_runtimes_own_and_asked_for(fitted, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    model, test = fitted
+    train = sorted((REAL / "bottle" / "train" / "good").iterdir())[6:14]
+    reference = load(model).predict(test).image_scores
+    onnx = export(load(model), tmp_path / "onnx", "onnx", int8_calibration=train)
+    assert json.loads((onnx / "export.json").read_text())["int8_graph"] == "features-int8.onnx"
+    assert load(onnx).predict(test).image_scores == pytest.approx(reference, rel=1e-4)  # float32 unless asked
+    int8 = load(onnx, precision="int8").predict(test).image_scores
+    bf16 = load(export(load(model), tmp_path / "ov", "openvino"), precision="bfloat16").predict(test).image_scores
+    for scores in (int8, bf16):
+        assert not np.allclose(scores, reference, rtol=1e-4)  # really another arithmetic
+        np.testing.assert_allclose(scores, reference, rtol=0.25)
+    with pytest.raises(ValueError, match="runtime onnx offers float32 or int8"):
+        load(onnx, precision="bfloat16")
+    with pytest.raises(ValueError, match="torch runtime offers float32 or bfloat16"):
+        load(model, precision="int8")
+    with pytest.raises(ValueError, match="holds no int8 graph"):
+        load(export(load(model), tmp_path / "plain", "onnx"), precision="int8").predict(test)
+    with pytest.raises(ValueError, match="only the onnx format has an int8 graph"):
+        export(load(model), tmp_path / "ov-int8", "openvino", int8_calibration=train)

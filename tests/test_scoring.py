@@ -27,7 +27,7 @@ def test_approximate_indexes_find_most_neighbours():
     rng = np.random.default_rng(1)
     memory = rng.standard_normal((3000, 16)).astype(np.float32)
     queries = memory[:200] + 0.01 * rng.standard_normal((200, 16)).astype(np.float32)
-    for search in ("ivf", "hnsw"):
+    for search in ("ivf", "hnsw", "ivf-batched"):
         _, i = build_search(memory, search).search(queries, 1)
         assert (i[:, 0] == np.arange(200)).mean() > 0.9
 
@@ -65,3 +65,26 @@ def test_approximate_misses_fall_back_to_exact_search():
     assert (i >= 0).all()
     missed = (raw_i < 0).any(axis=1)
     np.testing.assert_array_equal(i[missed], brute(memory, queries[missed], 5)[1])
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("nprobe", [1, 4])
+def test_batched_ivf_finds_what_faiss_ivf_finds(k, nprobe):
+    rng = np.random.default_rng(4)
+    memory = rng.standard_normal((4000, 32)).astype(np.float32)
+    queries = rng.standard_normal((600, 32)).astype(np.float32)
+    faiss_d, faiss_i = build_search(memory, "ivf", nprobe=nprobe).search(queries, k)
+    d, i = build_search(memory, "ivf-batched", nprobe=nprobe).search(queries, k)
+    np.testing.assert_array_equal(i, faiss_i)
+    np.testing.assert_allclose(d, faiss_d, rtol=1e-4, atol=1e-4)
+    assert (i[:, 0] != brute(memory, queries, 1)[1][:, 0]).any()  # approximate: some neighbours are not probed
+
+
+def test_batched_ivf_misses_fall_back_to_exact_search():
+    rng = np.random.default_rng(3)
+    memory = rng.standard_normal((40, 8)).astype(np.float32)
+    queries = rng.standard_normal((300, 8)).astype(np.float32) * 3
+    d, i = build_search(memory, "ivf-batched", nlist=32, nprobe=1).search(queries, 5)  # lists of 1-2 rows
+    assert (i >= 0).all() and np.isfinite(d).all()
+    faiss_i = build_search(memory, "ivf", nlist=32, nprobe=1).search(queries, 5)[1]
+    np.testing.assert_array_equal(i, faiss_i)

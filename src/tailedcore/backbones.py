@@ -165,15 +165,24 @@ def _build_wide_resnet50(image_size: int, weights: str | None) -> Backbone:
 @dataclass(frozen=True)
 class BackboneSpec:
     build: Callable[[int, str | None], Backbone]
+    family: type[Backbone]  # its input standardisation, known without building it
     description: str
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "efficientnet-lite0": BackboneSpec(_build_lite(0), "EfficientNet-Lite0, weights in its PyPI wheel"),
-    "efficientnet-lite1": BackboneSpec(_build_lite(1), "EfficientNet-Lite1 (extra 'lite')"),
-    "efficientnet-lite2": BackboneSpec(_build_lite(2), "EfficientNet-Lite2 (extra 'lite')"),
-    "wide_resnet50_2": BackboneSpec(_build_wide_resnet50, "WideResNet-50-2 (torchvision + local weights)"),
+    "efficientnet-lite0": BackboneSpec(_build_lite(0), EfficientNetLite,
+                                       "EfficientNet-Lite0, weights in its PyPI wheel"),
+    "efficientnet-lite1": BackboneSpec(_build_lite(1), EfficientNetLite, "EfficientNet-Lite1 (extra 'lite')"),
+    "efficientnet-lite2": BackboneSpec(_build_lite(2), EfficientNetLite, "EfficientNet-Lite2 (extra 'lite')"),
+    "wide_resnet50_2": BackboneSpec(_build_wide_resnet50, WideResNet50,
+                                    "WideResNet-50-2 (torchvision + local weights)"),
 }
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise BackboneError(f"unknown backbone '{name}' (choose from {', '.join(BACKBONES)})")
+    return BACKBONES[name]
 
 
 def build_backbone(name: str, image_size: int = 224, weights: str | None = None) -> Backbone:
@@ -182,8 +191,6 @@ def build_backbone(name: str, image_size: int = 224, weights: str | None = None)
     ``image_size`` is the square input size (TF-style 'same' padding is fixed
     at construction); ``weights`` is a local file, or None for the packaged one.
     """
-    if name not in BACKBONES:
-        raise BackboneError(f"unknown backbone '{name}' (choose from {', '.join(BACKBONES)})")
-    backbone = BACKBONES[name].build(image_size, weights)
+    backbone = backbone_spec(name).build(image_size, weights)
     backbone.eval().requires_grad_(False)
     return backbone.to(memory_format=torch.channels_last)

@@ -37,7 +37,7 @@ from .policies import (
     policy_from_flat_params,
 )
 from .predictions import Predictions
-from .runtimes import RUNTIMES, GraphFeatures, export_info, is_export
+from .runtimes import GRAPH_PRECISIONS, RUNTIMES, GraphFeatures, export_info, is_export
 from .sampling import random_projection
 from .scoring import SEARCHES, PatchScorer, anomaly_maps
 from .store import STORE_DTYPES, FeatureCache, ImageSubset
@@ -62,7 +62,7 @@ def _score_shard(init_args: tuple, graph: tuple | None, memory: np.ndarray, weig
     """Patch scores of one shard of test images, as an engine task -> (readable positions in ``paths``,
     patch scores (k, rows, cols) float32, (position, reason) of the unreadable images).
 
-    graph: (export folder, runtime) when an exported graph computes the features;
+    graph: (export folder, runtime, precision) when an exported graph computes the features;
     memory (M, D), weights (M,) or None; scorer_args: PatchScorer's (num_neighbors,
     squared, search, search options).
     """
@@ -103,9 +103,10 @@ class Detector:
         num_neighbors: nearest memory features averaged into a patch score.
         squared_distance: score with squared L2 (as the reference code) or L2.
         blur_sigma: Gaussian blur of the anomaly map, in pixels.
-        search: nearest-neighbour backend (exact, flat, ivf, hnsw);
+        search: nearest-neighbour backend (exact, flat, ivf, ivf-batched, hnsw; scoring.py);
         search_options: its settings, e.g. {"nprobe": 16} (ivf), {"ef_search": 64} (hnsw).
-        precision: backbone arithmetic, float32 (reference) or bfloat16 (faster).
+        precision: test-time feature arithmetic, float32 (reference), or what the runtime offers
+            besides: bfloat16 (torch, openvino) or int8 (onnx, with an int8 graph in the export).
         store_dtype: what the fit keeps of each training patch on disk until the memory bank is
             gathered: float32 (reference) or float16 (half the disk; the memory bank is then
             rounded to float16 precision).
@@ -130,7 +131,8 @@ class Detector:
         "patch_size": Interval(int, 1), "layer_dim": Interval(int, 1), "feature_dim": Interval(int, 1),
         "projection_dim": Interval(int, 1), "num_neighbors": Interval(int, 1),
         "squared_distance": OneOf((True, False)), "blur_sigma": Interval(float, 0.0),
-        "search": OneOf(tuple(SEARCHES)), "precision": OneOf(PRECISIONS), "store_dtype": OneOf(STORE_DTYPES),
+        "search": OneOf(tuple(SEARCHES)), "precision": OneOf(PRECISIONS + ("int8",)),
+        "store_dtype": OneOf(STORE_DTYPES),
         "batch_size": Interval(int, 1),
         "calibration_share": Interval(float, 0.0, 1.0, "left"), "calibration_min_class": Interval(int, 1),
         "false_alarm_rate": Interval(float, 0.0, 1.0, "neither"), "seed": Interval(int, 0),
@@ -243,6 +245,12 @@ class Detector:
     def check_params(self) -> None:
         """Raise ValueError naming the first parameter out of range (policy included), before any image is read."""
         check_values(type(self).__name__, self.get_params(deep=False), self.constraints)
+        if self.runtime != "torch" and self.precision not in GRAPH_PRECISIONS[self.runtime]:
+            raise ValueError(f"{type(self).__name__}.precision='{self.precision}': runtime {self.runtime} offers "
+                             f"{' or '.join(GRAPH_PRECISIONS[self.runtime])}")
+        if self.runtime == "torch" and self.precision not in PRECISIONS:
+            raise ValueError(f"{type(self).__name__}.precision='{self.precision}': the torch runtime offers "
+                             f"{' or '.join(PRECISIONS)} (int8 runs an export's int8 graph: runtime onnx)")
         if not isinstance(self.policy, Policy):
             raise ValueError(f"{type(self).__name__}.policy: expected a Policy, got {type(self.policy).__name__}")
         self.policy.check()
@@ -259,15 +267,16 @@ class Detector:
     @property
     def extractor(self) -> FeatureExtractor:
         if self._extractor is None:
+            torch_precision = self.precision if self.runtime == "torch" else "float32"
             self._extractor = FeatureExtractor(
                 self.backbone, self.weights, self.resize, self.crop, self.patch_size,
-                self.layer_dim, self.feature_dim, self.batch_size, self.progress, self.precision,
+                self.layer_dim, self.feature_dim, self.batch_size, self.progress, torch_precision,
             )
             if self.runtime != "torch":
                 if self.export_folder_ is None:
                     raise ValueError(f"runtime '{self.runtime}' runs an exported graph: load the folder that "
                                      "'tailedcore export' wrote")
-                self._extractor.graph = GraphFeatures(self.export_folder_, self.runtime)
+                self._extractor.graph = GraphFeatures(self.export_folder_, self.runtime, self.precision)
         return self._extractor
 
     def fit(self, images, cache_dir: str | os.PathLike | None = None, strict: bool = False) -> Detector:
@@ -429,7 +438,7 @@ class Detector:
         engine = self.engine_
         per_shard = -(-len(paths) // (self.batch_size * 2 * engine.workers)) * self.batch_size
         starts = list(range(0, len(paths), per_shard))
-        graph = (self.export_folder_, self.runtime) if self.runtime != "torch" else None
+        graph = (self.export_folder_, self.runtime, self.precision) if self.runtime != "torch" else None
         memory = engine.put(self.memory_.features)
         weights = engine.put(self.memory_.weights) if self.memory_.weights is not None else None
         scorer_args = (self.num_neighbors, self.squared_distance, self.search, self.search_options or {})
@@ -509,7 +518,6 @@ def load(path: str | os.PathLike, **overrides) -> Detector:
         info = export_info(path)
         detector = load(Path(path) / info["model"], **{"runtime": info["format"], **overrides})
         detector.export_folder_ = Path(path)
-        detector.check_params()
         return detector
     arrays, config = read_model(path)
     method = config.get("method")
@@ -535,4 +543,5 @@ def load(path: str | os.PathLike, **overrides) -> Detector:
     detector.memory_ = MemoryBank(arrays["memory"], arrays.get("weights"), config.get("memory_info", {}))
     detector.thresholds_ = Thresholds.from_dict(config["thresholds"]) if config.get("thresholds") else None
     detector.training_summary_ = {k: config.get(k) for k in ("memory_info", "training_images", "calibration_images")}
+    detector.check_params()  # overrides included
     return detector

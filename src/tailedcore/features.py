@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .backbones import Backbone, build_backbone
+from .backbones import Backbone, backbone_spec, build_backbone
 from .data import ImageLoadError, load_image
 from .store import FeatureCache, file_identity
 
@@ -150,16 +151,26 @@ class FeatureExtractor:
         self.precision = precision
         self.progress = progress
         self.backbone_name = backbone
-        self.backbone: Backbone = build_backbone(backbone, crop, weights)
+        self.family = backbone_spec(backbone).family
+        self.weights = weights
         self.weights_id = None if weights is None else file_identity(Path(weights))
-        # Patch features from an exported graph (runtimes.GraphFeatures) instead of torch; embeddings stay torch's.
+        # Patch features from an exported graph (runtimes.GraphFeatures) instead of torch: the torch
+        # backbone is then built only if embeddings are asked for.
         self.graph = None
         # What rebuilds this extractor in another process (engine tasks), without progress bars.
         self.init_args = (backbone, weights, resize, crop, patch_size, layer_dim, feature_dim, batch_size, False,
                           precision)
+
+    @cached_property
+    def backbone(self) -> Backbone:
+        return build_backbone(self.backbone_name, self.crop, self.weights)
+
+    @cached_property
+    def aggregator(self) -> PatchAggregator:
         with torch.inference_mode():
-            map8, map16 = self.backbone(torch.zeros(1, 3, crop, crop).contiguous(memory_format=torch.channels_last))
-        self.aggregator = PatchAggregator((map8.shape[1], map16.shape[1]), patch_size, layer_dim, feature_dim)
+            zeros = torch.zeros(1, 3, self.crop, self.crop).contiguous(memory_format=torch.channels_last)
+            map8, map16 = self.backbone(zeros)
+        return PatchAggregator((map8.shape[1], map16.shape[1]), self.patch_size, self.layer_dim, self.feature_dim)
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -167,7 +178,7 @@ class FeatureExtractor:
 
     def standardise(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """(crop, crop, 3) uint8 images -> (n, 3, crop, crop) float32, standardised with the backbone's mean/std."""
-        return to_batch(images, self.backbone.mean, self.backbone.std)
+        return to_batch(images, self.family.mean, self.family.std)
 
     @torch.inference_mode()
     def features(self, batch: torch.Tensor, with_embeddings: bool = False) -> FeatureBatch:

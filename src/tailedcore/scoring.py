@@ -4,7 +4,10 @@ Search backends (``SEARCHES``):
 - ``exact``: blocked float32 matrix products in torch (the fastest exact path
   on a CPU: distance = |q|^2 + |m|^2 - 2 q.m, reduced block by block);
 - ``flat``: faiss ``IndexFlatL2`` (exact, slower, kept as a cross-check);
-- ``ivf`` / ``hnsw``: faiss approximate indexes for fast test time.
+- ``ivf`` / ``hnsw``: faiss approximate indexes for fast test time;
+- ``ivf-batched``: the inverted lists of faiss's ``ivf`` (same centroids, same
+  candidates), scanned list by list with one matrix product per list for a
+  batch of queries: faster for batches of whole images.
 """
 
 from __future__ import annotations
@@ -97,6 +100,16 @@ class ShardedSearch:
                 np.take_along_axis(indices, order, axis=1))
 
 
+def trained_ivf(memory: np.ndarray, nlist: int | None = None, seed: int = 0) -> faiss.IndexIVFFlat:
+    """An empty faiss IVF-Flat index with its lists trained on memory (M, D) float32: by default about
+    4 sqrt(M) lists, each trained on at least 39 points (faiss's minimum)."""
+    nlist = nlist or max(1, min(4096, int(4 * np.sqrt(len(memory))), len(memory) // 39))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(memory.shape[1]), memory.shape[1], nlist)
+    index.cp.seed = seed
+    index.train(memory)
+    return index
+
+
 class FaissSearch:
     """A faiss index over the memory; ``kind`` is flat, ivf or hnsw.
 
@@ -111,11 +124,7 @@ class FaissSearch:
         if kind == "flat":
             index = faiss.IndexFlatL2(dim)
         elif kind == "ivf":
-            # About 4 sqrt(M) lists, each trained on at least 39 points (faiss's minimum).
-            nlist = nlist or max(1, min(4096, int(4 * np.sqrt(len(memory))), len(memory) // 39))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
-            index.cp.seed = seed
-            index.train(memory)
+            index = trained_ivf(memory, nlist, seed)
             index.nprobe = nprobe
         elif kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, hnsw_m)
@@ -136,15 +145,69 @@ class FaissSearch:
         return d, i
 
 
-SEARCHES: dict[str, Callable[..., ExactSearch | FaissSearch]] = {
+class BatchedIVFSearch:
+    """IVF search with the scan done list by list: the inverted lists of ``trained_ivf`` and the
+    ``nprobe`` nearest lists of each query as faiss finds them (so the candidates of ``ivf``), but
+    each list is compared with all the queries of the batch that probe it in one matrix product,
+    where faiss scans query by query. memory: (M, D) float32.
+
+    Queries whose probed lists hold fewer than k rows are answered by exact search.
+    """
+
+    def __init__(self, memory: np.ndarray, nlist: int | None = None, nprobe: int = 8, seed: int = 0):
+        memory = np.ascontiguousarray(memory, dtype=np.float32)
+        self.trained = trained_ivf(memory, nlist, seed)  # owns the quantizer
+        self.quantizer = self.trained.quantizer
+        self.nprobe = min(nprobe, self.quantizer.ntotal)
+        _, assignment = self.quantizer.search(memory, 1)
+        order = np.argsort(assignment[:, 0], kind="stable")
+        bounds = np.searchsorted(assignment[order, 0], np.arange(self.quantizer.ntotal + 1)).tolist()
+        rows = torch.from_numpy(memory[order])
+        self.lists = [rows[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        self.list_norms = [(block * block).sum(dim=1) for block in self.lists]
+        self.list_ids = [torch.from_numpy(order[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        self.exact = ExactSearch(memory)
+
+    @torch.inference_mode()
+    def search(self, queries: np.ndarray, k: int = 1) -> SearchResult:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        _, probes = self.quantizer.search(queries, self.nprobe)  # (Q, nprobe) list numbers
+        queries_t = torch.from_numpy(queries)
+        # One row per (query, probed list) pair, grouped by list.
+        pair_lists = torch.from_numpy(probes.reshape(-1))
+        pair_order = torch.argsort(pair_lists, stable=True)
+        counts = torch.bincount(pair_lists, minlength=len(self.lists)).tolist()
+        best_d = torch.full((len(pair_lists), k), float("inf"))
+        best_i = torch.full((len(pair_lists), k), -1, dtype=torch.int64)
+        for block, norms, ids, pairs in zip(self.lists, self.list_norms, self.list_ids,
+                                            torch.split(pair_order, counts)):
+            if not len(pairs) or not len(block):
+                continue
+            partial = torch.addmm(norms, queries_t[pairs // self.nprobe], block.T, alpha=-2.0)
+            found = min(k, len(block))
+            d, i = partial.min(dim=1, keepdim=True) if found == 1 else partial.topk(found, dim=1, largest=False)
+            best_d[pairs, :found], best_i[pairs, :found] = d, ids[i]
+        per_query_d = best_d.view(len(queries), self.nprobe * k)
+        d, position = (per_query_d.min(dim=1, keepdim=True) if k == 1
+                       else per_query_d.topk(k, dim=1, largest=False))
+        distances = finish_distances(queries, d.numpy())
+        indices = best_i.view(len(queries), self.nprobe * k).gather(1, position).numpy()
+        missed = np.flatnonzero((indices < 0).any(axis=1))
+        if missed.size:
+            distances[missed], indices[missed] = self.exact.search(queries[missed], k)
+        return distances, indices
+
+
+SEARCHES: dict[str, Callable[..., ExactSearch | FaissSearch | BatchedIVFSearch]] = {
     "exact": ExactSearch,
     "flat": lambda memory, **kw: FaissSearch(memory, "flat", **kw),
     "ivf": lambda memory, **kw: FaissSearch(memory, "ivf", **kw),
     "hnsw": lambda memory, **kw: FaissSearch(memory, "hnsw", **kw),
+    "ivf-batched": BatchedIVFSearch,
 }
 
 
-def build_search(memory: np.ndarray, search: str = "exact", **options) -> ExactSearch | FaissSearch:
+def build_search(memory: np.ndarray, search: str = "exact", **options) -> ExactSearch | FaissSearch | BatchedIVFSearch:
     if search not in SEARCHES:
         raise ValueError(f"search='{search}': choose from {', '.join(SEARCHES)}")
     return SEARCHES[search](memory, **options)

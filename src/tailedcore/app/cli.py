@@ -18,12 +18,14 @@ from pathlib import Path
 
 from .. import __version__
 from .._io import staged_directory
+from ..data import collect_images
 from ..detector import METHODS, Detector, load
 from ..engine import ENGINES
 from ..evaluation import calibrate_on_validation, evaluate
 from ..policies import TAIL_CORESETS, Policy, TailedCorePolicy
 from ..report.writers import stage_table, write_evaluation, write_predictions
 from ..runtimes import EXPORT_FORMATS, RUNTIMES
+from ..scoring import SEARCHES
 from ..store import STORE_DTYPES
 from ..tail import TAIL_ESTIMATORS
 
@@ -131,12 +133,14 @@ def _policy_params(given: dict[str, object], policy: Policy) -> tuple[dict, list
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=_detector_default("batch_size"),
                         help=f"images per backbone batch (default {_detector_default('batch_size')})")
-    parser.add_argument("--search", choices=["exact", "flat", "ivf", "hnsw"], default=None,
-                        help="nearest-neighbour search (default: exact)")
+    parser.add_argument("--search", choices=list(SEARCHES), default=None,
+                        help="nearest-neighbour search (default: exact; ivf-batched: ivf's lists, scanned by "
+                             "matrix products, faster for batches)")
     parser.add_argument("--search-option", action="append", default=[], metavar="KEY=VALUE",
                         help="search setting, e.g. nprobe=16 (ivf) or ef_search=64 (hnsw); repeatable")
-    parser.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
-                        help="backbone arithmetic (default float32; bfloat16 is faster, not bitwise equal)")
+    parser.add_argument("--precision", choices=["float32", "bfloat16", "int8"], default=None,
+                        help="test-time feature arithmetic (default float32; bfloat16 with torch or openvino, "
+                             "int8 with an onnx export holding an int8 graph: faster, not bitwise equal)")
     parser.add_argument("--engine", choices=ENGINES, default=None,
                         help="where the work runs: local (default, this process) or ray (tasks on a Ray cluster; "
                              "the same result; needs pip install 'tailedcore[ray]')")
@@ -388,7 +392,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     from ..runtimes import export
 
     detector = load(args.model, progress=not args.quiet)
-    out = export(detector, args.out, args.format, overwrite=args.overwrite)
+    int8_images = collect_images(args.int8_calibration, recursive=True) if args.int8_calibration else []
+    if args.int8_calibration and not int8_images:
+        raise UsageError(f"--int8-calibration {' '.join(args.int8_calibration)}: no images there")
+    out = export(detector, args.out, args.format, overwrite=args.overwrite, int8_calibration=int8_images)
     size = sum(path.stat().st_size for path in out.iterdir()) / 2**20
     print(f"{args.model} -> {out} ({args.format}, {size:.1f} MiB); predict with: tailedcore predict {out} IMAGES "
           "--out DIR")
@@ -532,6 +539,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_cmd.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     export_cmd.add_argument("--out", required=True, help="export folder (new or empty)")
     export_cmd.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    export_cmd.add_argument("--int8-calibration", nargs="+", metavar="IMAGES",
+                            help="onnx: also write an int8 graph, calibrated on these normal images/folders "
+                                 "(run it with --precision int8)")
     export_cmd.set_defaults(run=cmd_export)
 
     serve_cmd = commands.add_parser("serve", help="HTTP service and web page for one model")
