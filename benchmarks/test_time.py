@@ -57,6 +57,12 @@ SETTINGS = {
     "ivf-batched-8-openvino-bf16": ("ivf-batched", {"nprobe": 8}, "bfloat16", "openvino"),
     "ivf-batched-8-onnx-int8": ("ivf-batched", {"nprobe": 8}, "int8", "onnx"),
     "ivf-batched-8-bf16": ("ivf-batched", {"nprobe": 8}, "bfloat16", "torch"),
+    "ivf-batched-16-rerank2-onnx": ("ivf-batched", {"nprobe": 16, "rerank": 2}, "float32", "onnx"),
+    "ivf-batched-12-rerank2-onnx": ("ivf-batched", {"nprobe": 12, "rerank": 2}, "float32", "onnx"),
+    "ivf-batched-8-rerank2-onnx": ("ivf-batched", {"nprobe": 8, "rerank": 2}, "float32", "onnx"),
+    "ivf-batched-16-rerank2-openvino": ("ivf-batched", {"nprobe": 16, "rerank": 2}, "float32", "openvino"),
+    "ivf-batched-16-rerank2-openvino-bf16": ("ivf-batched", {"nprobe": 16, "rerank": 2}, "bfloat16", "openvino"),
+    "ivf-batched-16-rerank2-onnx-int8": ("ivf-batched", {"nprobe": 16, "rerank": 2}, "int8", "onnx"),
 }
 BOUND = 0.3  # points of image and pixel AUROC from the first setting (exact search)
 

@@ -84,7 +84,23 @@ def test_batched_ivf_misses_fall_back_to_exact_search():
     rng = np.random.default_rng(3)
     memory = rng.standard_normal((40, 8)).astype(np.float32)
     queries = rng.standard_normal((300, 8)).astype(np.float32) * 3
-    d, i = build_search(memory, "ivf-batched", nlist=32, nprobe=1).search(queries, 5)  # lists of 1-2 rows
+    index = build_search(memory, "ivf-batched", nlist=32, nprobe=1)
+    d, i = index.search(queries, 5)  # lists of 1-2 rows
     assert (i >= 0).all() and np.isfinite(d).all()
+    assert [a.shape for a in index.search(queries[:0], 5)] == [(0, 5), (0, 5)]
     faiss_i = build_search(memory, "ivf", nlist=32, nprobe=1).search(queries, 5)[1]
     np.testing.assert_array_equal(i, faiss_i)
+
+
+def test_batched_ivf_bfloat16_ranking_rescores_its_candidates_in_float32():
+    rng = np.random.default_rng(5)
+    memory = rng.standard_normal((4000, 64)).astype(np.float32)
+    queries = memory[:500] + 0.3 * rng.standard_normal((500, 64)).astype(np.float32)
+    float32_d, float32_i = build_search(memory, "ivf-batched", nprobe=4).search(queries, 2)
+    d, i = build_search(memory, "ivf-batched", nprobe=4, rerank=3).search(queries, 2)
+    assert (i == float32_i).mean() > 0.97  # the same lists, nearly always the same rows
+    exact = ((memory[i] - queries[:, None, :]) ** 2).sum(axis=2)
+    np.testing.assert_allclose(d, exact, rtol=1e-5)  # float32 distances to the rows returned
+    assert (d[:, 0] <= d[:, 1]).all()
+    with pytest.raises(ValueError, match="rerank=1: must be at least k=2"):
+        build_search(memory, "ivf-batched", rerank=1).search(queries, 2)

@@ -114,6 +114,23 @@ def test_busy_port_is_one_line_and_exit_status_1(detector, tmp_path, capsys):
     assert captured.err.count("\n") == 1 and f"127.0.0.1:{port}" in captured.err and not captured.out
 
 
+def test_serve_command_uses_the_serving_search_and_batches_unless_told(detector, tmp_path, monkeypatch):
+    from tailedcore.app import serve as serve_module
+    from tailedcore.app.cli import main
+
+    model = tmp_path / "model.safetensors"
+    detector.save(model)
+    served = []
+    monkeypatch.setattr(serve_module, "serve", lambda detector, *args, **limits: served.append((detector, limits)))
+    assert main(["--quiet", "serve", str(model)]) == 0
+    assert main(["--quiet", "serve", str(model), "--search", "exact", "--max-batch", "1"]) == 0
+    assert main(["--quiet", "serve", str(model), "--search-option", "nprobe=4"]) == 0
+    (default, default_limits), (exact, exact_limits), (probes, _) = served
+    assert (default.search, default.search_options, default_limits["max_batch"]) == ("ivf-batched", {"nprobe": 8}, 8)
+    assert (exact.search, exact_limits["max_batch"]) == ("exact", 1)
+    assert (probes.search, probes.search_options) == ("ivf-batched", {"nprobe": 4})
+
+
 def test_concurrent_requests_agree(client, synthetic_root):
     files = sorted((synthetic_root / "checker" / "test").rglob("*.png"))
     single = [client.post("/predict", files={"file": (f.name, png(f), "image/png")}).json()["raw_score"] for f in files]

@@ -145,53 +145,117 @@ class FaissSearch:
         return d, i
 
 
-class BatchedIVFSearch:
-    """IVF search with the scan done list by list: the inverted lists of ``trained_ivf`` and the
-    ``nprobe`` nearest lists of each query as faiss finds them (so the candidates of ``ivf``), but
-    each list is compared with all the queries of the batch that probe it in one matrix product,
-    where faiss scans query by query. memory: (M, D) float32.
+_SHAPE_STEP = 32  # bfloat16 products: rows of lists and of queries padded to a multiple of this
 
-    Queries whose probed lists hold fewer than k rows are answered by exact search.
+
+class BatchedIVFSearch:
+    """IVF search with the scan done list by list: the inverted lists of ``trained_ivf``, but each
+    list is compared with all the queries of the batch that probe it in one matrix product, where
+    faiss scans query by query. memory: (M, D) float32.
+
+    ``rerank`` 0: float32 throughout, and the ``nprobe`` lists of each query as faiss picks them, so
+    the candidates and results of ``ivf``. ``rerank`` R > 0 (R >= k): lists and candidates are ranked
+    by bfloat16 matrix products (about 3x faster here, products rounded to 8 significant bits), and
+    the R best candidates of each query are scored again in float32: the distances returned are
+    float32 distances to the rows returned. Queries whose probed lists hold fewer than k rows are
+    answered by exact search.
     """
 
-    def __init__(self, memory: np.ndarray, nlist: int | None = None, nprobe: int = 8, seed: int = 0):
+    def __init__(self, memory: np.ndarray, nlist: int | None = None, nprobe: int = 8, rerank: int = 0,
+                 seed: int = 0):
         memory = np.ascontiguousarray(memory, dtype=np.float32)
+        if rerank < 0:
+            raise ValueError(f"rerank={rerank}: must be 0 (float32) or a number of candidates")
         self.trained = trained_ivf(memory, nlist, seed)  # owns the quantizer
-        self.quantizer = self.trained.quantizer
-        self.nprobe = min(nprobe, self.quantizer.ntotal)
+        self.quantizer, self.rerank = self.trained.quantizer, rerank
+        nlist = self.quantizer.ntotal
+        self.nprobe = min(nprobe, nlist)
         _, assignment = self.quantizer.search(memory, 1)
         order = np.argsort(assignment[:, 0], kind="stable")
-        bounds = np.searchsorted(assignment[order, 0], np.arange(self.quantizer.ntotal + 1)).tolist()
-        rows = torch.from_numpy(memory[order])
+        bounds = np.searchsorted(assignment[order, 0], np.arange(nlist + 1)).tolist()
+        self.memory = torch.from_numpy(memory)
+        rows = self.memory[torch.from_numpy(order)]
+        if rerank:
+            centroids = torch.from_numpy(self.quantizer.reconstruct_n(0, nlist))
+            self.centroid_norms = (centroids * centroids).sum(dim=1)
+            self.centroids_bf16 = centroids.bfloat16()
+            rows = rows.bfloat16()
         self.lists = [rows[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
-        self.list_norms = [(block * block).sum(dim=1) for block in self.lists]
+        self.list_norms = [(block.float() ** 2).sum(dim=1) for block in self.lists]
         self.list_ids = [torch.from_numpy(order[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        if rerank:
+            # oneDNN builds a bfloat16 kernel per matrix shape: lists padded to few shapes
+            # (rows of distance +inf and id -1) keep them reused.
+            padding = [-len(block) % _SHAPE_STEP for block in self.lists]
+            self.lists = [F.pad(block, (0, 0, 0, pad)) for block, pad in zip(self.lists, padding)]
+            self.list_norms = [F.pad(norms, (0, pad), value=float("inf"))
+                               for norms, pad in zip(self.list_norms, padding)]
+            self.list_ids = [F.pad(ids, (0, pad), value=-1) for ids, pad in zip(self.list_ids, padding)]
         self.exact = ExactSearch(memory)
+
+    def _probes(self, queries: np.ndarray, queries_t: torch.Tensor) -> torch.Tensor:
+        """(Q, nprobe) list numbers: the nearest centroids of each query."""
+        if not self.rerank:
+            return torch.from_numpy(self.quantizer.search(queries, self.nprobe)[1])
+        products = (queries_t @ self.centroids_bf16.T).float()
+        return (self.centroid_norms - 2 * products).topk(self.nprobe, dim=1, largest=False).indices
+
+    def _rescore(self, queries: torch.Tensor, candidates: torch.Tensor, k: int,
+                 block: int = 1024) -> SearchResult:
+        """The k nearest of each query's (Q, rerank) candidates (-1: none) by float32 distance."""
+        distances = torch.empty((len(queries), k))
+        indices = torch.empty((len(queries), k), dtype=torch.int64)
+        for start in range(0, len(queries), block):
+            ids = candidates[start : start + block]
+            rows = self.memory[ids.clamp(min=0)]  # (block, rerank, D)
+            exact = ((rows - queries[start : start + block, None, :]) ** 2).sum(dim=2)
+            exact[ids < 0] = float("inf")
+            d, position = exact.topk(k, dim=1, largest=False)
+            distances[start : start + block], indices[start : start + block] = d, ids.gather(1, position)
+        return distances.numpy(), indices.numpy()
 
     @torch.inference_mode()
     def search(self, queries: np.ndarray, k: int = 1) -> SearchResult:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        _, probes = self.quantizer.search(queries, self.nprobe)  # (Q, nprobe) list numbers
-        queries_t = torch.from_numpy(queries)
+        if self.rerank and k > self.rerank:
+            raise ValueError(f"rerank={self.rerank}: must be at least k={k}")
+        if not len(queries):
+            return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
+        exact_queries = torch.from_numpy(queries)
+        queries_t = exact_queries.bfloat16() if self.rerank else exact_queries
+        keep = self.rerank or k  # candidates kept per (query, list) pair and per query
         # One row per (query, probed list) pair, grouped by list.
-        pair_lists = torch.from_numpy(probes.reshape(-1))
+        pair_lists = self._probes(queries, queries_t).reshape(-1)
         pair_order = torch.argsort(pair_lists, stable=True)
         counts = torch.bincount(pair_lists, minlength=len(self.lists)).tolist()
-        best_d = torch.full((len(pair_lists), k), float("inf"))
-        best_i = torch.full((len(pair_lists), k), -1, dtype=torch.int64)
-        for block, norms, ids, pairs in zip(self.lists, self.list_norms, self.list_ids,
-                                            torch.split(pair_order, counts)):
-            if not len(pairs) or not len(block):
+        found_d, found_i = [], []
+        for block, norms, ids, pair_queries in zip(self.lists, self.list_norms, self.list_ids,
+                                                   torch.split(pair_order // self.nprobe, counts)):
+            if not len(pair_queries):
                 continue
-            partial = torch.addmm(norms, queries_t[pairs // self.nprobe], block.T, alpha=-2.0)
-            found = min(k, len(block))
-            d, i = partial.min(dim=1, keepdim=True) if found == 1 else partial.topk(found, dim=1, largest=False)
-            best_d[pairs, :found], best_i[pairs, :found] = d, ids[i]
-        per_query_d = best_d.view(len(queries), self.nprobe * k)
-        d, position = (per_query_d.min(dim=1, keepdim=True) if k == 1
-                       else per_query_d.topk(k, dim=1, largest=False))
-        distances = finish_distances(queries, d.numpy())
-        indices = best_i.view(len(queries), self.nprobe * k).gather(1, position).numpy()
+            if self.rerank:
+                padded = F.pad(pair_queries, (0, -len(pair_queries) % _SHAPE_STEP))
+                partial = norms - 2 * (queries_t[padded] @ block.T)[: len(pair_queries)].float()
+            else:
+                partial = torch.addmm(norms, queries_t[pair_queries], block.T, alpha=-2.0)
+            if len(block) < keep:  # too few rows: pad with misses
+                partial = F.pad(partial, (0, keep - len(block)), value=float("inf"))
+                ids = F.pad(ids, (0, keep - len(block)), value=-1)
+            d, i = partial.min(dim=1, keepdim=True) if keep == 1 else partial.topk(keep, dim=1, largest=False)
+            found_d.append(d)
+            found_i.append(ids[i])
+        pair_d = torch.empty((len(pair_lists), keep))
+        pair_i = torch.empty((len(pair_lists), keep), dtype=torch.int64)
+        pair_d[pair_order], pair_i[pair_order] = torch.cat(found_d), torch.cat(found_i)
+        per_query_d = pair_d.view(len(queries), self.nprobe * keep)
+        per_query_i = pair_i.view(len(queries), self.nprobe * keep)
+        d, position = (per_query_d.min(dim=1, keepdim=True) if keep == 1
+                       else per_query_d.topk(keep, dim=1, largest=False))
+        indices = per_query_i.gather(1, position)
+        if self.rerank:
+            distances, indices = self._rescore(exact_queries, indices, k)
+        else:
+            distances, indices = finish_distances(queries, d.numpy()), indices.numpy()
         missed = np.flatnonzero((indices < 0).any(axis=1))
         if missed.size:
             distances[missed], indices[missed] = self.exact.search(queries[missed], k)

@@ -130,12 +130,12 @@ def _policy_params(given: dict[str, object], policy: Policy) -> tuple[dict, list
     return params, refused
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
+def _add_run_options(parser: argparse.ArgumentParser, default_search: str = "exact") -> None:
     parser.add_argument("--batch-size", type=int, default=_detector_default("batch_size"),
                         help=f"images per backbone batch (default {_detector_default('batch_size')})")
     parser.add_argument("--search", choices=list(SEARCHES), default=None,
-                        help="nearest-neighbour search (default: exact; ivf-batched: ivf's lists, scanned by "
-                             "matrix products, faster for batches)")
+                        help=f"nearest-neighbour search (default: {default_search}; ivf-batched: ivf's lists, "
+                             "scanned by matrix products, faster for batches)")
     parser.add_argument("--search-option", action="append", default=[], metavar="KEY=VALUE",
                         help="search setting, e.g. nprobe=16 (ivf) or ef_search=64 (hnsw); repeatable")
     parser.add_argument("--precision", choices=["float32", "bfloat16", "int8"], default=None,
@@ -255,8 +255,14 @@ def fit_summary(detector, model_file: Path) -> list[str]:
     return lines
 
 
-def _load(args: argparse.Namespace):
-    overrides = {"progress": not args.quiet, "batch_size": args.batch_size}
+# What ``serve`` searches with unless told: the fastest setting within 0.3 points of image and pixel
+# AUROC of exact search on a real noisy long-tail set (docs/performance.md, section 4).
+SERVING_SEARCH = {"search": "ivf-batched", "search_options": {"nprobe": 8}}
+SERVING_MAX_BATCH = 8
+
+
+def _load(args: argparse.Namespace, defaults: dict | None = None):
+    overrides = {**(defaults or {}), "progress": not args.quiet, "batch_size": args.batch_size}
     for option in ("search", "precision", "engine", "ray_address", "runtime"):
         if getattr(args, option):
             overrides[option] = getattr(args, option)
@@ -404,11 +410,13 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import serve
 
-    detector = _load(args)
+    detector = _load(args, SERVING_SEARCH if args.search is None else None)  # --search-option replaces nprobe
     if detector.thresholds_ is None:
         log.warning("%s has no thresholds: answers carry raw scores and no decision", args.model)
     elif detector.thresholds_.few_images:
         log.warning("%s: %s", args.model, detector.thresholds_.few_images_warning())
+    log.info("serving with search %s %s, features by %s (%s)", detector.search, detector.search_options or "",
+             detector.runtime, detector.precision)
     serve(detector, args.host, args.port, max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
           max_batch=args.max_batch)
 
@@ -550,9 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
     serve_cmd.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image area")
-    serve_cmd.add_argument("--max-batch", type=int, default=1,
-                           help="score up to this many concurrent requests together (default 1: one at a time)")
-    _add_run_options(serve_cmd)
+    serve_cmd.add_argument("--max-batch", type=int, default=SERVING_MAX_BATCH,
+                           help="score up to this many concurrent requests together "
+                                f"(default {SERVING_MAX_BATCH}; 1: one at a time)")
+    _add_run_options(serve_cmd, default_search=f"{SERVING_SEARCH['search']} with "
+                                              f"nprobe={SERVING_SEARCH['search_options']['nprobe']}")
     serve_cmd.set_defaults(run=cmd_serve)
 
     demo = commands.add_parser("demo", help="fit all three methods on a small noisy long-tail set")
