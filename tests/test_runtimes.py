@@ -85,5 +85,8 @@ def test_lower_precision_modes_are_each_runtimes_own_and_asked_for(fitted, tmp_p
         load(model, precision="int8")
     with pytest.raises(ValueError, match="holds no int8 graph"):
         load(export(load(model), tmp_path / "plain", "onnx"), precision="int8").predict(test)
+    bf16_fit = tmp_path / "bf16.safetensors"
+    load(model, precision="bfloat16").save(bf16_fit)
+    assert load(export(load(bf16_fit), tmp_path / "bf16-onnx", "onnx")).precision == "float32"
     with pytest.raises(ValueError, match="only the onnx format has an int8 graph"):
         export(load(model), tmp_path / "ov-int8", "openvino", int8_calibration=train)

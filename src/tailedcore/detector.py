@@ -516,7 +516,8 @@ def load(path: str | os.PathLike, **overrides) -> Detector:
     ``runtime="torch"``); ``overrides`` replace run-time parameters (e.g. search, batch_size)."""
     if is_export(path):
         info = export_info(path)
-        detector = load(Path(path) / info["model"], **{"runtime": info["format"], **overrides})
+        # The graph runs in float32 unless asked otherwise, whatever arithmetic the fit used.
+        detector = load(Path(path) / info["model"], **{"runtime": info["format"], "precision": "float32", **overrides})
         detector.export_folder_ = Path(path)
         return detector
     arrays, config = read_model(path)

@@ -257,7 +257,7 @@ def fit_summary(detector, model_file: Path) -> list[str]:
 
 # What ``serve`` searches with unless told: the fastest setting within 0.3 points of image and pixel
 # AUROC of exact search on a real noisy long-tail set (docs/performance.md, section 4).
-SERVING_SEARCH = {"search": "ivf-batched", "search_options": {"nprobe": 8}}
+SERVING_SEARCH = {"search": "ivf-batched", "search_options": {"nprobe": 12, "rerank": 2}}
 SERVING_MAX_BATCH = 8
 
 
@@ -410,7 +410,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import serve
 
-    detector = _load(args, SERVING_SEARCH if args.search is None else None)  # --search-option replaces nprobe
+    detector = _load(args, SERVING_SEARCH if args.search is None else None)  # --search-option replaces its options
     if detector.thresholds_ is None:
         log.warning("%s has no thresholds: answers carry raw scores and no decision", args.model)
     elif detector.thresholds_.few_images:
@@ -561,8 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--max-batch", type=int, default=SERVING_MAX_BATCH,
                            help="score up to this many concurrent requests together "
                                 f"(default {SERVING_MAX_BATCH}; 1: one at a time)")
-    _add_run_options(serve_cmd, default_search=f"{SERVING_SEARCH['search']} with "
-                                              f"nprobe={SERVING_SEARCH['search_options']['nprobe']}")
+    serving_options = " ".join(f"{key}={value}" for key, value in SERVING_SEARCH["search_options"].items())
+    _add_run_options(serve_cmd, default_search=f"{SERVING_SEARCH['search']} with {serving_options}")
     serve_cmd.set_defaults(run=cmd_serve)
 
     demo = commands.add_parser("demo", help="fit all three methods on a small noisy long-tail set")
