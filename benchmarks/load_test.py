@@ -6,7 +6,7 @@ Starts ``tailedcore serve MODEL`` (a model file or an export folder) on a free l
 requests, throughput and latency percentiles.
 
     python benchmarks/load_test.py MODEL --images ../shared/data/real-ad/bottle/test/good \\
-        --clients 16 --seconds 60 --json docs/load_test.json
+        --clients 16 --seconds 60 --json docs/load_test_serving.json
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     ms = 1000 * np.array(latencies)
-    result = {"model": args.model, "clients": args.clients, "seconds": elapsed, "requests": len(latencies),
+    result = {"model": args.model, "serve_options": args.serve_option, "clients": args.clients, "seconds": elapsed,
+              "requests": len(latencies),
               "failed": len(failures), "failures": failures[:5], "requests_per_second": len(latencies) / elapsed,
               "latency_ms": {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
                              "max": float(ms.max())},

@@ -132,6 +132,18 @@ def test_serve_command_uses_the_serving_search_and_batches_unless_told(detector,
     assert (probes.search, probes.search_options) == ("ivf-batched", {"nprobe": 4})
 
 
+def test_each_scored_batch_returns_the_freed_heap(detector, synthetic_root, monkeypatch):
+    from tailedcore.app import serve as serve_module
+
+    trims = []
+    monkeypatch.setattr(serve_module, "trim_heap", lambda: trims.append(1))
+    served = TestClient(create_app(detector, max_batch=2))
+    image = synthetic_root / "stripes" / "test" / "good" / "000.png"
+    for _ in range(3):
+        assert served.post("/predict", files={"file": ("x.png", png(image), "image/png")}).status_code == 200
+    assert len(trims) == 3
+
+
 def test_concurrent_requests_agree(client, synthetic_root):
     files = sorted((synthetic_root / "checker" / "test").rglob("*.png"))
     single = [client.post("/predict", files={"file": (f.name, png(f), "image/png")}).json()["raw_score"] for f in files]

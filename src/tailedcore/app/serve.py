@@ -29,6 +29,7 @@ from ..data import preprocess
 from ..detector import Detector
 from ..predictions import Predictions
 from ..report.render import prediction_images
+from ..timing import trim_heap
 
 ACCEPTED_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp"}
 DEFAULT_MAX_BYTES = 20 * 2**20
@@ -87,6 +88,8 @@ class Batcher:
                 for *_, done in batch:
                     done.set_exception(error)
                 continue
+            finally:
+                trim_heap()  # batches of every size leave freed blocks in the C heap: RSS would creep
             for index, (*_, done) in enumerate(batch):
                 done.set_result(Predictions(predictions.paths[index : index + 1],
                                             predictions.image_scores[index : index + 1],
