@@ -316,7 +316,7 @@ class PatchScorer:
 
 def anomaly_maps(patch_scores: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray:
     """(m, h, w) patch scores -> (m, size, size) float32: bilinear upsampling, then Gaussian blur."""
-    grid = torch.from_numpy(np.ascontiguousarray(patch_scores, dtype=np.float32))[:, None]
+    grid = torch.from_numpy(np.array(patch_scores, dtype=np.float32))[:, None]  # a copy: inputs may be read-only
     maps = F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
     if sigma > 0:
         maps = np.stack([gaussian_filter(m, sigma=sigma) for m in maps]) if len(maps) else maps
