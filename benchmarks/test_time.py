@@ -146,7 +146,7 @@ def main() -> None:
     rows, reference, within = [], None, {}
     scratch = tempfile.TemporaryDirectory()
     int8 = any(SETTINGS[name][2] == "int8" for name in args.settings)
-    # int8 activation ranges from 4 training images per class (fixed draw)
+    # int8 activation ranges from up to 4 training images per class (fixed draw)
     draw = np.random.default_rng(0)
     calibration = [item.train[i].path for item in classes for i in draw.permutation(len(item.train))[:4]]
     exports = {fmt: export(detector, Path(scratch.name) / fmt, fmt,
