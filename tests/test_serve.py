@@ -127,7 +127,7 @@ def test_serve_command_uses_the_serving_search_and_batches_unless_told(detector,
     assert main(["--quiet", "serve", str(model), "--search-option", "nprobe=4"]) == 0
     (default, default_limits), (exact, exact_limits), (probes, _) = served
     assert default.search == "ivf-batched" and default_limits["max_batch"] == 8
-    assert default.search_options == {"nprobe": 12, "rerank": 2}
+    assert default.search_options == {"nprobe": 16, "rerank": 2}
     assert (exact.search, exact_limits["max_batch"]) == ("exact", 1)
     assert (probes.search, probes.search_options) == ("ivf-batched", {"nprobe": 4})
 
