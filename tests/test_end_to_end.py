@@ -1,6 +1,5 @@
 """fit -> predict -> evaluate with the real Lite0 weights at a reduced input size."""
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -95,19 +94,6 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", str(tmp_path), "--method", "softpatch", "--out", "m", "--tail-estimator", "paper"])
     assert exit_info.value.code == 2
-
-
-# SHA-256 (first 16 hex digits) of each method's memory bank (features, then weights) on the synthetic
-# set, recorded before the tail estimator became a parameter; TailedCore then had only the paper's.
-RECORDED_MEMORY = {"patchcore": "ed5a3264361b5c65", "softpatch": "c583e664c5ca32db", "tailedcore": "2a3f727907fa497e"}
-
-
-@pytest.mark.parametrize("cls", [PatchCore, SoftPatch, TailedCore])
-def test_memory_bank_is_bitwise_as_recorded(cls, synthetic_root):
-    params = {"policy": TailedCorePolicy(tail=PaperTailSampler())} if cls is TailedCore else {}
-    memory = cls(**SMALL, calibration_share=0.0, **params).fit(synthetic_root).memory_
-    digest = hashlib.sha256(memory.features.tobytes() + (b"" if memory.weights is None else memory.weights.tobytes()))
-    assert digest.hexdigest()[:16] == RECORDED_MEMORY[cls.default_policy.method]
 
 
 @pytest.mark.parametrize("cls", [PatchCore, TailedCore])
