@@ -21,6 +21,7 @@ demo: $(BIN)/.installed
 	$(BIN)/tailedcore demo --data "$(DATA)" --out "$(OUT)"
 
 test: $(BIN)/.installed
+	scripts/ensure-chromium
 	$(BIN)/python -m pytest
 
 clean:

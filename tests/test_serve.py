@@ -181,7 +181,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package 'chromium')")
 def test_an_exported_model_answers_as_the_model_file(client, exported, synthetic_root):
     exported_client = TestClient(create_app(exported, max_bytes=200_000, max_pixels=1_000_000))
     assert exported_client.get("/model").json()["memory_size"] == client.get("/model").json()["memory_size"]
@@ -195,6 +194,8 @@ def test_an_exported_model_answers_as_the_model_file(client, exported, synthetic
 
 @pytest.mark.parametrize("model", ["detector", "exported"])
 def test_browser_drop_image_shows_result(model, request, synthetic_root, tmp_path):
+    if CHROMIUM is None:
+        pytest.fail("Chromium not found: install the Debian package 'chromium' (make test installs it)", pytrace=False)
     detector = request.getfixturevalue(model)
     uvicorn = pytest.importorskip("uvicorn")
     playwright_api = pytest.importorskip("playwright.sync_api")
