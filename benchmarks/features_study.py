@@ -32,6 +32,10 @@ SETTINGS = {
     "lite0-288": {"backbone": "efficientnet-lite0", "resize": 320, "crop": 288},
     "lite1-288": {"backbone": "efficientnet-lite1", "resize": 320, "crop": 288},
     "lite2-288": {"backbone": "efficientnet-lite2", "resize": 320, "crop": 288},
+    "lite0-224-s4-8": {"backbone": "efficientnet-lite0", "resize": 256, "crop": 224, "stages": [4, 8]},
+    "lite0-224-s16-32": {"backbone": "efficientnet-lite0", "resize": 256, "crop": 224, "stages": [16, 32]},
+    "lite0-224-s4-8-16": {"backbone": "efficientnet-lite0", "resize": 256, "crop": 224, "stages": [4, 8, 16]},
+    "lite0-224-s8-16-32": {"backbone": "efficientnet-lite0", "resize": 256, "crop": 224, "stages": [8, 16, 32]},
 }
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
@@ -49,7 +53,7 @@ def run_one(setting: str, name: str, data: Path, threads: int) -> dict:
     faiss.omp_set_num_threads(threads)
     item = next(c for c in load_mvtec(data) if c.name == name)
     params = {"calibration_share": 0.0, "progress": False, "search": "exact", **SETTINGS[setting]}
-    detector = PatchCore(**params)
+    detector = PatchCore(**{**params, "stages": tuple(params.get("stages", (8, 16)))})
     started = time.perf_counter()
     detector.fit([sample.path for sample in item.train])
     fit_seconds = time.perf_counter() - started
@@ -89,6 +93,7 @@ def main() -> None:
     elif args.json.is_file():
         sys.exit(f"{args.json}: already exists (use --resume to continue it)")
     done = {(row["setting"], row["class"]) for row in study["rows"]}
+    study["classes"] = classes
     study["environment"] = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                             "threads": args.threads, "machine": platform.machine()}
     for setting in args.settings:

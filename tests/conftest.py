@@ -11,6 +11,7 @@ from tailedcore.bench.synthetic import make_dataset  # noqa: E402
 
 # Reduced input for fast tests: 80 px resized, 64 px crop -> an 8 x 8 patch grid.
 SMALL = {"resize": 80, "crop": 64, "progress": False, "batch_size": 8}
+SMALL_OPTIONS = ["--resize", "80", "--crop", "64", "--batch-size", "8"]  # the same on the command line
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +20,17 @@ def synthetic_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     return make_dataset(root, {"stripes": 12, "checker": 10, "dots": 2, "grain": 1}, test_good=3, test_defect=3,
                         size=96, seed=0)
+
+
+@pytest.fixture(scope="session")
+def cli_model(synthetic_root, tmp_path_factory):
+    """A PatchCore model file fitted with the command line's defaults on ``synthetic_root``, calibrated."""
+    from tailedcore.app.cli import main
+
+    path = tmp_path_factory.mktemp("cli-model") / "m.safetensors"
+    assert main(["--quiet", "fit", str(synthetic_root), "--method", "patchcore", "--out", str(path),
+                 *SMALL_OPTIONS, "--calibration", str(synthetic_root / "checker" / "test" / "good")]) == 0
+    return path
 
 
 @pytest.fixture

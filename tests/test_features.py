@@ -46,12 +46,48 @@ def test_lite_backbones(name, channels):
     backbone = build_backbone(name, image_size=64)
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
-        map8, map16, embedding = backbone.embed(x)
+        (map8, map16), embedding = backbone.embed(x)
         only8, only16 = backbone(x)
     assert map8.shape == (2, channels[0], 8, 8) and map16.shape == (2, channels[1], 4, 4)
     assert embedding.shape == (2, 1280)
     torch.testing.assert_close(only8, map8)
     torch.testing.assert_close(only16, map16)
+
+
+def test_stages_choose_the_maps_and_keep_the_stride_8_grid():
+    x = torch.randn(2, 3, 64, 64)
+    pair = build_backbone("efficientnet-lite0", image_size=64)
+    three = build_backbone("efficientnet-lite0", image_size=64, stages=(4, 8, 16, 32))
+    with torch.inference_mode():
+        map8, map16 = pair(x)
+        map4, same8, same16, map32 = three(x)
+    assert map4.shape[2:] == (16, 16) and map32.shape[2:] == (2, 2)
+    torch.testing.assert_close(same8, map8)  # a stage is the same map whichever others are taken
+    torch.testing.assert_close(same16, map16)
+    with pytest.raises(BackboneError, match="stages"):
+        build_backbone("efficientnet-lite0", image_size=64, stages=(16, 8))
+    with pytest.raises(BackboneError, match="stages"):
+        build_backbone("efficientnet-lite0", image_size=64, stages=(2, 8))
+    from tailedcore import PatchCore
+
+    images = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(2)]
+    for stages in [(8, 16), (4, 8), (16, 32), (8, 16, 32)]:
+        extractor = PatchCore(resize=64, crop=64, stages=stages, progress=False).extractor
+        batch = extractor.features(extractor.standardise(images), with_embeddings=True)
+        assert batch.patches.shape == (2, 64, 1024) and batch.embeddings.shape == (2, 1280)
+        assert extractor.settings()["stages"] == list(stages)
+    with pytest.raises(ValueError, match="stages"):
+        PatchCore(stages=(8, 8)).check_params()
+
+
+def test_a_finer_stage_is_average_pooled_to_the_grid():
+    torch.manual_seed(0)
+    map4, map8 = torch.randn(1, 3, 8, 8), torch.randn(1, 5, 4, 4)
+    features = PatchAggregator((3, 5), 1, 4, 4, grid=(4, 4))(map4, map8)
+    pooled = F.avg_pool2d(map4, 2)  # 1 x 1 neighbourhoods: pooling the map is pooling its features
+    only_fine = PatchAggregator((3, 5), 1, 4, 4, grid=(4, 4))(pooled, torch.zeros_like(map8))
+    direct = PatchAggregator((3, 5), 1, 4, 4, grid=(4, 4))(torch.zeros_like(map4), map8)
+    torch.testing.assert_close(features, only_fine + direct)
 
 
 def test_lite0_weights_are_pretrained():

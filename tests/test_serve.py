@@ -114,21 +114,25 @@ def test_busy_port_is_one_line_and_exit_status_1(detector, tmp_path, capsys):
     assert captured.err.count("\n") == 1 and f"127.0.0.1:{port}" in captured.err and not captured.out
 
 
-def test_serve_command_uses_the_serving_search_and_batches_unless_told(detector, tmp_path, monkeypatch):
+def test_serve_command_uses_the_models_search_and_batches_unless_told(detector, tmp_path, monkeypatch):
     from tailedcore.app import serve as serve_module
     from tailedcore.app.cli import main
+    from tailedcore.scoring import SERVING_SEARCH
 
     model = tmp_path / "model.safetensors"
     detector.save(model)
+    serving = tmp_path / "serving.safetensors"
+    load(model).set_params(**SERVING_SEARCH).save(serving)
     served = []
     monkeypatch.setattr(serve_module, "serve", lambda detector, *args, **limits: served.append((detector, limits)))
     assert main(["--quiet", "serve", str(model)]) == 0
-    assert main(["--quiet", "serve", str(model), "--search", "exact", "--max-batch", "1"]) == 0
-    assert main(["--quiet", "serve", str(model), "--search-option", "nprobe=4"]) == 0
-    (default, default_limits), (exact, exact_limits), (probes, _) = served
-    assert default.search == "ivf-batched" and default_limits["max_batch"] == 8
-    assert default.search_options == {"nprobe": 16, "rerank": 2}
-    assert (exact.search, exact_limits["max_batch"]) == ("exact", 1)
+    assert main(["--quiet", "serve", str(serving)]) == 0
+    assert main(["--quiet", "serve", str(serving), "--search", "exact", "--max-batch", "1"]) == 0
+    assert main(["--quiet", "serve", str(serving), "--search-option", "nprobe=4"]) == 0
+    (own, own_limits), (default, _), (exact, exact_limits), (probes, _) = served
+    assert own.search == detector.search == "exact" and own_limits["max_batch"] == 8
+    assert default.search_setting == SERVING_SEARCH
+    assert (exact.search, exact.search_options, exact_limits["max_batch"]) == ("exact", None, 1)
     assert (probes.search, probes.search_options) == ("ivf-batched", {"nprobe": 4})
 
 

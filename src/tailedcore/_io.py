@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
 import os
 import secrets
 import shutil
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,22 +25,77 @@ def _temp_beside(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
 
 
+def current_umask() -> int:
+    """The process's file mode creation mask (read from /proc where it can, so no thread sees it change)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def usual_file_mode() -> int:
+    """The permissions of any new file: 0666 & ~umask."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write_file(path: Path, write: Callable[[Path], None]) -> None:
     """Make ``path`` by ``write(temp path)`` in the same folder, fsync and a rename.
 
-    An interrupted write leaves either the old file or the complete new one.
+    An interrupted write leaves either the old file or the complete new one. The file gets the
+    permissions of any new file (0666 & ~umask), whatever mode ``write`` created the temp file with
+    (safetensors makes it 0600). A failure is an OSError naming ``path``, never the temp file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_beside(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
+        os.chmod(tmp, usual_file_mode())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise OSError(error.errno, f"{path}: cannot write ({error.strerror or error})") from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable_file(path: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output file that cannot be written or would replace one silently.
+
+    ``path`` must not be a folder, must not exist unless ``overwrite``, and its folder must take a
+    new file (tried with a probe file, which works for every user and file system).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a file")
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path}: already exists (use --overwrite to replace it)")
+    check_writable_folder(path.parent, path)
+
+
+def check_writable_folder(folder: Path, named: Path | None = None) -> None:
+    """Refuse, before any work, a folder in which no new file can be made (``named``: the output to name)."""
+    folder, named = Path(folder), Path(named or folder)
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{named}: cannot be written ({existing} is not a folder)")
+    try:
+        probe = _temp_beside(existing / "probe")
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"{named}: cannot be written ({existing}: {error.strerror or error})") from None
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -86,6 +144,54 @@ def staged_directory(dest: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+WORK_PREFIX = "tailedcore-run-"
+LOCK_NAME = ".lock"
+
+
+@contextmanager
+def work_folder(parent: str | os.PathLike | None = None) -> Iterator[Path]:
+    """A temporary folder for a run's files in ``parent`` (None: the system's temp folder), removed at
+    the end. The run holds a lock on it while it lives, so a later run can tell it from the folder of
+    a killed run (``remove_stale_work_folders``), in any process namespace."""
+    folder = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=parent))
+    lock = open(folder / LOCK_NAME, "w")  # noqa: SIM115 - held for the folder's lifetime
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield folder
+    finally:
+        lock.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def remove_stale_work_folders(parent: str | os.PathLike | None = None, min_age: float = 60.0) -> tuple[int, int]:
+    """Remove the work folders in ``parent`` whose run is gone (killed: its lock is free) -> (folders, bytes).
+
+    A folder younger than ``min_age`` seconds without its lock yet is left alone (a run starting now).
+    """
+    parent = Path(parent or tempfile.gettempdir())
+    removed, freed = 0, 0
+    for folder in parent.glob(WORK_PREFIX + "*"):
+        lock_path = folder / LOCK_NAME
+        try:
+            if not lock_path.is_file():
+                if time.time() - folder.stat().st_mtime < min_age:
+                    continue
+            else:
+                with open(lock_path, "a") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: its run is gone
+            size = folder_bytes(folder)
+        except OSError:
+            continue  # held by a live run, or not ours to read
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            removed, freed = removed + 1, freed + size
+    return removed, freed
 
 
 def link_or_copy(src: Path, dst: Path, link: bool = True) -> None:

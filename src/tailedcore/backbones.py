@@ -1,4 +1,4 @@
-"""Frozen ImageNet backbones: a stride-8 map, a stride-16 map and an image embedding.
+"""Frozen ImageNet backbones: feature maps at chosen strides (stages) and an image embedding.
 
 A backbone is a small registry entry: a name and a function that builds the
 module from a local weights file. Nothing here downloads anything; weights
@@ -24,86 +24,102 @@ LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The strides a backbone's stages can be taken at; PatchCore's pair is (8, 16).
+STAGE_STRIDES = (4, 8, 16, 32)
+DEFAULT_STAGES = (8, 16)
 
 
 class BackboneError(ValueError):
     """A backbone cannot be built (unknown name, missing package or weights)."""
 
 
-class Backbone(nn.Module):
-    """Interface: ``forward(x)`` -> (stride-8 map, stride-16 map); ``embed(x)`` adds the embedding.
+def check_stages(stages) -> tuple[int, ...]:
+    """``stages`` as a tuple of distinct increasing strides from STAGE_STRIDES (BackboneError otherwise)."""
+    stages = tuple(stages)
+    if not stages or any(s not in STAGE_STRIDES for s in stages) or list(stages) != sorted(set(stages)):
+        raise BackboneError(f"stages={list(stages)}: distinct increasing strides from {list(STAGE_STRIDES)}")
+    return stages
 
-    x: (B, 3, H, W) float32, already normalised with ``mean``/``std``.
-    Maps: (B, C8, H/8, W/8) and (B, C16, H/16, W/16); embedding: (B, E).
+
+class Backbone(nn.Module):
+    """Interface: ``forward(x)`` -> one map per stage; ``embed(x)`` -> (maps, embedding).
+
+    x: (B, 3, H, W) float32, already normalised with ``mean``/``std``. ``stages``: the strides of
+    the maps, e.g. (8, 16): maps (B, C8, H/8, W/8) and (B, C16, H/16, W/16); embedding: (B, E).
     """
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     embedding_dim: int
+    stages: tuple[int, ...]
 
 
 class EfficientNetLite(Backbone):
-    """EfficientNet-Lite: last block at stride 8, last block at stride 16, head conv + GAP."""
+    """EfficientNet-Lite: the last block at each stage's stride; the embedding is head conv + GAP."""
 
     mean, std = LITE_MEAN, LITE_STD
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, stages: tuple[int, ...] = DEFAULT_STAGES):
         super().__init__()
         self.net = net
+        self.stages = check_stages(stages)
         strides = []
         total = 2  # the stem
         for block in net._blocks:
             stride = block._block_args.stride
             total *= stride[0] if isinstance(stride, (list, tuple)) else stride
             strides.append(total)
-        self.stride8_block = max(i for i, s in enumerate(strides) if s == 8)
-        self.stride16_block = max(i for i, s in enumerate(strides) if s == 16)
+        self.stage_blocks = tuple(max(i for i, s in enumerate(strides) if s == stride) for stride in self.stages)
         self.embedding_dim = net._conv_head.out_channels
 
-    def _trunk(self, x: torch.Tensor, last_block: int):
+    def _trunk(self, x: torch.Tensor, last_block: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         net = self.net
         x = net._swish(net._bn0(net._conv_stem(x)))
         maps = []
         for index, block in enumerate(net._blocks[: last_block + 1]):
             x = block(x)
-            if index in (self.stride8_block, self.stride16_block):
+            if index in self.stage_blocks:
                 maps.append(x)
         return x, maps
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        _, maps = self._trunk(x, self.stride16_block)
-        return maps[0], maps[1]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self._trunk(x, self.stage_blocks[-1])[1])
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def embed(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         net = self.net
         x, maps = self._trunk(x, len(net._blocks) - 1)
         x = net._swish(net._bn1(net._conv_head(x)))
-        return maps[0], maps[1], F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return tuple(maps), F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
 class WideResNet50(Backbone):
-    """WideResNet-50-2 (torchvision): layer2, layer3, GAP of layer4."""
+    """WideResNet-50-2 (torchvision): layer1..layer4 at strides 4..32; the embedding is GAP of layer4."""
 
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     embedding_dim = 2048
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, stages: tuple[int, ...] = DEFAULT_STAGES):
         super().__init__()
         self.net = net
+        self.stages = check_stages(stages)
 
-    def _trunk(self, x: torch.Tensor):
+    def _layers(self, x: torch.Tensor, deepest: int) -> dict[int, torch.Tensor]:
         net = self.net
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-        x = net.layer1(x)
-        layer2 = net.layer2(x)
-        return layer2, net.layer3(layer2)
+        maps = {}
+        for stride, layer in zip(STAGE_STRIDES, (net.layer1, net.layer2, net.layer3, net.layer4)):
+            if stride > deepest:
+                break
+            x = maps[stride] = layer(x)
+        return maps
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._trunk(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        maps = self._layers(x, self.stages[-1])
+        return tuple(maps[s] for s in self.stages)
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        layer2, layer3 = self._trunk(x)
-        return layer2, layer3, F.adaptive_avg_pool2d(self.net.layer4(layer3), 1).flatten(1)
+    def embed(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        maps = self._layers(x, 32)
+        return tuple(maps[s] for s in self.stages), F.adaptive_avg_pool2d(maps[32], 1).flatten(1)
 
 
 def _load_state_dict(path: str | os.PathLike) -> dict:
@@ -136,8 +152,8 @@ def _with_weights(net: torch.nn.Module, weights: str, name: str) -> torch.nn.Mod
     return net
 
 
-def _build_lite(variant: int) -> Callable[[int, str | None], Backbone]:
-    def build(image_size: int, weights: str | None) -> Backbone:
+def _build_lite(variant: int) -> Callable[[int, str | None, tuple[int, ...]], Backbone]:
+    def build(image_size: int, weights: str | None, stages: tuple[int, ...]) -> Backbone:
         from efficientnet_lite_pytorch import EfficientNet
 
         if weights is None:
@@ -147,24 +163,24 @@ def _build_lite(variant: int) -> Callable[[int, str | None], Backbone]:
                 "lite",
             )
         net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=image_size)
-        return EfficientNetLite(_with_weights(net, weights, f"efficientnet-lite{variant}"))
+        return EfficientNetLite(_with_weights(net, weights, f"efficientnet-lite{variant}"), stages)
 
     return build
 
 
-def _build_wide_resnet50(image_size: int, weights: str | None) -> Backbone:
+def _build_wide_resnet50(image_size: int, weights: str | None, stages: tuple[int, ...]) -> Backbone:
     if weights is None:
         raise BackboneError("wide_resnet50_2 needs a local weights file (--weights PATH)")
     try:
         from torchvision.models import wide_resnet50_2
     except ImportError as error:
         raise BackboneError("wide_resnet50_2 needs torchvision, which is not installed") from error
-    return WideResNet50(_with_weights(wide_resnet50_2(weights=None), weights, "wide_resnet50_2"))
+    return WideResNet50(_with_weights(wide_resnet50_2(weights=None), weights, "wide_resnet50_2"), stages)
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    build: Callable[[int, str | None], Backbone]
+    build: Callable[[int, str | None, tuple[int, ...]], Backbone]
     family: type[Backbone]  # its input standardisation, known without building it
     description: str
 
@@ -185,12 +201,14 @@ def backbone_spec(name: str) -> BackboneSpec:
     return BACKBONES[name]
 
 
-def build_backbone(name: str, image_size: int = 224, weights: str | None = None) -> Backbone:
+def build_backbone(name: str, image_size: int = 224, weights: str | None = None,
+                   stages: tuple[int, ...] = DEFAULT_STAGES) -> Backbone:
     """A frozen backbone in eval mode and channels_last layout.
 
     ``image_size`` is the square input size (TF-style 'same' padding is fixed
-    at construction); ``weights`` is a local file, or None for the packaged one.
+    at construction); ``weights`` is a local file, or None for the packaged one;
+    ``stages``: the strides of the maps it returns.
     """
-    backbone = backbone_spec(name).build(image_size, weights)
+    backbone = backbone_spec(name).build(image_size, weights, check_stages(stages))
     backbone.eval().requires_grad_(False)
     return backbone.to(memory_format=torch.channels_last)

@@ -9,11 +9,13 @@ classes differ only in their default policy.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,9 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .backbones import BACKBONES
+from ._io import remove_stale_work_folders, work_folder
+from .backbones import BACKBONES, DEFAULT_STAGES, STAGE_STRIDES
 from .data import ImageLoadError, collect_images, image_size, preprocess, training_images, upscale_problem
-from .engine import ENGINES, LocalEngine, RayEngine, make_engine
+from .engine import ENGINES, LocalEngine, RayEngine, make_engine, thread_limits
 from .features import PRECISIONS, FeatureBatch, FeatureExtractor
 from .memory import MemoryBank, ModelFileError, read_model, write_model
 from .params import Interval, OneOf, Params, check_values
@@ -37,7 +40,7 @@ from .policies import (
     policy_from_flat_params,
 )
 from .predictions import Predictions
-from .runtimes import GRAPH_PRECISIONS, RUNTIMES, GraphFeatures, export_info, is_export
+from .runtimes import GRAPH_PRECISIONS, RUNTIMES, GraphFeatures, is_export, verify_export
 from .sampling import random_projection
 from .scoring import SEARCHES, PatchScorer, anomaly_maps
 from .store import STORE_DTYPES, FeatureCache, ImageSubset
@@ -80,6 +83,26 @@ def _score_shard(init_args: tuple, graph: tuple | None, memory: np.ndarray, weig
     return positions, np.concatenate(scores) if scores else None, errors
 
 
+# Every distinct increasing choice of strides (one to four stages).
+STAGE_CHOICES = tuple(tuple(s for bit, s in enumerate(STAGE_STRIDES) if mask >> bit & 1)
+                      for mask in range(1, 2 ** len(STAGE_STRIDES)))
+
+
+def _in_threads(method):
+    """Run a Detector method within its ``threads`` (engine.thread_limits)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with thread_limits(self.threads):
+            return method(self, *args, **kwargs)
+
+    return run
+
+
+def _search_text(setting: dict) -> str:
+    options = " ".join(f"{key}={value}" for key, value in sorted(setting.get("search_options", {}).items()))
+    return setting["search"] + (f" ({options})" if options else "")
+
+
 def _as_paths(images) -> list[Path]:
     if isinstance(images, (str, os.PathLike)):
         return training_images(images)
@@ -96,6 +119,8 @@ class Detector:
         policy: the memory-bank policy (policies.py), e.g. TailedCorePolicy(lof=LOFFilter(k=3));
             None: the class's default (PatchCore, SoftPatch, TailedCore).
         backbone, weights: backbone registry name and optional local weights file.
+        stages: strides of the backbone maps that feed the patch feature (PatchCore: 8 and 16;
+            from 4, 8, 16, 32); the patch grid stays at stride 8 whatever the stages.
         resize, crop: shorter side resized to ``resize``, center crop ``crop``.
         patch_size: neighbourhood aggregated per location (3 = 3x3).
         layer_dim, feature_dim: per-layer and final pooled feature sizes.
@@ -123,11 +148,16 @@ class Detector:
             the same result); ray_address: the Ray cluster (None: a local one).
         runtime: what computes test-time patch features: "torch", or the graph of an export
             (runtimes.py) run by "onnx" Runtime or "openvino"; load an export folder to use one.
+        threads: CPU threads of torch, faiss and the BLAS / OpenMP pools while this detector works;
+            None: torch's count, at most the cores this process may use (engine.thread_limits).
+            Scores differ by about 1e-5 relative between thread counts: fix it when a figure has to
+            repeat exactly.
     """
 
     default_policy: ClassVar[type[Policy]] = TailedCorePolicy
     constraints: ClassVar[dict] = {
-        "backbone": OneOf(tuple(BACKBONES)), "resize": Interval(int, 1), "crop": Interval(int, 16),
+        "backbone": OneOf(tuple(BACKBONES)), "stages": OneOf(STAGE_CHOICES),
+        "resize": Interval(int, 1), "crop": Interval(int, 16),
         "patch_size": Interval(int, 1), "layer_dim": Interval(int, 1), "feature_dim": Interval(int, 1),
         "projection_dim": Interval(int, 1), "num_neighbors": Interval(int, 1),
         "squared_distance": OneOf((True, False)), "blur_sigma": Interval(float, 0.0),
@@ -137,16 +167,17 @@ class Detector:
         "calibration_share": Interval(float, 0.0, 1.0, "left"), "calibration_min_class": Interval(int, 1),
         "false_alarm_rate": Interval(float, 0.0, 1.0, "neither"), "seed": Interval(int, 0),
         "progress": OneOf((True, False)), "engine": OneOf(ENGINES),
-        "runtime": OneOf(RUNTIMES),
+        "runtime": OneOf(RUNTIMES), "threads": Interval(int, 1, none_ok=True),
     }
     # Where the work runs, not what the model is: left out of model files.
-    RUN_TIME_PARAMS: ClassVar[tuple[str, ...]] = ("engine", "ray_address", "runtime")
+    RUN_TIME_PARAMS: ClassVar[tuple[str, ...]] = ("engine", "ray_address", "runtime", "threads")
 
     def __init__(
         self,
         policy: Policy | None = None,
         backbone: str = "efficientnet-lite0",
         weights: str | None = None,
+        stages: tuple[int, ...] = DEFAULT_STAGES,
         resize: int = 256,
         crop: int = 224,
         patch_size: int = 3,
@@ -169,10 +200,12 @@ class Detector:
         engine: str = "local",
         ray_address: str | None = None,
         runtime: str = "torch",
+        threads: int | None = None,
     ):
         self.policy = self.default_policy() if policy is None else policy
         self.backbone = backbone
         self.weights = weights
+        self.stages = tuple(stages)  # a model file gives a list
         self.resize = resize
         self.crop = crop
         self.patch_size = patch_size
@@ -195,6 +228,7 @@ class Detector:
         self.engine = engine
         self.ray_address = ray_address
         self.runtime = runtime
+        self.threads = threads
         self.export_folder_: Path | None = None
         self._engine: LocalEngine | RayEngine | None = None
         self.stage_times_ = StageTimer()
@@ -233,6 +267,8 @@ class Detector:
         unknown = set(params) - set(self._param_names())
         if unknown:
             raise ValueError(f"unknown parameters: {', '.join(sorted(unknown))}")
+        if "search" in params and "search_options" not in params and params["search"] != self.search:
+            params["search_options"] = None  # options belong to the search they were given for
         for name, value in params.items():
             setattr(self, name, value)
         if nested:
@@ -270,7 +306,7 @@ class Detector:
             torch_precision = self.precision if self.runtime == "torch" else "float32"
             self._extractor = FeatureExtractor(
                 self.backbone, self.weights, self.resize, self.crop, self.patch_size,
-                self.layer_dim, self.feature_dim, self.batch_size, self.progress, torch_precision,
+                self.layer_dim, self.feature_dim, self.batch_size, self.progress, torch_precision, self.stages,
             )
             if self.runtime != "torch":
                 if self.export_folder_ is None:
@@ -279,6 +315,7 @@ class Detector:
                 self._extractor.graph = GraphFeatures(self.export_folder_, self.runtime, self.precision)
         return self._extractor
 
+    @_in_threads
     def fit(self, images, cache_dir: str | os.PathLike | None = None, strict: bool = False) -> Detector:
         """Fit on training images: a list of files/folders, or a dataset root (all train/good merged).
 
@@ -292,6 +329,7 @@ class Detector:
         paths = _as_paths(images)
         if not paths:
             raise ValueError("no training images")
+        self._check_sizes(paths, strict)
         self.skipped_ = []
 
         def skip(path: Path, reason: str) -> None:
@@ -304,13 +342,25 @@ class Detector:
             cache = FeatureCache(Path(cache_dir) / "features")
         self.stage_times_ = StageTimer()
         projection = random_projection(self.feature_dim, self.projection_dim, self.seed)
-        with (tempfile.TemporaryDirectory(prefix="tailedcore-", dir=cache_dir) as work,
-              TrainingRun(self.extractor, Path(work), projection, self.engine_, self.store_dtype) as run):
+        removed, freed = remove_stale_work_folders(cache_dir)
+        if removed:
+            log.info("removed %d folder(s) of killed runs from %s, freeing %.1f MiB", removed,
+                     cache_dir or tempfile.gettempdir(), freed / 2**20)
+        with (work_folder(cache_dir) as work,
+              TrainingRun(self.extractor, work, projection, self.engine_, self.store_dtype) as run):
+            log.info("temporary feature files: %s, about %.2f GiB for %d images (removed at the end)", work,
+                     self.temp_bytes_estimate(len(paths)) / 2**30, len(paths))
             self._fit_with(run, paths, None if strict else skip, cache)
         log.info("%s: memory bank of %d features from %d images%s", self.method, len(self.memory_),
                  len(self.training_paths_),
                  f"; {len(self.calibration_paths_)} images set aside for thresholds" if self.calibration_paths_ else "")
         return self
+
+    def temp_bytes_estimate(self, images: int) -> int:
+        """Bytes of the temporary files of a fit on ``images`` images: patch features and projections
+        (tail views add their own, which grow with the tail)."""
+        rows = images * self.extractor.grid_shape[0] * self.extractor.grid_shape[1]
+        return rows * (self.feature_dim * np.dtype(self.store_dtype).itemsize + self.projection_dim * 4)
 
     def _fit_with(self, run: TrainingRun, paths: list[Path], on_error, cache: FeatureCache | None) -> None:
         """The fit itself; every file it writes belongs to ``run``."""
@@ -345,17 +395,36 @@ class Detector:
                     self.scorer.score(features.patches.read(i * patches_per_image, (i + 1) * patches_per_image))
                     for i in held_out]).reshape(-1, *grid)
                 maps = anomaly_maps(scores, self.crop, self.blur_sigma)
-                self.thresholds_ = calibrate_false_alarm(scores.reshape(len(scores), -1).max(axis=1), maps,
-                                                         self.false_alarm_rate, "held-out training images")
+                self.thresholds_ = self.stamped(calibrate_false_alarm(
+                    scores.reshape(len(scores), -1).max(axis=1), maps, self.false_alarm_rate,
+                    "held-out training images"))
         self.training_summary_ = {"memory_info": self.memory_.info, "training_images": len(kept),
                                   "calibration_images": len(held_out)}
 
     def calibrate(self, normal_images) -> Thresholds:
         """Set thresholds from normal images (files/folders) at ``false_alarm_rate``."""
         predictions = self.predict(normal_images)
-        self.thresholds_ = calibrate_false_alarm(predictions.image_scores, predictions.anomaly_maps,
-                                                 self.false_alarm_rate, "normal calibration images")
+        self.thresholds_ = self.stamped(calibrate_false_alarm(predictions.image_scores, predictions.anomaly_maps,
+                                                              self.false_alarm_rate, "normal calibration images"))
         return self.thresholds_
+
+    @property
+    def search_setting(self) -> dict:
+        """The nearest-neighbour search scores come from: {"search": name, "search_options": {...}}."""
+        return {"search": self.search, "search_options": dict(self.search_options or {})}
+
+    def stamped(self, thresholds: Thresholds) -> Thresholds:
+        """``thresholds`` with the search they were calibrated with (this detector's)."""
+        return replace(thresholds, search=self.search_setting)
+
+    def threshold_search_mismatch(self) -> str | None:
+        """Why the thresholds may not fit the scores: they were calibrated with another search (or None)."""
+        calibrated = self.thresholds_.search if self.thresholds_ is not None else None
+        if calibrated is None or calibrated == self.search_setting:
+            return None
+        return (f"thresholds were calibrated with search {_search_text(calibrated)}, scores now come from "
+                f"{_search_text(self.search_setting)}: raw scores differ by up to a few percent; calibrate again "
+                "with this search for decisions that match")
 
     def build_index(self) -> None:
         """Build the nearest-neighbour index now (it is otherwise built at the first prediction)."""
@@ -399,6 +468,7 @@ class Detector:
         return Predictions(paths, patch_array.reshape(len(paths), -1).max(axis=1), patch_array, np.concatenate(maps),
                            self.thresholds_)
 
+    @_in_threads
     def predict(self, images, strict: bool = False) -> Predictions:
         """Score image files: a list of files/folders (or one; folders with their sub-folders) -> Predictions.
 
@@ -411,12 +481,7 @@ class Detector:
         sharded = self.engine_.workers > 1
         if not sharded:
             self.build_index()  # the shard tasks build their own
-        for path in paths:
-            try:
-                size = image_size(path)
-            except ImageLoadError:
-                continue  # reported when the image is read
-            _check_upscale(path, size, self.resize, strict)
+        self._check_sizes(paths, strict)
         if sharded:
             return self._predict_shards(paths, strict)
         failures: list[tuple[Path, str]] = []
@@ -431,6 +496,15 @@ class Detector:
         predictions = self._predictions(batches(), scored)
         predictions.failures = failures
         return predictions
+
+    def _check_sizes(self, paths: list[Path], strict: bool) -> None:
+        """Warn about each image upscaled more than ``data.MAX_UPSCALE`` times (``strict``: ImageLoadError)."""
+        for path in paths:
+            try:
+                size = image_size(path)
+            except ImageLoadError:
+                continue  # reported when the image is read
+            _check_upscale(path, size, self.resize, strict)
 
     def _predict_shards(self, paths: list[Path], strict: bool) -> Predictions:
         """``predict`` as engine tasks over shards of whole batches (batch prediction of large folders):
@@ -458,6 +532,7 @@ class Detector:
         predictions.failures = failures
         return predictions
 
+    @_in_threads
     def predict_images(self, images: Sequence[Image.Image], names: Sequence[str] | None = None) -> Predictions:
         """Score decoded images (any size and mode) -> Predictions named by ``names``."""
         if names is not None and len(names) != len(images):
@@ -515,7 +590,7 @@ def load(path: str | os.PathLike, **overrides) -> Detector:
     """Load a saved model, or an export folder (its graph then computes the test-time features, unless
     ``runtime="torch"``); ``overrides`` replace run-time parameters (e.g. search, batch_size)."""
     if is_export(path):
-        info = export_info(path)
+        info = verify_export(path)
         # The graph runs in float32 unless asked otherwise, whatever arithmetic the fit used.
         detector = load(Path(path) / info["model"], **{"runtime": info["format"], "precision": "float32", **overrides})
         detector.export_folder_ = Path(path)
@@ -539,6 +614,8 @@ def load(path: str | os.PathLike, **overrides) -> Detector:
     wrong = set(overrides) - set(cls._param_names())
     if wrong:
         raise ValueError(f"unknown parameters for {method}: {', '.join(sorted(wrong))}")
+    if "search" in overrides and "search_options" not in overrides and overrides["search"] != params.get("search"):
+        params["search_options"] = None  # the stored options belong to the stored search
     params.update(overrides)
     detector = cls(policy=policy, **params)
     detector.memory_ = MemoryBank(arrays["memory"], arrays.get("weights"), config.get("memory_info", {}))

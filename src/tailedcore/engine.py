@@ -55,6 +55,37 @@ def same_threads(counts: dict) -> Iterator[None]:
         yield
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which taskset and container cpusets set)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity masks on this system
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def thread_limits(threads: int | None) -> Iterator[int]:
+    """Run the block with ``threads`` threads in torch, faiss and every BLAS / OpenMP pool (numpy,
+    scikit-learn), restored after; None: torch's count (``torch.set_num_threads``), at most
+    ``available_cores()``. Yields the count used.
+
+    Each library otherwise sizes its own pool, torch by the machine's cores, not the ones this process
+    may use, and the pools add up to more threads than cores.
+    """
+    import faiss
+
+    count = threads or min(torch.get_num_threads(), available_cores())
+    torch_before, faiss_before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(count)
+    faiss.omp_set_num_threads(count)
+    try:
+        with threadpool_limits(limits=count):
+            yield count
+    finally:
+        torch.set_num_threads(torch_before)
+        faiss.omp_set_num_threads(faiss_before)
+
+
 def _maybe_die(index: int) -> None:
     """With the fault folder armed, the first task of a map kills its worker once (see FAULT_FOLDER)."""
     folder = os.environ.get(FAULT_FOLDER)

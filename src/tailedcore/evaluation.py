@@ -215,5 +215,6 @@ def calibrate_on_validation(detector: Detector, data: str | os.PathLike) -> Thre
     if with_truth:
         masks = np.concatenate([p.masks for p in with_truth])
         maps = np.concatenate([p.maps for p in with_truth])
-        return calibrate_f1(labels, scores, masks, maps)
-    return calibrate_f1(labels, scores, None, np.concatenate([p.predictions.anomaly_maps for p in parts.values()]))
+        return detector.stamped(calibrate_f1(labels, scores, masks, maps))
+    maps = np.concatenate([p.predictions.anomaly_maps for p in parts.values()])
+    return detector.stamped(calibrate_f1(labels, scores, None, maps))

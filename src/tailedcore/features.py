@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .backbones import Backbone, backbone_spec, build_backbone
+from .backbones import DEFAULT_STAGES, Backbone, backbone_spec, build_backbone, check_stages
 from .data import ImageLoadError, load_image
 from .store import FeatureCache, file_identity
 
@@ -35,25 +35,26 @@ def pooling_matrix(in_size: int, out_size: int) -> torch.Tensor:
 
 
 class PatchAggregator(torch.nn.Module):
-    """PatchCore's local aggregation of two backbone maps, as two convolutions.
+    """PatchCore's local aggregation of backbone maps, as one convolution per map.
 
     Per location: the ``patch_size`` neighbourhood of each map (C x k x k
-    values), the stride-16 grid bilinearly resized to the stride-8 grid, each
-    layer's vector adaptive-average-pooled to ``layer_dim``, the concatenation
-    pooled again to ``feature_dim``. Every step after the neighbourhood is
-    linear and acts on channels only, so the whole chain is one k x k
-    convolution per map (the pooling matrices folded into its kernel), and the
-    resize can come after the convolution. The same numbers, a fraction of the
-    work and memory.
+    values), each map resized to the output ``grid`` (a coarser one bilinearly,
+    a finer one by average pooling), each layer's vector adaptive-average-pooled
+    to ``layer_dim``, the concatenation pooled again to ``feature_dim``. Every
+    step after the neighbourhood is linear and acts on channels only, so the
+    whole chain is one k x k convolution per map (the pooling matrices folded
+    into its kernel), and the resize can come after the convolution. The same
+    numbers, a fraction of the work and memory.
 
-    forward: map8 (B, C8, H, W), map16 (B, C16, h, w) -> (B, H*W, feature_dim).
+    forward: maps (B, C_i, H_i, W_i), one per entry of ``channels`` -> (B, H*W, feature_dim), (H, W) = grid.
     """
 
-    def __init__(self, channels: tuple[int, int], patch_size: int = 3, layer_dim: int = 1024,
-                 feature_dim: int = 1024):
+    def __init__(self, channels: tuple[int, ...], patch_size: int = 3, layer_dim: int = 1024,
+                 feature_dim: int = 1024, grid: tuple[int, int] | None = None):
         super().__init__()
         self.padding = (patch_size - 1) // 2
-        final = pooling_matrix(2 * layer_dim, feature_dim)
+        self.grid = grid  # None: the first map's size
+        final = pooling_matrix(len(channels) * layer_dim, feature_dim)
         self.parts = []
         for index, channel_count in enumerate(channels):
             inputs = channel_count * patch_size * patch_size  # unfold order: channel-major, then kernel
@@ -65,12 +66,15 @@ class PatchAggregator(torch.nn.Module):
             self.parts.append((first, last))
         self.feature_dim = feature_dim
 
-    def forward(self, map8: torch.Tensor, map16: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = map8.shape
-        out = map8.new_zeros((batch, self.feature_dim, height, width)).contiguous(memory_format=torch.channels_last)
-        for index, (layer, (first, last)) in enumerate(zip((map8, map16), self.parts)):
+    def forward(self, *maps: torch.Tensor) -> torch.Tensor:
+        batch = maps[0].shape[0]
+        height, width = self.grid or maps[0].shape[2:]
+        out = maps[0].new_zeros((batch, self.feature_dim, height, width)).contiguous(memory_format=torch.channels_last)
+        for index, (layer, (first, last)) in enumerate(zip(maps, self.parts)):
             part = F.conv2d(layer, getattr(self, f"kernel{index}"), padding=self.padding)
-            if part.shape[2:] != (height, width):
+            if part.shape[2] > height:
+                part = F.adaptive_avg_pool2d(part, (height, width))
+            elif part.shape[2:] != (height, width):
                 part = F.interpolate(part, size=(height, width), mode="bilinear", align_corners=False)
             out[:, first:last] += part
         return out.permute(0, 2, 3, 1).reshape(batch, height * width, self.feature_dim)
@@ -138,9 +142,12 @@ class FeatureExtractor:
     """
 
     def __init__(self, backbone: str, weights: str | None, resize: int, crop: int, patch_size: int, layer_dim: int,
-                 feature_dim: int, batch_size: int, progress: bool, precision: str):
-        if crop % 16:
-            raise ValueError(f"crop={crop}: must be a multiple of 16")
+                 feature_dim: int, batch_size: int, progress: bool, precision: str,
+                 stages: tuple[int, ...] = DEFAULT_STAGES):
+        stages = check_stages(stages)
+        multiple = max(16, *stages)
+        if crop % multiple:
+            raise ValueError(f"crop={crop}: must be a multiple of {multiple}")
         if resize < crop:
             raise ValueError(f"resize={resize}: must be at least crop={crop}")
         self.resize, self.crop = resize, crop
@@ -151,6 +158,7 @@ class FeatureExtractor:
         self.precision = precision
         self.progress = progress
         self.backbone_name = backbone
+        self.stages = stages
         self.family = backbone_spec(backbone).family
         self.weights = weights
         self.weights_id = None if weights is None else file_identity(Path(weights))
@@ -159,18 +167,19 @@ class FeatureExtractor:
         self.graph = None
         # What rebuilds this extractor in another process (engine tasks), without progress bars.
         self.init_args = (backbone, weights, resize, crop, patch_size, layer_dim, feature_dim, batch_size, False,
-                          precision)
+                          precision, stages)
 
     @cached_property
     def backbone(self) -> Backbone:
-        return build_backbone(self.backbone_name, self.crop, self.weights)
+        return build_backbone(self.backbone_name, self.crop, self.weights, self.stages)
 
     @cached_property
     def aggregator(self) -> PatchAggregator:
         with torch.inference_mode():
             zeros = torch.zeros(1, 3, self.crop, self.crop).contiguous(memory_format=torch.channels_last)
-            map8, map16 = self.backbone(zeros)
-        return PatchAggregator((map8.shape[1], map16.shape[1]), self.patch_size, self.layer_dim, self.feature_dim)
+            maps = self.backbone(zeros)
+        return PatchAggregator(tuple(m.shape[1] for m in maps), self.patch_size, self.layer_dim, self.feature_dim,
+                               self.grid_shape)
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -189,11 +198,11 @@ class FeatureExtractor:
         embeddings = None
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
             if with_embeddings:
-                map8, map16, embedded = self.backbone.embed(batch)
+                maps, embedded = self.backbone.embed(batch)
                 embeddings = embedded.float().numpy()
             else:
-                map8, map16 = self.backbone(batch)
-            patches = self.aggregator(map8, map16)
+                maps = self.backbone(batch)
+            patches = self.aggregator(*maps)
         return FeatureBatch(patches.float().numpy(), embeddings)
 
     def load(self, paths: Sequence[Path]) -> list[np.ndarray | ImageLoadError]:
@@ -211,6 +220,7 @@ class FeatureExtractor:
         return {"backbone": self.backbone_name, "embedding_dim": self.backbone.embedding_dim,
                 "resize": self.resize, "crop": self.crop, "patch_size": self.patch_size,
                 "layer_dim": self.layer_dim, "feature_dim": self.feature_dim, "precision": self.precision,
+                "stages": list(self.stages),
                 "weights": self.weights_id}
 
     def _compute(self, loaded: list, with_embeddings: bool) -> Chunk:

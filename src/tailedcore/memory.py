@@ -69,6 +69,27 @@ def write_model(path: str | os.PathLike, arrays: dict[str, np.ndarray], config: 
     atomic_write_file(Path(path), lambda tmp: save_file(contiguous, tmp, metadata={"tailedcore": json.dumps(header)}))
 
 
+def _cut_short(path: Path) -> bool:
+    """Whether ``path`` starts as a safetensors file but ends before the header or the arrays it declares."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return False
+        header_size = int.from_bytes(prefix, "little")
+        if header_size > 100_000_000:  # not a safetensors header length at all
+            return False
+        if size < 8 + header_size:
+            return True
+        try:
+            header = json.loads(handle.read(header_size))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return False
+    ends = [entry["data_offsets"][1] for entry in header.values()
+            if isinstance(entry, dict) and "data_offsets" in entry]
+    return size < 8 + header_size + max(ends, default=0)
+
+
 def read_model(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     """Read and verify a model file -> (arrays, config). Raises ModelFileError."""
     path = Path(path)
@@ -79,6 +100,9 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
             metadata = handle.metadata() or {}
             arrays = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, ValueError) as error:
+        if _cut_short(path):
+            raise ModelFileError(f"{path}: damaged or truncated (shorter than its header says; "
+                                 "copy or write it again)") from error
         raise ModelFileError(f"{path}: not a tailedcore model file ({error})") from error
     try:
         header = json.loads(metadata["tailedcore"])

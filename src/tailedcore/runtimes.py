@@ -15,8 +15,10 @@ runs the float32 graph in bfloat16 when asked; an ONNX export can also hold an i
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -35,6 +37,7 @@ INT8_GRAPH = "features-int8.onnx"
 GRAPH_PRECISIONS = {"onnx": ("float32", "int8"), "openvino": ("float32", "bfloat16")}
 EXPORT_INFO = "export.json"
 MODEL_FILE = "model.safetensors"
+log = logging.getLogger(__name__)
 EXTRAS = {"onnx": "pip install 'tailedcore[onnx]'", "openvino": "pip install 'tailedcore[openvino]'"}
 
 
@@ -46,8 +49,7 @@ class FeatureGraph(nn.Module):
         self.backbone, self.aggregator = extractor.backbone, extractor.aggregator
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        map8, map16 = self.backbone(images)
-        return self.aggregator(map8, map16)
+        return self.aggregator(*self.backbone(images))
 
 
 def is_export(path: str | os.PathLike) -> bool:
@@ -90,8 +92,36 @@ def export(detector, out: str | os.PathLike, fmt: str, overwrite: bool = False,
                 "grid": list(extractor.grid_shape), "graph": GRAPH_FILES[fmt], "model": MODEL_FILE,
                 "int8_graph": INT8_GRAPH if int8_calibration else None,
                 "int8_calibration_images": len(int8_calibration)}
+        info["sha256"] = {path.name: file_sha256(path) for path in sorted(folder.iterdir())}
         atomic_write_text(folder / EXPORT_INFO, json.dumps(info, indent=1) + "\n")
     return out
+
+
+def file_sha256(path: Path, block: int = 1 << 22) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def verify_export(folder: str | os.PathLike) -> dict:
+    """The export's info after checking every file it lists against its SHA-256 (ValueError naming a
+    damaged or missing file). An export written before digests were kept loads with a warning."""
+    folder = Path(folder)
+    info = export_info(folder)
+    digests = info.get("sha256")
+    if digests is None:
+        log.warning("%s: an export without file digests (an older tailedcore): its graph is not checked", folder)
+        return info
+    for name, digest in digests.items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{path}: missing from the export (export the model again)")
+        if file_sha256(path) != digest:
+            raise ValueError(f"{path}: damaged (its SHA-256 differs from the one in {EXPORT_INFO}); "
+                             "export the model again")
+    return info
 
 
 def export_info(folder: str | os.PathLike) -> dict:

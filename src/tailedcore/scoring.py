@@ -24,6 +24,12 @@ from scipy.ndimage import gaussian_filter
 SearchResult = tuple[np.ndarray, np.ndarray]  # squared distances (Q, k) float32, indices (Q, k) int64
 
 
+# The search a model fitted from the command line keeps, and so predicts, calibrates and serves with:
+# the fastest setting within 0.3 points of image and pixel AUROC of exact search on both real noisy
+# long-tail sets measured (docs/performance.md, section 4). ``--search exact`` is the reference.
+SERVING_SEARCH = {"search": "ivf-batched", "search_options": {"nprobe": 16, "rerank": 2}}
+
+
 class ExactSearch:
     """Exact k-NN by blocked matrix products. memory: (M, D) float32."""
 

@@ -39,7 +39,9 @@ class Thresholds:
     """Image and pixel thresholds (raw score units) with the score ranges used to normalise.
 
     ``source`` says how they were found (e.g. "false-alarm rate 0.01 on 42 held-out training images");
-    ``images``: how many images they rest on; ``false_alarm_rate``: the rate (None for F1-max).
+    ``images``: how many images they rest on; ``false_alarm_rate``: the rate (None for F1-max);
+    ``search``: the nearest-neighbour search the scores came from, {"search": name, "search_options": {...}}
+    (None in model files written before it was kept).
     """
 
     image: float
@@ -49,6 +51,7 @@ class Thresholds:
     source: str
     images: int | None = None
     false_alarm_rate: float | None = None
+    search: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,7 +67,7 @@ class Thresholds:
             rate = float(found.group(1)) if found else None
         return cls(float(data["image"]), float(data["pixel"]), tuple(data["image_range"]),
                    tuple(data["pixel_range"]), source, None if images is None else int(images),
-                   None if rate is None else float(rate))
+                   None if rate is None else float(rate), data.get("search"))
 
     @property
     def images_needed(self) -> int:

@@ -82,3 +82,27 @@ def test_atomic_writes_keep_the_usual_permissions(tmp_path, umask):
         os.umask(previous)
     assert (tmp_path / "file").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_a_model_keeps_its_feature_stages_and_older_files_load_with_the_pair(synthetic_root, tmp_path):
+    from tailedcore.memory import read_model
+    from tailedcore.runtimes import export
+
+    from ..conftest import SMALL
+
+    train = synthetic_root / "dots" / "train" / "good"
+    detector = PatchCore(**SMALL, calibration_share=0.0, stages=(8, 16, 32)).fit(train)
+    path = tmp_path / "three.safetensors"
+    detector.save(path)
+    loaded = load(path)
+    assert loaded.stages == (8, 16, 32)
+    images = synthetic_root / "dots" / "test"
+    np.testing.assert_array_equal(loaded.predict(images).image_scores, detector.predict(images).image_scores)
+    folder = export(loaded, tmp_path / "onnx", "onnx")
+    np.testing.assert_allclose(load(folder).predict(images).image_scores, detector.predict(images).image_scores,
+                               rtol=1e-4)
+    arrays, config = read_model(path)
+    del config["params"]["stages"]  # as written before stages were a parameter
+    older = tmp_path / "older.safetensors"
+    write_model(older, arrays, config)
+    assert load(older).stages == (8, 16)

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from .. import __version__
-from .._io import staged_directory
+from .._io import check_writable_file, check_writable_folder, staged_directory
 from ..data import collect_images
 from ..detector import METHODS, Detector, load
 from ..engine import ENGINES
@@ -25,7 +25,7 @@ from ..evaluation import calibrate_on_validation, evaluate
 from ..policies import TAIL_CORESETS, Policy, TailedCorePolicy
 from ..report.writers import stage_table, write_evaluation, write_predictions
 from ..runtimes import EXPORT_FORMATS, RUNTIMES
-from ..scoring import SEARCHES
+from ..scoring import SEARCHES, SERVING_SEARCH
 from ..store import STORE_DTYPES
 from ..tail import TAIL_ESTIMATORS
 
@@ -70,6 +70,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     default = _detector_default
     group.add_argument("--backbone", default=default("backbone"), help=f"backbone name (default {default('backbone')})")
     group.add_argument("--weights", help="local backbone weights file (default: the packaged weights)")
+    group.add_argument("--stages", type=int, nargs="+", default=list(default("stages")), metavar="STRIDE",
+                       help="strides of the backbone maps that feed the patch feature, from 4 8 16 32")
     group.add_argument("--resize", type=int, default=default("resize"),
                        help=f"shorter side before cropping (default {default('resize')})")
     group.add_argument("--crop", type=int, default=default("crop"),
@@ -130,7 +132,12 @@ def _policy_params(given: dict[str, object], policy: Policy) -> tuple[dict, list
     return params, refused
 
 
-def _add_run_options(parser: argparse.ArgumentParser, default_search: str = "exact") -> None:
+SERVING_TEXT = (f"{SERVING_SEARCH['search']} with "
+                + " ".join(f"{key}={value}" for key, value in SERVING_SEARCH["search_options"].items()))
+MODEL_SEARCH = "the model's own, the one it was fitted with; exact is the reference"
+
+
+def _add_run_options(parser: argparse.ArgumentParser, default_search: str = MODEL_SEARCH) -> None:
     parser.add_argument("--batch-size", type=int, default=_detector_default("batch_size"),
                         help=f"images per backbone batch (default {_detector_default('batch_size')})")
     parser.add_argument("--search", choices=list(SEARCHES), default=None,
@@ -164,7 +171,8 @@ def _search_options(args: argparse.Namespace) -> dict | None:
 def _detector_params(args: argparse.Namespace) -> tuple[dict, dict]:
     """(pipeline parameters, nested policy parameters) of ``fit``."""
     params = {
-        "backbone": args.backbone, "weights": args.weights, "resize": args.resize, "crop": args.crop,
+        "backbone": args.backbone, "weights": args.weights, "stages": tuple(args.stages), "resize": args.resize,
+        "crop": args.crop,
         "seed": args.seed, "batch_size": args.batch_size, "calibration_share": args.calibration_share,
         "false_alarm_rate": args.false_alarm_rate, "progress": not args.quiet, "store_dtype": args.store_dtype,
     }
@@ -172,6 +180,9 @@ def _detector_params(args: argparse.Namespace) -> tuple[dict, dict]:
         if getattr(args, option):
             params[option] = getattr(args, option)
     params["search_options"] = _search_options(args)
+    if not args.search:  # the model keeps the serving search: every command then gives the same answer
+        params["search"] = SERVING_SEARCH["search"]
+        params["search_options"] = params["search_options"] or SERVING_SEARCH["search_options"]
     policy_params, refused = _policy_params(_given_policy_options(args), METHODS[args.method].default_policy())
     if refused:
         raise UsageError(f"{refused[0]} does not apply to --method {args.method}"
@@ -208,6 +219,7 @@ def _raise_terminated(signum, frame) -> None:
 def cmd_fit(args: argparse.Namespace) -> None:
     if args.calibration and args.calibration_share:
         raise UsageError("--calibration and --calibration-share both set the thresholds: give one")
+    check_writable_file(Path(args.out), args.overwrite)
     params, policy_params = _detector_params(args)
     if args.calibration_share is None:  # with a calibration folder, train on every image
         params["calibration_share"] = 0.0 if args.calibration else _detector_default("calibration_share")
@@ -255,14 +267,11 @@ def fit_summary(detector, model_file: Path) -> list[str]:
     return lines
 
 
-# What ``serve`` searches with unless told: the fastest setting within 0.3 points of image and pixel
-# AUROC of exact search on both real noisy long-tail sets measured (docs/performance.md, section 4).
-SERVING_SEARCH = {"search": "ivf-batched", "search_options": {"nprobe": 16, "rerank": 2}}
 SERVING_MAX_BATCH = 8
 
 
-def _load(args: argparse.Namespace, defaults: dict | None = None):
-    overrides = {**(defaults or {}), "progress": not args.quiet, "batch_size": args.batch_size}
+def _load(args: argparse.Namespace):
+    overrides = {"progress": not args.quiet, "batch_size": args.batch_size}
     for option in ("search", "precision", "engine", "ray_address", "runtime"):
         if getattr(args, option):
             overrides[option] = getattr(args, option)
@@ -271,25 +280,31 @@ def _load(args: argparse.Namespace, defaults: dict | None = None):
     return load(args.model, **overrides)
 
 
-def check_predictions_folder(out: Path, overwrite: bool) -> None:
-    """Refuse an output folder that is not empty, unless ``overwrite`` and it holds a previous run's scores."""
+# The file that marks an output folder of each kind: --overwrite replaces only such a folder.
+OUTPUT_MARKERS = {"predictions": "scores.csv", "evaluation": "metrics.json"}
+
+
+def check_output_folder(out: Path, overwrite: bool, kind: str = "predictions") -> None:
+    """Before any work: refuse an output folder that cannot be written, or that is not empty unless
+    ``overwrite`` and it holds a previous output of the same ``kind`` (predictions or evaluation)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: not a folder")
+    check_writable_folder(out.parent, out)
     if not out.is_dir() or not any(out.iterdir()):
         return
+    marker = OUTPUT_MARKERS[kind]
     if not overwrite:
-        raise ValueError(f"{out}: not empty (use --overwrite to replace a previous run's predictions)")
-    if not (out / "scores.csv").is_file():
-        raise ValueError(f"{out}: --overwrite replaces only a previous predictions folder (one with scores.csv)")
+        raise ValueError(f"{out}: not empty (use --overwrite to replace a previous run's {kind})")
+    if not (out / marker).is_file():
+        raise ValueError(f"{out}: --overwrite replaces only a previous {kind} folder (one with {marker})")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    check_predictions_folder(Path(args.out), args.overwrite)
+    check_output_folder(Path(args.out), args.overwrite)
     detector = _load(args)
     if detector.thresholds_ is None:
         log.warning("%s has no thresholds: raw scores only (calibrate with 'tailedcore calibrate')", args.model)
-    elif detector.thresholds_.few_images:
-        log.warning("%s: %s", args.model, detector.thresholds_.few_images_warning())
+    _warn_about_thresholds(detector, args.model)
     predictions = detector.predict(args.inputs, strict=args.strict)
     if not predictions.paths:
         if not predictions.failures:
@@ -308,9 +323,22 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"{len(predictions.paths)} images scored{failed} -> {args.out}")
 
 
+def _warn_about_thresholds(detector, model: str) -> None:
+    """Warn when the thresholds rest on few images or on scores of another search."""
+    if detector.thresholds_ is not None and detector.thresholds_.few_images:
+        log.warning("%s: %s", model, detector.thresholds_.few_images_warning())
+    mismatch = detector.threshold_search_mismatch()
+    if mismatch:
+        log.warning("%s: %s", model, mismatch)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> None:
     if args.validation and args.false_alarm_rate is not None:
         raise UsageError("--false-alarm-rate applies to --normal; --validation takes the F1-max thresholds")
+    if args.out:
+        check_writable_file(Path(args.out), args.overwrite)
+    else:
+        check_writable_file(Path(args.model), overwrite=True)
     detector = _load(args)
     if args.false_alarm_rate is not None:
         detector.set_params(false_alarm_rate=args.false_alarm_rate)
@@ -325,9 +353,12 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    check_output_folder(Path(args.out), args.overwrite, "evaluation")
     detector = _load(args)
     evaluation = evaluate(detector, args.data)
-    print(write_evaluation(evaluation, Path(args.out)))
+    with staged_directory(Path(args.out)) as staging:
+        table = write_evaluation(evaluation, staging)
+    print(table)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -369,7 +400,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     from ..report.benchmark_pages import results_markdown, summary_markdown
 
     options = {"resize": args.resize, "crop": args.crop, "batch_size": args.batch_size,
-               "backbone": args.backbone, "weights": args.weights,
+               "backbone": args.backbone, "weights": args.weights, "stages": tuple(args.stages),
                "precision": args.precision or "float32", "store_dtype": args.store_dtype,
                "engine": args.engine or "local",
                "ray_address": args.ray_address, "search_options": _search_options(args)}
@@ -397,6 +428,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from ..runtimes import export
 
+    check_writable_folder(Path(args.out).parent, Path(args.out))
     detector = load(args.model, progress=not args.quiet)
     int8_images = collect_images(args.int8_calibration, recursive=True) if args.int8_calibration else []
     if args.int8_calibration and not int8_images:
@@ -410,11 +442,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import serve
 
-    detector = _load(args, SERVING_SEARCH if args.search is None else None)  # --search-option replaces its options
+    detector = _load(args)
     if detector.thresholds_ is None:
         log.warning("%s has no thresholds: answers carry raw scores and no decision", args.model)
-    elif detector.thresholds_.few_images:
-        log.warning("%s: %s", args.model, detector.thresholds_.few_images_warning())
+    _warn_about_thresholds(detector, args.model)
     log.info("serving with search %s %s, features by %s (%s)", detector.search, detector.search_options or "",
              detector.runtime, detector.precision)
     serve(detector, args.host, args.port, max_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
@@ -428,6 +459,16 @@ def set_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help states its default, unless it already does or there is none to state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default %(default)s)" if text else "(default %(default)s)"
 
 
 DESCRIPTION = "Anomaly detection for industrial image sets (PatchCore, SoftPatch, TailedCore)"
@@ -446,7 +487,7 @@ def _add_global_options(parser, suppress: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tailedcore", epilog=EPILOG)
+    parser = argparse.ArgumentParser(prog="tailedcore", epilog=EPILOG, formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--version", action="version", version=f"tailedcore {__version__}")
     _add_global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -457,11 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, help="model file to write (.safetensors)")
     fit.add_argument("--cache", help="folder for feature files: completed batches are kept and reused by a "
                                      "re-run (default: temporary, removed)")
-    fit.add_argument("--strict", action="store_true", help="fail on the first unreadable training image")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    fit.add_argument("--strict", action="store_true",
+                     help="fail on the first unreadable training image or image upscaled more than 4x")
     fit.add_argument("--stage-times", action="store_true", help="print wall time and peak RSS of every stage")
     fit.add_argument("--calibration", nargs="+", help="normal images/folders to calibrate thresholds on")
     _add_model_options(fit)
-    _add_run_options(fit)
+    _add_run_options(fit, f"{SERVING_TEXT}, kept in the model")
     fit.set_defaults(run=cmd_fit)
 
     predict = commands.add_parser("predict", help="score images; write scores and heatmap overlays")
@@ -483,14 +526,16 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--false-alarm-rate", type=float,
                            help="with --normal: share of normal images allowed above the threshold "
                                 "(default: the model's, 0.01 unless fitted with another)")
-    calibrate.add_argument("--out", help="write the calibrated model here instead")
+    calibrate.add_argument("--out", help="write the calibrated model here instead (a new file unless --overwrite)")
+    calibrate.add_argument("--overwrite", action="store_true", help="with --out: replace an existing file")
     _add_run_options(calibrate)
     calibrate.set_defaults(run=cmd_calibrate)
 
     evaluate_cmd = commands.add_parser("evaluate", help="per-class metrics on an MVTec-layout test split")
     evaluate_cmd.add_argument("model", help="model file or export folder")
     evaluate_cmd.add_argument("data", help="MVTec-layout root")
-    evaluate_cmd.add_argument("--out", required=True, help="output folder")
+    evaluate_cmd.add_argument("--out", required=True, help="output folder (new or empty)")
+    evaluate_cmd.add_argument("--overwrite", action="store_true", help="replace a previous evaluation's folder")
     _add_run_options(evaluate_cmd)
     evaluate_cmd.set_defaults(run=cmd_evaluate)
 
@@ -521,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("benchmark", help="fit and evaluate several methods; head/tail report")
     bench.add_argument("data", help="an NLT set (make-nlt) or any MVTec-layout root; with --seeds the source root")
-    bench.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    bench.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS), help="methods to run")
     bench.add_argument("--out", required=True, help="output folder")
     bench.add_argument("--seeds", nargs="+", type=int, help="build one NLT set per seed from DATA and run each")
     bench.add_argument("--profile", help="NLT profile for --seeds (step-k1, step-k4, pareto)")
@@ -529,16 +574,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--keep-injected-in-test", action="store_true", help="leaky protocol for --seeds")
     bench.add_argument("--resume", action="store_true",
                        help="with --seeds, reuse seed-N/results.json when it holds every requested method")
-    bench.add_argument("--backbone", default=_detector_default("backbone"))
-    bench.add_argument("--weights")
-    bench.add_argument("--resize", type=int, default=_detector_default("resize"))
-    bench.add_argument("--crop", type=int, default=_detector_default("crop"))
+    bench.add_argument("--backbone", default=_detector_default("backbone"), help="backbone name")
+    bench.add_argument("--weights", help="local backbone weights file (default: the packaged weights)")
+    bench.add_argument("--stages", type=int, nargs="+", default=list(_detector_default("stages")), metavar="STRIDE",
+                       help="strides of the backbone maps that feed the patch feature, from 4 8 16 32")
+    bench.add_argument("--resize", type=int, default=_detector_default("resize"), help="shorter side before cropping")
+    bench.add_argument("--crop", type=int, default=_detector_default("crop"), help="center crop size")
     bench.add_argument("--store-dtype", choices=STORE_DTYPES, default=_detector_default("store_dtype"),
                        help="what each fit keeps of a training patch on disk (default float32)")
     bench.add_argument("--stage-times", action="store_true",
                        help="print wall time and peak RSS of every stage of each method")
     _add_method_options(bench.add_argument_group("method"))
-    _add_run_options(bench)
+    _add_run_options(bench, "exact, the benchmark protocol")
     bench.set_defaults(run=cmd_benchmark)
 
     export_cmd = commands.add_parser("export", help="write the model's backbone and patch aggregation as one "
@@ -555,14 +602,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="HTTP service and web page for one model")
     serve_cmd.add_argument("model", help="model file or export folder")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free one)")
     serve_cmd.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload (default 20)")
     serve_cmd.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image area")
     serve_cmd.add_argument("--max-batch", type=int, default=SERVING_MAX_BATCH,
                            help="score up to this many concurrent requests together "
                                 f"(default {SERVING_MAX_BATCH}; 1: one at a time)")
-    serving_options = " ".join(f"{key}={value}" for key, value in SERVING_SEARCH["search_options"].items())
-    _add_run_options(serve_cmd, default_search=f"{SERVING_SEARCH['search']} with {serving_options}")
+    _add_run_options(serve_cmd)
     serve_cmd.set_defaults(run=cmd_serve)
 
     demo = commands.add_parser("demo", help="fit all three methods on a small noisy long-tail set")
@@ -573,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=cmd_demo)
     for command in commands.choices.values():
+        command.formatter_class = DefaultsHelpFormatter
         _add_global_options(command.add_argument_group("global options (also before the command)"), suppress=True)
     parser.description = f"{DESCRIPTION}: {', '.join(commands.choices)}."
     return parser

@@ -177,7 +177,11 @@ def serve(detector: Detector, host: str = "127.0.0.1", port: int = 8000, **limit
     except OSError as error:
         listener.close()
         raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
-    config = uvicorn.Config(create_app(detector, **limits), host=host, port=port, log_level="info")
+    listener.listen(2048)  # from here on a request waits for the service instead of being refused
+    bound_port = listener.getsockname()[1]
+    config = uvicorn.Config(create_app(detector, **limits), host=host, port=bound_port, log_level="info")
+    address = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"tailedcore: serving on http://{address}:{bound_port}/ (Ctrl-C stops)", flush=True)
     uvicorn.Server(config).run(sockets=[listener])
 
 

@@ -1,0 +1,53 @@
+"""The tables of docs/features.md from the feature study's JSON (benchmarks/features_study.py).
+
+    python scripts/features_table.py docs/features_study.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def tables(study: dict) -> str:
+    rows = study["rows"]
+    settings = list(dict.fromkeys(row["setting"] for row in rows))
+    classes = study.get("classes") or sorted({row["class"] for row in rows})
+    by_key = {(row["setting"], row["class"]): row for row in rows}
+    lines = ["Image AUROC (%) per class; the mean is over the classes a setting has finished.", "",
+             "| setting | " + " | ".join(classes) + " | mean | classes |",
+             "|" + "---|" * (len(classes) + 3)]
+    for setting in settings:
+        values = [by_key.get((setting, name), {}).get("image_auroc") for name in classes]
+        done = [v for v in values if v is not None]
+        mean = sum(done) / len(done) if done else None
+        lines.append(f"| {setting} | " + " | ".join(percent(v) for v in values)
+                     + f" | {percent(mean)} | {len(done)} of {len(classes)} |")
+    lines += ["", "Pixel AUROC / AUPRO (%) where masks exist; time per image and peak RSS, means over classes.", "",
+              "| setting | pixel AUROC | AUPRO | fit s/image | test s/image | peak RSS MiB (largest class) |",
+              "|---|---|---|---|---|---|"]
+    for setting in settings:
+        mine = [row for row in rows if row["setting"] == setting]
+        pixel = [row["pixel_auroc"] for row in mine if row["pixel_auroc"] is not None]
+        pro = [row["aupro"] for row in mine if row["aupro"] is not None]
+        fit = sum(row["fit_seconds_per_image"] for row in mine) / len(mine)
+        test = sum(row["test_seconds_per_image"] for row in mine) / len(mine)
+        lines.append(f"| {setting} | {percent(sum(pixel) / len(pixel) if pixel else None)} | "
+                     f"{percent(sum(pro) / len(pro) if pro else None)} | {fit:.2f} | {test:.3f} | "
+                     f"{max(row['peak_rss_mib'] for row in mine):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", type=Path)
+    print(tables(json.loads(parser.parse_args().study.read_text())), end="")
+
+
+if __name__ == "__main__":
+    main()
