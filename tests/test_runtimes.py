@@ -11,6 +11,8 @@ from tailedcore import PatchCore, load
 from tailedcore.app.cli import main
 from tailedcore.runtimes import export
 
+from .conftest import require_openvino
+
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ad"
 PARAMS = {"resize": 72, "crop": 64, "progress": False, "batch_size": 4, "calibration_share": 0.0}
 
@@ -28,6 +30,8 @@ def fitted(tmp_path_factory):
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_exported_runtime_agrees_with_torch(fitted, fmt, tmp_path):
+    if fmt == "openvino":
+        require_openvino()
     pytest.importorskip("onnxruntime" if fmt == "onnx" else "openvino")
     model, test = fitted
     folder = export(load(model), tmp_path / fmt, fmt)
@@ -67,7 +71,7 @@ def test_cli_export_and_predict_with_a_runtime(fitted, tmp_path, capsys):
 
 def test_lower_precision_modes_are_each_runtimes_own_and_asked_for(fitted, tmp_path):
     pytest.importorskip("onnxruntime")
-    pytest.importorskip("openvino")
+    require_openvino()
     model, test = fitted
     train = sorted((REAL / "bottle" / "train" / "good").iterdir())[6:14]
     reference = load(model).predict(test).image_scores

@@ -15,7 +15,7 @@ from tailedcore.app.cli import main
 from tailedcore.data import ImageLoadError
 from tailedcore.memory import ModelFileError
 
-from ..conftest import SMALL, SMALL_OPTIONS
+from ..conftest import SMALL, SMALL_OPTIONS, require_openvino
 
 
 def modes_below(root):
@@ -62,6 +62,8 @@ def test_every_file_every_command_writes_has_the_usual_permissions(synthetic_roo
 
 @pytest.mark.parametrize("fmt, graph", [("onnx", "features.onnx"), ("openvino", "features.bin")])
 def test_a_damaged_export_is_refused_in_one_line(cli_model, synthetic_root, tmp_path, capsys, fmt, graph):
+    if fmt == "openvino":
+        require_openvino()
     folder = tmp_path / fmt
     assert main(["--quiet", "export", str(cli_model), "--format", fmt, "--out", str(folder)]) == 0
     assert load(folder).predict(synthetic_root / "checker" / "test" / "good").paths
