@@ -98,7 +98,8 @@ def _in_threads(method):
     return run
 
 
-def _search_text(setting: dict) -> str:
+def describe_search(setting: dict) -> str:
+    """A search setting ({"search": ..., "search_options": {...}}) as text, e.g. "ivf-batched (nprobe=16 rerank=2)"."""
     options = " ".join(f"{key}={value}" for key, value in sorted(setting.get("search_options", {}).items()))
     return setting["search"] + (f" ({options})" if options else "")
 
@@ -422,8 +423,8 @@ class Detector:
         calibrated = self.thresholds_.search if self.thresholds_ is not None else None
         if calibrated is None or calibrated == self.search_setting:
             return None
-        return (f"thresholds were calibrated with search {_search_text(calibrated)}, scores now come from "
-                f"{_search_text(self.search_setting)}: raw scores differ by up to a few percent; calibrate again "
+        return (f"thresholds were calibrated with search {describe_search(calibrated)}, scores now come from "
+                f"{describe_search(self.search_setting)}: raw scores differ by up to a few percent; calibrate again "
                 "with this search for decisions that match")
 
     def build_index(self) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import __version__
 from .._io import check_writable_file, check_writable_folder, staged_directory
 from ..data import collect_images
-from ..detector import METHODS, Detector, load
+from ..detector import METHODS, Detector, describe_search, load
 from ..engine import ENGINES
 from ..evaluation import calibrate_on_validation, evaluate
 from ..policies import TAIL_CORESETS, Policy, TailedCorePolicy
@@ -263,6 +263,8 @@ def fit_summary(detector, model_file: Path) -> list[str]:
         few = f"; a rough guess: at least {thresholds.images_needed} images needed" if thresholds.few_images else ""
         lines.append(f"thresholds: image {thresholds.image:.4g}, pixel {thresholds.pixel:.4g} "
                      f"({thresholds.source}{few})")
+    lines.append(f"search: {describe_search(detector.search_setting)}, kept in the model for every command "
+                 "(--search exact: the reference)")
     lines.append(f"model file: {model_file} ({model_file.stat().st_size / 2**20:.1f} MiB)")
     return lines
 
