@@ -1,6 +1,6 @@
-"""The tables of docs/features.md from the feature study's JSON (benchmarks/features_study.py).
+"""The tables of docs/features.md from the feature study's JSON files (benchmarks/features_study.py).
 
-    python scripts/features_table.py docs/features_study.json
+    python scripts/features_table.py docs/features_study.json docs/features_study_stages.json
 """
 
 from __future__ import annotations
@@ -19,15 +19,19 @@ def tables(study: dict) -> str:
     settings = list(dict.fromkeys(row["setting"] for row in rows))
     classes = study.get("classes") or sorted({row["class"] for row in rows})
     by_key = {(row["setting"], row["class"]): row for row in rows}
-    lines = ["Image AUROC (%) per class; the mean is over the classes a setting has finished.", "",
-             "| setting | " + " | ".join(classes) + " | mean | classes |",
-             "|" + "---|" * (len(classes) + 3)]
+    reference = settings[0]
+    lines = [f"Image AUROC (%) per class; the mean is over the classes a setting has finished, and the last "
+             f"column compares it with {reference} on those same classes (points).", "",
+             "| setting | " + " | ".join(classes) + f" | mean | classes | vs {reference} |",
+             "|" + "---|" * (len(classes) + 4)]
     for setting in settings:
         values = [by_key.get((setting, name), {}).get("image_auroc") for name in classes]
-        done = [v for v in values if v is not None]
-        mean = sum(done) / len(done) if done else None
+        done = [(name, v) for name, v in zip(classes, values) if v is not None]
+        mean = sum(v for _, v in done) / len(done) if done else None
+        paired = [(v, by_key[(reference, name)]["image_auroc"]) for name, v in done if (reference, name) in by_key]
+        delta = f"{100 * sum(a - b for a, b in paired) / len(paired):+.1f}" if paired else "n/a"
         lines.append(f"| {setting} | " + " | ".join(percent(v) for v in values)
-                     + f" | {percent(mean)} | {len(done)} of {len(classes)} |")
+                     + f" | {percent(mean)} | {len(done)} of {len(classes)} | {delta} |")
     lines += ["", "Pixel AUROC / AUPRO (%) where masks exist; time per image and peak RSS, means over classes.", "",
               "| setting | pixel AUROC | AUPRO | fit s/image | test s/image | peak RSS MiB (largest class) |",
               "|---|---|---|---|---|---|"]
@@ -45,8 +49,11 @@ def tables(study: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", type=Path)
-    print(tables(json.loads(parser.parse_args().study.read_text())), end="")
+    parser.add_argument("studies", type=Path, nargs="+", help="JSON files of one or more study runs")
+    studies = [json.loads(path.read_text()) for path in parser.parse_args().studies]
+    merged = {"rows": [row for study in studies for row in study["rows"]],
+              "classes": sorted({name for study in studies for name in study.get("classes", [])})}
+    print(tables(merged), end="")
 
 
 if __name__ == "__main__":

@@ -615,10 +615,7 @@ def load(path: str | os.PathLike, **overrides) -> Detector:
     wrong = set(overrides) - set(cls._param_names())
     if wrong:
         raise ValueError(f"unknown parameters for {method}: {', '.join(sorted(wrong))}")
-    if "search" in overrides and "search_options" not in overrides and overrides["search"] != params.get("search"):
-        params["search_options"] = None  # the stored options belong to the stored search
-    params.update(overrides)
-    detector = cls(policy=policy, **params)
+    detector = cls(policy=policy, **params).set_params(**overrides)
     detector.memory_ = MemoryBank(arrays["memory"], arrays.get("weights"), config.get("memory_info", {}))
     detector.thresholds_ = Thresholds.from_dict(config["thresholds"]) if config.get("thresholds") else None
     detector.training_summary_ = {k: config.get(k) for k in ("memory_info", "training_images", "calibration_images")}

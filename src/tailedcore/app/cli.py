@@ -132,8 +132,6 @@ def _policy_params(given: dict[str, object], policy: Policy) -> tuple[dict, list
     return params, refused
 
 
-SERVING_TEXT = (f"{SERVING_SEARCH['search']} with "
-                + " ".join(f"{key}={value}" for key, value in SERVING_SEARCH["search_options"].items()))
 MODEL_SEARCH = "the model's own, the one it was fitted with; exact is the reference"
 
 
@@ -506,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--stage-times", action="store_true", help="print wall time and peak RSS of every stage")
     fit.add_argument("--calibration", nargs="+", help="normal images/folders to calibrate thresholds on")
     _add_model_options(fit)
-    _add_run_options(fit, f"{SERVING_TEXT}, kept in the model")
+    _add_run_options(fit, f"{describe_search(SERVING_SEARCH)}, kept in the model")
     fit.set_defaults(run=cmd_fit)
 
     predict = commands.add_parser("predict", help="score images; write scores and heatmap overlays")
