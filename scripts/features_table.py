@@ -32,6 +32,15 @@ def tables(study: dict) -> str:
         delta = f"{100 * sum(a - b for a, b in paired) / len(paired):+.1f}" if paired else "n/a"
         lines.append(f"| {setting} | " + " | ".join(percent(v) for v in values)
                      + f" | {percent(mean)} | {len(done)} of {len(classes)} | {delta} |")
+    masked = [name for name in classes if any(row["class"] == name and row["pixel_auroc"] is not None for row in rows)]
+    lines += ["", "Pixel AUROC / AUPRO (%) of the classes with masks.", "",
+              "| setting | " + " | ".join(masked) + " |", "|" + "---|" * (len(masked) + 1)]
+    for setting in settings:
+        cells = []
+        for name in masked:
+            row = by_key.get((setting, name))
+            cells.append(f"{percent(row['pixel_auroc'])} / {percent(row['aupro'])}" if row else "n/a")
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     lines += ["", "Pixel AUROC / AUPRO (%) where masks exist; time per image and peak RSS, means over classes.", "",
               "| setting | pixel AUROC | AUPRO | fit s/image | test s/image | peak RSS MiB (largest class) |",
               "|---|---|---|---|---|---|"]
