@@ -97,12 +97,9 @@ def export(detector, out: str | os.PathLike, fmt: str, overwrite: bool = False,
     return out
 
 
-def file_sha256(path: Path, block: int = 1 << 22) -> str:
-    sha = hashlib.sha256()
+def file_sha256(path: Path) -> str:
     with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            sha.update(chunk)
-    return sha.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def verify_export(folder: str | os.PathLike) -> dict:
