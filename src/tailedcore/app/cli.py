@@ -65,13 +65,17 @@ def _detector_default(name: str):
     return inspect.signature(Detector).parameters[name].default
 
 
+STAGES_HELP = ("strides of the backbone maps that feed the patch feature, from 4 8 16 32 (default "
+               + " ".join(map(str, _detector_default("stages"))) + ")")
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     default = _detector_default
     group.add_argument("--backbone", default=default("backbone"), help=f"backbone name (default {default('backbone')})")
     group.add_argument("--weights", help="local backbone weights file (default: the packaged weights)")
     group.add_argument("--stages", type=int, nargs="+", default=list(default("stages")), metavar="STRIDE",
-                       help="strides of the backbone maps that feed the patch feature, from 4 8 16 32")
+                       help=STAGES_HELP)
     group.add_argument("--resize", type=int, default=default("resize"),
                        help=f"shorter side before cropping (default {default('resize')})")
     group.add_argument("--crop", type=int, default=default("crop"),
@@ -482,8 +486,8 @@ def _add_global_options(parser, suppress: bool) -> None:
     parser.add_argument("--debug", action="store_true", default=default(False), help="show tracebacks on errors")
     parser.add_argument("--quiet", action="store_true", default=default(False), help="no progress bars")
     parser.add_argument("--threads", type=int, default=default(None),
-                        help="CPU threads for torch and faiss (default: one per core); fix it to make benchmark "
-                             "figures exactly repeatable")
+                        help="CPU threads for torch, faiss and the BLAS / OpenMP pools (default: one per core "
+                             "this process may use); fix it to make benchmark figures exactly repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -577,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backbone", default=_detector_default("backbone"), help="backbone name")
     bench.add_argument("--weights", help="local backbone weights file (default: the packaged weights)")
     bench.add_argument("--stages", type=int, nargs="+", default=list(_detector_default("stages")), metavar="STRIDE",
-                       help="strides of the backbone maps that feed the patch feature, from 4 8 16 32")
+                       help=STAGES_HELP)
     bench.add_argument("--resize", type=int, default=_detector_default("resize"), help="shorter side before cropping")
     bench.add_argument("--crop", type=int, default=_detector_default("crop"), help="center crop size")
     bench.add_argument("--store-dtype", choices=STORE_DTYPES, default=_detector_default("store_dtype"),
