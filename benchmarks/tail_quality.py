@@ -55,6 +55,10 @@ class Inputs:
         index = {path: i for i, path in enumerate(self.paths)}
         return np.asarray([index[p] for p in relative_paths], dtype=np.int64)
 
+    def tail_inputs(self, rows: np.ndarray) -> TailInputs:
+        """What an estimator sees of the images ``rows``."""
+        return TailInputs(self.embeddings[rows], self.mean_patches[rows])
+
 
 def candidate_images(source: Path) -> list[str]:
     """Relative paths of every train/good image and every defective test image of SOURCE."""
@@ -95,19 +99,20 @@ class Mix:
     tail_classes: set[str]
 
 
-def build_mixes(source: Path, profiles: list[str], seeds: list[int], noises: list[float], inputs: Inputs
-                ) -> list[Mix]:
+def build_mixes(source: Path, profiles: list[str], seeds: list[int], noises: list[float], inputs: Inputs,
+                classes: list[str] | None = None) -> list[Mix]:
+    """The mixes of every profile x noise x seed, drawn from SOURCE's ``classes`` (all when None)."""
     mixes = []
     for profile in profiles:
         for noise in noises:
             for seed in seeds:
-                plan = plan_profile(source, profile, noise, seed)
+                plan = plan_profile(source, profile, noise, seed, classes)
                 kept = [p for name in plan.kept for p in plan.kept[name]]
                 injected = sorted(plan.injected.values())
                 paths = kept + injected
-                classes = np.asarray([p.split("/")[0] for p in paths])
+                labels = np.asarray([p.split("/")[0] for p in paths])
                 flags = np.r_[np.zeros(len(kept), bool), np.ones(len(injected), bool)]
-                mixes.append(Mix(f"{profile} noise {noise} seed {seed}", inputs.rows(paths), classes, flags,
+                mixes.append(Mix(f"{profile} noise {noise} seed {seed}", inputs.rows(paths), labels, flags,
                                  set(plan.tail)))
     return mixes
 
@@ -139,12 +144,18 @@ def parse_estimator(spec: str) -> tuple[object, bool]:
     return make_tail_estimator(name, **params), centre
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def mix_arguments(description: str, seeds: int) -> argparse.ArgumentParser:
+    """A parser with the arguments that say which mixes to draw: SOURCE, profiles, seeds 0..seeds-1, noise."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("source", type=Path)
     parser.add_argument("--profiles", nargs="+", default=["step-k1", "step-k4", "pareto"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(seeds)))
     parser.add_argument("--noise", nargs="+", type=float, default=[0.1, 0.2])
+    return parser
+
+
+def main() -> None:
+    parser = mix_arguments(__doc__.split("\n")[0], seeds=10)
     parser.add_argument("--estimators", nargs="+", default=ESTIMATORS, help="NAME or NAME:KEY=VALUE,...")
     parser.add_argument("--per-mix", action="store_true", help="print one row per mix and estimator")
     parser.add_argument("--json", type=Path, help="write the means (and every mix) to this file")
@@ -155,10 +166,9 @@ def main() -> None:
     for name in args.estimators:
         estimator, centre = parse_estimator(name)
         for mix in mixes:
-            embeddings = inputs.embeddings[mix.rows]
+            train = inputs.tail_inputs(mix.rows)
             if centre:
-                embeddings = embeddings - embeddings.mean(axis=0)
-            train = TailInputs(embeddings, inputs.mean_patches[mix.rows])
+                train.embeddings = train.embeddings - train.embeddings.mean(axis=0)
             started = time.perf_counter()
             estimate = estimator.estimate(train)
             seconds = time.perf_counter() - started

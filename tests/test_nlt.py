@@ -46,6 +46,15 @@ def test_step_profile_and_clean_protocol(source, tmp_path):
         build(source, dest, plan)
 
 
+def test_a_plan_from_some_classes_only(source):
+    plan = plan_profile(source, "step-k1", noise=0.1, seed=3, classes=["bb", "dd", "ee"])
+    assert sorted(plan.kept) == ["bb", "dd", "ee"] and len(plan.tail) == 2  # round(0.6 * 3)
+    assert all(path.startswith(("bb/", "dd/", "ee/")) for path in plan.injected.values())
+    assert plan_profile(source, "step-k1", 0.1, 3, classes=None).kept == plan_profile(source, "step-k1", 0.1, 3).kept
+    with pytest.raises(NLTError, match="no class named zz"):
+        plan_profile(source, "step-k1", classes=["aa", "zz"])
+
+
 def test_leaky_variant_and_rebuild_from_manifests(source, tmp_path):
     plan = plan_profile(source, "pareto", noise=0.1, seed=0)
     leaky = build(source, tmp_path / "leaky", plan, link=False, keep_injected_in_test=True)

@@ -82,10 +82,15 @@ def pareto_sizes(available: list[int], order: np.ndarray) -> list[int]:
     return [int(max(min(a, d), MIN_CLASS_SIZE)) for a, d in zip(available, desired)]
 
 
-def plan_profile(source: str | os.PathLike, profile: str, noise: float = 0.1, seed: int = 0) -> NLTPlan:
-    """Draw an NLT plan for ``profile`` (step-kK or pareto) from SOURCE."""
+def plan_profile(source: str | os.PathLike, profile: str, noise: float = 0.1, seed: int = 0,
+                 classes: list[str] | None = None) -> NLTPlan:
+    """Draw an NLT plan for ``profile`` (step-kK or pareto) from SOURCE (from its ``classes`` only, when given)."""
     source = Path(source)
-    classes = load_mvtec(source)
+    found = load_mvtec(source)
+    unknown = sorted(set(classes or []) - {c.name for c in found})
+    if unknown:
+        raise NLTError(f"{source}: no class named {', '.join(unknown)}")
+    classes = [c for c in found if classes is None or c.name in classes]
     rng = np.random.default_rng(seed)
     names = [c.name for c in classes]
     available = [len(c.train) for c in classes]
