@@ -4,7 +4,8 @@ Every split of SOURCE's classes into design and unseen classes (each class left 
 ``--random-splits`` splits leaving out ``--leave-out`` classes) is run the same way:
 1. Each family's candidate settings run on the NLT mixes drawn from the design classes only, and one is
    chosen there: among those that meet the targets on average (precision >= 0.9, at most 2% of the
-   injected defects in the tail) the one with the best mean recall (then the best worst-mix recall);
+   injected defects in the tail) the one with the best mean recall (then the best worst-mix recall, the
+   best precision, the fewest injected defects in the tail);
    when none meets them, the best recall + precision - injected share.
 2. The chosen setting runs on the mixes drawn from all classes, which contain the unseen ones.
 Seen figures are the chosen setting's on its design mixes; unseen figures are on the mixes of all
@@ -75,7 +76,8 @@ def choose(candidates: dict[str, dict]) -> str:
     meeting = [spec for spec, m in candidates.items()
                if m["precision"] >= TARGET_PRECISION and m["injected_in_tail"] <= TARGET_INJECTED]
     if meeting:
-        return max(meeting, key=lambda spec: (candidates[spec]["recall"], candidates[spec]["worst_recall"]))
+        return max(meeting, key=lambda spec: (candidates[spec]["recall"], candidates[spec]["worst_recall"],
+                                              candidates[spec]["precision"], -candidates[spec]["injected_in_tail"]))
     return max(candidates, key=lambda spec: candidates[spec]["recall"] + candidates[spec]["precision"]
                - candidates[spec]["injected_in_tail"])
 

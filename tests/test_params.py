@@ -13,7 +13,7 @@ from tailedcore.tail import LinkageTailSampler, PaperTailSampler
 def test_nested_parameters_read_and_change_as_in_scikit_learn():
     policy = TailedCorePolicy()
     params = policy.get_params(deep=True)
-    assert params["lof__k"] == 6 and params["tail__distance"] == 0.4 and params["coreset__ratio"] == 0.1
+    assert params["lof__k"] == 6 and params["tail__distance"] == 0.3 and params["coreset__ratio"] == 0.1
     changed = policy.with_params(lof__k=3, tail=PaperTailSampler(), tail__share=0.2)
     assert changed.lof == LOFFilter(3, 0.15) and changed.tail == PaperTailSampler(share=0.2)
     assert policy.lof.k == 6  # parameter objects are values: the original is untouched

@@ -42,7 +42,9 @@ def test_the_choice_follows_the_targets(harness):
         "noisy": {"recall": 0.95, "precision": 0.85, "injected_in_tail": 0.05, "worst_recall": 1.0},
     }
     assert harness.choose(design) == "tight, better worst"  # meets the targets; ties on recall, better worst
-    del design["tight"], design["tight, better worst"]
+    design["tight, as precise"] = {**design["tight, better worst"], "precision": 0.99}
+    assert harness.choose(design) == "tight, as precise"  # then the better precision
+    del design["tight"], design["tight, better worst"], design["tight, as precise"]
     assert harness.choose(design) == "loose"  # none meets them: the best recall + precision - injected
 
 

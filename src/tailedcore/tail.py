@@ -230,7 +230,7 @@ class LinkageTailSampler(Params):
     cluster sizes (None: no cap, the paper's rule alone).
     """
 
-    distance: float = 0.4
+    distance: float = 0.3
     features: str = "both"
     share: float = 0.15
     max_tail_class: int | None = 19
