@@ -30,7 +30,8 @@ from tailedcore.data import load_mvtec
 
 FAMILIES = {
     "paper": ["paper"],
-    "linkage (0.4, default)": ["linkage"],
+    "linkage at 0.4 (fixed; the default before)": ["linkage:distance=0.4"],
+    "linkage at 0.3 (fixed; the default)": ["linkage:distance=0.3"],
     "linkage, cut chosen": [f"linkage:distance={d}" for d in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)],
 }
 TARGET_PRECISION, TARGET_INJECTED = 0.9, 0.02

@@ -11,7 +11,8 @@ precision / runtime setting (runtimes other than torch run the model's export,
 written to a temporary folder): images per second of prediction end to end
 (decode, backbone, search, maps; metrics not timed) and mean image / pixel
 AUROC, with the difference to the first setting (exact float32); then where the
-time goes for the fastest setting within 0.3 points of the first on both.
+time goes for the fastest setting within 0.3 points of the first on both. With several
+--features (settings of features_study.py) the whole of part 2 runs for each in turn, side by side.
 
     python benchmarks/test_time.py --data runs/step-k1/seed-1/data --method patchcore
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import median_time, print_table
+from features_study import SETTINGS as FEATURES
 
 from tailedcore.data import load_mvtec
 from tailedcore.detector import METHODS
@@ -129,6 +131,8 @@ def main() -> None:
     parser.add_argument("--method", default="patchcore")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--features", nargs="+", default=["lite0-224"], choices=list(FEATURES),
+                        help="feature settings of benchmarks/features_study.py, each fitted and measured in turn")
     args = parser.parse_args()
 
     print("Exact search vs the sgemm bound (784 queries per image, 1024 dims)")
@@ -136,10 +140,17 @@ def main() -> None:
                 [exact_bound(rows) for rows in args.memory])
     if not args.data:
         return
-    detector = METHODS[args.method](calibration_share=0.0, batch_size=args.batch_size, progress=False)
+    for feature in args.features:
+        params = {key: tuple(value) if key == "stages" else value for key, value in FEATURES[feature].items()}
+        detector = METHODS[args.method](calibration_share=0.0, batch_size=args.batch_size, progress=False, **params)
+        measure(detector, args, f"{feature}: " if len(args.features) > 1 else "")
+
+
+def measure(detector, args, label: str) -> None:
+    """Fit ``detector`` on args.data, then time and score the test split with each of args.settings."""
     started = time.perf_counter()
     detector.fit(args.data)
-    print(f"\n{args.method} fitted on {args.data} in {time.perf_counter() - started:.0f} s; "
+    print(f"\n{label}{args.method} fitted on {args.data} in {time.perf_counter() - started:.0f} s; "
           f"memory {len(detector.memory_):,} features")
     classes = load_mvtec(args.data)
     test_paths = [sample.path for item in classes for sample in item.test]
@@ -166,7 +177,7 @@ def main() -> None:
         del detector.predict
         if reference is None:
             reference = mean
-        row = [name, f"{build_seconds:.1f}", f"{len(test_paths) / seconds:.1f}"]
+        row = [label + name, f"{build_seconds:.1f}", f"{len(test_paths) / seconds:.1f}"]
         differences = []
         for metric in ("image_auroc", "pixel_auroc"):
             if mean[metric] is None:  # no masks
@@ -186,7 +197,7 @@ def main() -> None:
         search, options, precision, runtime = SETTINGS[best]
         detector.export_folder_ = exports.get(runtime)
         detector.set_params(search=search, search_options=options, precision=precision, runtime=runtime)
-        print(f"\nWhere the time goes: {best}, the fastest setting within {BOUND} points "
+        print(f"\nWhere the time goes: {label}{best}, the fastest setting within {BOUND} points "
               f"({within[best]:.1f} images/s end to end), each step alone over the {len(test_paths)} test images")
         print_table(["step", "ms/image", "share"], time_breakdown(detector, test_paths))
 
