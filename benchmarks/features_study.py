@@ -40,6 +40,11 @@ SETTINGS = {
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
+def detector_arguments(setting: str) -> dict:
+    """The Detector keyword arguments of a setting (its stages as the tuple the detector takes)."""
+    return {key: tuple(value) if key == "stages" else value for key, value in SETTINGS[setting].items()}
+
+
 def run_one(setting: str, name: str, data: Path, threads: int) -> dict:
     """Fit and evaluate one class with one setting in this process; the row as a dict."""
     import faiss
@@ -53,7 +58,7 @@ def run_one(setting: str, name: str, data: Path, threads: int) -> dict:
     faiss.omp_set_num_threads(threads)
     item = next(c for c in load_mvtec(data) if c.name == name)
     params = {"calibration_share": 0.0, "progress": False, "search": "exact", **SETTINGS[setting]}
-    detector = PatchCore(**{**params, "stages": tuple(params.get("stages", (8, 16)))})
+    detector = PatchCore(**{**params, **detector_arguments(setting)})
     started = time.perf_counter()
     detector.fit([sample.path for sample in item.train])
     fit_seconds = time.perf_counter() - started

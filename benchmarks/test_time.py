@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from common import median_time, print_table
 from features_study import SETTINGS as FEATURES
+from features_study import detector_arguments
 
 from tailedcore.data import load_mvtec
 from tailedcore.detector import METHODS
@@ -141,8 +142,8 @@ def main() -> None:
     if not args.data:
         return
     for feature in args.features:
-        params = {key: tuple(value) if key == "stages" else value for key, value in FEATURES[feature].items()}
-        detector = METHODS[args.method](calibration_share=0.0, batch_size=args.batch_size, progress=False, **params)
+        detector = METHODS[args.method](calibration_share=0.0, batch_size=args.batch_size, progress=False,
+                                        **detector_arguments(feature))
         measure(detector, args, f"{feature}: " if len(args.features) > 1 else "")
 
 
