@@ -1,5 +1,8 @@
 import hashlib
+import importlib.util
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,24 @@ from tailedcore.bench.synthetic import make_dataset  # noqa: E402
 # Reduced input for fast tests: 80 px resized, 64 px crop -> an 8 x 8 patch grid.
 SMALL = {"resize": 80, "crop": 64, "progress": False, "batch_size": 8}
 SMALL_OPTIONS = ["--resize", "80", "--crop", "64", "--batch-size", "8"]  # the same on the command line
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@contextmanager
+def benchmark_module(name: str):
+    """benchmarks/NAME.py as a module, with benchmarks/ on the import path (its scripts import ``common``)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # a dataclass looks its module up while being made
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(name, None)
+        sys.path.remove(str(BENCHMARKS))
 
 
 @pytest.fixture(scope="session")

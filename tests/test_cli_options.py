@@ -29,6 +29,10 @@ def test_options_become_nested_policy_parameters():
                                         "--coreset-ratio", "0.2", "--max-tail-rows", "100"))
     assert policy == {"policy__lof__k": 3, "policy__coreset__ratio": 0.2, "policy__tail_coreset__max_rows": 100,
                       "policy__tail": PaperTailSampler(keep=0.8)}
+    _, policy = _detector_params(_parse("--lof-scale", "image"))
+    assert policy == {"policy__lof__scale": "image"}
+    with pytest.raises(SystemExit):
+        _parse("--lof-scale", "class")
     _, policy = _detector_params(_parse("--tail-distance", "0.3"))
     assert policy == {"policy__tail": LinkageTailSampler(distance=0.3)}
     params, policy = _detector_params(_parse("--method", "patchcore"))

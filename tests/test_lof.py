@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 
 from tailedcore import lof
-from tailedcore.lof import inlier_mask, patchwise_lof_scores
+from tailedcore.lof import image_relative, inlier_mask, patchwise_lof_scores
+from tailedcore.policies import LOFFilter
 from tailedcore.store import ArrayFile
+from tailedcore.timing import StageTimer
 
 
 def test_planted_outliers_are_dropped():
@@ -38,3 +40,25 @@ def test_scores_from_a_file_read_in_location_blocks_are_those_of_the_array(tmp_p
         stored.append(features)
         monkeypatch.setattr(lof, "_BLOCK_BYTES", 4 * 25 * 6 * 3)  # blocks of 3 locations
         np.testing.assert_array_equal(patchwise_lof_scores(stored, k=4), patchwise_lof_scores(features, k=4))
+
+
+def test_image_scale_spares_another_product_and_still_drops_a_defect():
+    """40 images of one product (one with a defect at 2 of 16 locations) and one image of another product:
+    the global quantile drops the other product's patches, the image-relative one keeps them and drops the defect."""
+    rng = np.random.default_rng(1)
+    features = rng.standard_normal((41, 16, 8)).astype(np.float32)
+    features[40] += 6.0  # another product: unlike the others at every location
+    features[5, [3, 9]] += 12.0  # a defect in one region of image 5
+    scores = patchwise_lof_scores(features, k=6)
+    paper = LOFFilter(drop=0.15).apply(features, StageTimer())[1]
+    spared = LOFFilter(drop=0.15, scale="image").apply(features, StageTimer())[1]
+    assert paper[40].mean() < 0.2
+    assert spared[40].mean() > 0.7
+    assert not spared[5, [3, 9]].any()
+    assert abs(spared.mean() - 0.85) < 0.01
+    np.testing.assert_allclose(image_relative(scores)[40], scores[40] / np.median(scores[40]), rtol=1e-6)
+
+
+def test_image_relative_wants_a_grid_per_image():
+    with pytest.raises(ValueError, match="scores"):
+        image_relative(np.ones(5))

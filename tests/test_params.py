@@ -28,6 +28,7 @@ def test_nested_parameters_read_and_change_as_in_scikit_learn():
     (SoftPatchPolicy(lof=LOFFilter(k=0)), r"LOFFilter.k=0: must be in \[1, inf\]"),
     (SoftPatchPolicy(lof=LOFFilter(drop=1.0)), r"LOFFilter.drop=1.0: must be in \[0, 1\)"),
     (SoftPatchPolicy(lof=LOFFilter(k=2.5)), "LOFFilter.k=2.5: must be an integer"),
+    (TailedCorePolicy(lof=LOFFilter(scale="class")), "LOFFilter.scale='class': choose from global, image"),
     (TailedCorePolicy(tail_coreset=TailCoreset(max_rows=0)), "TailCoreset.max_rows=0: must be in .* or None"),
     (TailedCorePolicy(tail=LinkageTailSampler(distance=float("nan"))), "distance=nan: must be finite"),
 ])
@@ -53,9 +54,11 @@ def test_a_policy_of_another_class_is_refused(tmp_path):
 
 
 def test_config_round_trip_names_only_registered_classes():
-    policy = TailedCorePolicy(lof=LOFFilter(4, 0.1), tail=PaperTailSampler(keep=0.8),
+    policy = TailedCorePolicy(lof=LOFFilter(4, 0.1, "image"), tail=PaperTailSampler(keep=0.8),
                               tail_coreset=TailCoreset("two-round"))
     assert Params.from_config(policy.to_config()) == policy
+    # A model file written before LOFFilter had a scale keeps the paper's head step.
+    assert Params.from_config({"type": "LOFFilter", "params": {"k": 6, "drop": 0.15}}) == LOFFilter(scale="global")
     with pytest.raises(ValueError, match="unknown parameter object 'os.system'"):
         Params.from_config({"type": "os.system", "params": {}})
 

@@ -1,28 +1,20 @@
 """benchmarks/tail_generalisation.py: the leave-classes-out protocol of the tail estimators."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tailedcore.bench.synthetic import make_dataset
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from .conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def harness():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location("tail_generalisation", BENCHMARKS / "tail_generalisation.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with benchmark_module("tail_generalisation") as module:
         yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def test_splits_leave_each_class_out_once_then_distinct_random_sets(harness):

@@ -40,10 +40,12 @@ from .policies import (
     policy_from_flat_params,
 )
 from .predictions import Predictions
+from .products import Products, find_products
 from .runtimes import GRAPH_PRECISIONS, RUNTIMES, GraphFeatures, is_export, verify_export
 from .sampling import random_projection
 from .scoring import SEARCHES, PatchScorer, anomaly_maps
 from .store import STORE_DTYPES, FeatureCache, ImageSubset
+from .tail import LinkageTailSampler, TailInputs
 from .thresholds import Thresholds, calibrate_false_alarm, held_out_images
 from .timing import StageTimer
 from .training import TrainingRun
@@ -235,6 +237,7 @@ class Detector:
         self.stage_times_ = StageTimer()
         self._extractor: FeatureExtractor | None = None
         self._scorer: PatchScorer | None = None
+        self.products_: Products | None = None
 
     @property
     def engine_(self) -> LocalEngine | RayEngine:
@@ -373,6 +376,10 @@ class Detector:
         if self.skipped_:
             log.warning("skipped %d unreadable training image(s) of %d", len(self.skipped_), len(paths))
         paths = [paths[i] for i in extracted.readable]
+        with self.stage_times_.stage("products"):
+            estimator = self.policy.tail if isinstance(getattr(self.policy, "tail", None), LinkageTailSampler) \
+                else LinkageTailSampler()
+            products = find_products(TailInputs(extracted.embeddings, extracted.mean_patches), paths, estimator)
         held_out = held_out_images(extracted.embeddings, self.calibration_share, self.calibration_min_class,
                                    self.seed)
         kept = np.setdiff1d(np.arange(len(paths)), held_out)
@@ -389,6 +396,8 @@ class Detector:
         self.calibration_paths_ = [paths[i] for i in held_out]
         result = self.policy.build(train, rng, self.progress)
         self.memory_, self.diagnostics_ = result.memory, result.diagnostics
+        products.memory_products = products.labels[kept][result.row_images]
+        self.products_ = products
         self._scorer, self.thresholds_ = None, None
         if len(held_out):
             with self.stage_times_.stage("calibration"):
@@ -401,6 +410,8 @@ class Detector:
                     "held-out training images"))
         self.training_summary_ = {"memory_info": self.memory_.info, "training_images": len(kept),
                                   "calibration_images": len(held_out)}
+        log.info("%d products found, %d of them tail (%d images)", len(products), products.tail.sum(),
+                 products.sizes[products.tail].sum())
 
     def calibrate(self, normal_images) -> Thresholds:
         """Set thresholds from normal images (files/folders) at ``false_alarm_rate``."""
@@ -556,11 +567,14 @@ class Detector:
         arrays = {"memory": self.memory_.features}
         if self.memory_.weights is not None:
             arrays["weights"] = self.memory_.weights
+        if self.products_ is not None:
+            arrays.update(self.products_.arrays())
         config = {
             "method": self.method,
             "params": {k: v for k, v in self.params_config().items() if k not in self.RUN_TIME_PARAMS},
             **self.training_summary_,
             "thresholds": self.thresholds_.to_dict() if self.thresholds_ else None,
+            "products": self.products_.config() if self.products_ is not None else None,
             "torch_version": torch.__version__,
         }
         write_model(path, arrays, config)
@@ -619,5 +633,13 @@ def load(path: str | os.PathLike, **overrides) -> Detector:
     detector.memory_ = MemoryBank(arrays["memory"], arrays.get("weights"), config.get("memory_info", {}))
     detector.thresholds_ = Thresholds.from_dict(config["thresholds"]) if config.get("thresholds") else None
     detector.training_summary_ = {k: config.get(k) for k in ("memory_info", "training_images", "calibration_images")}
+    if config.get("products"):
+        try:
+            detector.products_ = Products.from_model(arrays, config["products"])
+        except (TypeError, ValueError, KeyError) as error:
+            raise ModelFileError(f"{path}: invalid products ({error})") from error
+    else:
+        log.info("%s: written before models kept their products; one threshold and one search for all images",
+                 path)
     detector.check_params()  # overrides included
     return detector

@@ -65,6 +65,19 @@ def patchwise_lof_scores(features, k: int = 6, progress: bool = False, engine=No
     return np.concatenate(blocks, axis=1)
 
 
+def image_relative(scores: np.ndarray) -> np.ndarray:
+    """Each patch's LOF score over the median score of its image: (n_images, n_locations) -> the same shape.
+
+    An image of another product differs from the other images at almost every
+    location, so its scores are high all over and its relative scores stay near
+    1; a defect differs in one region, which stays high against the image's median.
+    """
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.ndim != 2:
+        raise ValueError(f"scores: expected (n_images, n_locations), got shape {scores.shape}")
+    return scores / np.maximum(np.median(scores, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+
+
 def inlier_mask(scores: np.ndarray, drop: float = 0.15) -> np.ndarray:
     """Keep patches whose score is below the (1 - drop) quantile of all scores.
 

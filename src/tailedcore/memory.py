@@ -22,9 +22,9 @@ from safetensors.numpy import save_file
 from ._io import atomic_write_file
 
 FORMAT_NAME = "tailedcore-model"
-FORMAT_VERSION = 2
-# Version 1 held the policy as flat parameters; detector.load reads it still.
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+# Version 1 held the policy as flat parameters, version 2 had no products; detector.load reads both still.
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class ModelFileError(ValueError):

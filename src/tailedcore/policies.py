@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from .engine import LocalEngine, RayEngine
-from .lof import inlier_mask, patchwise_lof_scores
+from .lof import image_relative, inlier_mask, patchwise_lof_scores
 from .memory import MemoryBank
 from .params import Interval, OneOf, Params, registered
 from .sampling import greedy_coreset, two_round_coreset
@@ -62,8 +62,12 @@ class TrainingFeatures(FeatureSet):
 
 @dataclass
 class PolicyResult:
+    """The memory bank, diagnostics of the build, and row_images: (k,) int64 training image each memory
+    row came from (a view's rows: the image it was made of)."""
+
     memory: MemoryBank
     diagnostics: dict
+    row_images: np.ndarray
 
 
 # Memory rows gathered per call into the memory bank: the transient arrays of a call (its rows, 16 MB,
@@ -132,22 +136,34 @@ class Coreset(Params):
                                      engine=engine)
 
 
+LOF_SCALES = ("global", "image")
+
+
 @registered
 @dataclass(frozen=True)
 class LOFFilter(Params):
-    """Patch-wise LOF over ``k`` neighbours; the ``drop`` share of patches with the top scores is dropped."""
+    """Patch-wise LOF over ``k`` neighbours; the ``drop`` share of patches with the top scores is dropped.
+
+    scale "global" (the paper): the top scores of all patches; "image": the top
+    scores relative to each image's median score (lof.image_relative), so an
+    image unlike the others everywhere (an unfound tail product, a varied
+    head class) keeps its patches while a defect's region is still dropped.
+    """
 
     k: int = 6
     drop: float = 0.15
+    scale: str = "global"
 
-    constraints: ClassVar[dict] = {"k": Interval(int, 1), "drop": Interval(float, 0.0, 1.0, "left")}
+    constraints: ClassVar[dict] = {"k": Interval(int, 1), "drop": Interval(float, 0.0, 1.0, "left"),
+                                   "scale": OneOf(LOF_SCALES)}
 
     def apply(self, projected: np.ndarray, timer: StageTimer, progress: bool = False, engine=None
               ) -> tuple[np.ndarray, np.ndarray]:
         """projected (n, P, d) -> LOF scores (n, P) and inlier mask (n, P) bool."""
         with timer.stage("lof"):
             scores = patchwise_lof_scores(projected, self.k, progress, engine)
-            return scores, inlier_mask(scores, self.drop)
+            ranked = image_relative(scores) if self.scale == "image" else scores
+            return scores, inlier_mask(ranked, self.drop)
 
 
 @registered
@@ -247,7 +263,8 @@ class PatchCorePolicy(Policy):
         rows = train.projected.reshape(-1, train.projected.shape[-1])
         picks = self.coreset.select(rows, rng, train.timer, progress, train.engine)
         info = {"coreset": len(picks), "patches": len(rows)}
-        return PolicyResult(MemoryBank(_gather([(train.patches, picks)], train.timer), info=info), {})
+        return PolicyResult(MemoryBank(_gather([(train.patches, picks)], train.timer), info=info), {},
+                            picks // train.projected.shape[1])
 
 
 @registered
@@ -267,7 +284,7 @@ class SoftPatchPolicy(Policy):
             weights=scores.ravel()[picks],
             info={"coreset": len(picks), "inliers": int(keep.sum()), "patches": keep.size},
         )
-        return PolicyResult(memory, {"dropped_share": 1.0 - keep.mean(axis=1)})
+        return PolicyResult(memory, {"dropped_share": 1.0 - keep.mean(axis=1)}, picks // keep.shape[1])
 
 
 @registered
@@ -298,6 +315,7 @@ class TailedCorePolicy(Policy):
         patches_per_image = train.projected.shape[1]
         tail_rows_count = len(tail) * (1 + train.views_per_image) * patches_per_image
         sources = []  # (patch store, row indices) of the memory rows, in memory order
+        row_images = []  # the training image of each of those rows
         info = {"tail_images": len(tail), "max_k": estimate.max_k,
                 "tail_coreset": self.tail_coreset.scope_for(tail_rows_count)}
         if len(tail):
@@ -310,10 +328,14 @@ class TailedCorePolicy(Policy):
             n_own = len(tail) * patches_per_image
             own = picks[picks < n_own]
             own_rows = tail[own // patches_per_image] * patches_per_image + own % patches_per_image
-            sources += [(train.patches, own_rows), (views.patches, picks[picks >= n_own] - n_own)]
+            view_rows = picks[picks >= n_own] - n_own
+            sources += [(train.patches, own_rows), (views.patches, view_rows)]
+            row_images += [own_rows // patches_per_image,
+                           tail[view_rows // (train.views_per_image * patches_per_image)]]
             info["tail_memory"] = len(picks)
         denoised_picks, scores, keep = _denoised_coreset(train, self.coreset, self.lof, rng, progress)
         sources.append((train.patches, denoised_picks))
+        row_images.append(denoised_picks // patches_per_image)
         info.update(denoised_memory=len(denoised_picks), inliers=int(keep.sum()), patches=keep.size)
         diagnostics = {
             "class_sizes": estimate.class_sizes,
@@ -322,7 +344,8 @@ class TailedCorePolicy(Policy):
             "tail_indices": tail,
             "dropped_share": 1.0 - keep.mean(axis=1),
         }
-        return PolicyResult(MemoryBank(_gather(sources, train.timer), info=info), diagnostics)
+        return PolicyResult(MemoryBank(_gather(sources, train.timer), info=info), diagnostics,
+                            np.concatenate(row_images).astype(np.int64))
 
 
 POLICIES: dict[str, type[Policy]] = {cls.method: cls for cls in (PatchCorePolicy, SoftPatchPolicy, TailedCorePolicy)}

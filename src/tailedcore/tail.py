@@ -247,17 +247,26 @@ class LinkageTailSampler(Params):
         used = ["embedding", "patches"] if self.features == "both" else [self.features]
         return [_unit_rows(_check_embeddings(parts[name])) for name in used]
 
-    def distances(self, units: list[np.ndarray], lo: int, hi: int) -> np.ndarray:
-        """(hi - lo, n) float64 cosine distances of images lo..hi-1 to every image, averaged over ``units``.
+    @staticmethod
+    def _cross(units_a: list[np.ndarray], units_b: list[np.ndarray]) -> np.ndarray:
+        """(a, b) float64 cosine distances of unit rows, averaged over the features.
 
         1 - cos = |u - v|^2 / 2 on unit rows; an all-zero row is at distance 0.5 from every other. The
         squares come from one matrix product, |u|^2 + |v|^2 - 2 u.v (about ten times faster than differences).
         """
         total = 0.0
-        for unit in units:
-            squares = (unit * unit).sum(axis=1)
-            total = total + np.maximum(squares[lo:hi, None] + squares[None, :] - 2.0 * unit[lo:hi] @ unit.T, 0.0) / 2
-        return total / len(units)
+        for a, b in zip(units_a, units_b):
+            squares_a, squares_b = (a * a).sum(axis=1), (b * b).sum(axis=1)
+            total = total + np.maximum(squares_a[:, None] + squares_b[None, :] - 2.0 * a @ b.T, 0.0) / 2
+        return total / len(units_a)
+
+    def distances(self, units: list[np.ndarray], lo: int, hi: int) -> np.ndarray:
+        """(hi - lo, n) float64 distances of images lo..hi-1 to every image (``units``: ``_unit_rows``)."""
+        return self._cross([unit[lo:hi] for unit in units], units)
+
+    def distances_between(self, inputs: TailInputs, others: TailInputs) -> np.ndarray:
+        """(m, n) float64 distances of the m images of ``inputs`` to the n of ``others``."""
+        return self._cross(self._unit_rows(inputs), self._unit_rows(others))
 
     def clusters(self, inputs: TailInputs) -> np.ndarray:
         """(n,) int64 cluster of each image: the connected parts of the graph whose edges are the pairs at
@@ -284,7 +293,11 @@ class LinkageTailSampler(Params):
         n = len(_check_embeddings(inputs.embeddings))
         if len(inputs.mean_patches) != n:
             raise ValueError(f"mean_patches: {len(inputs.mean_patches)} rows for {n} embeddings")
-        _, cluster, counts = np.unique(self.clusters(inputs), return_inverse=True, return_counts=True)
+        return self.estimate_from_clusters(self.clusters(inputs))
+
+    def estimate_from_clusters(self, clusters: np.ndarray) -> TailEstimate:
+        """The estimate of images whose clusters (n,) int64 are known (``clusters``)."""
+        _, cluster, counts = np.unique(clusters, return_inverse=True, return_counts=True)
         sizes = counts[cluster].astype(np.int64)
         groups = np.sort(counts).astype(np.int64)[::-1]
         limit = max_k(groups, self.share)

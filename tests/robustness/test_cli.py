@@ -8,8 +8,8 @@ import pytest
 
 from tailedcore.app.cli import build_parser, main
 
-COMMANDS = ["fit", "predict", "calibrate", "evaluate", "make-nlt", "convert-visa", "benchmark", "export", "serve",
-            "demo"]
+COMMANDS = ["fit", "predict", "calibrate", "evaluate", "make-nlt", "convert-visa", "benchmark", "export", "products",
+            "serve", "demo"]
 
 
 def test_every_command_is_listed():

@@ -17,12 +17,12 @@ import traceback
 from pathlib import Path
 
 from .. import __version__
-from .._io import check_writable_file, check_writable_folder, staged_directory
+from .._io import atomic_write_text, check_writable_file, check_writable_folder, markdown_table, staged_directory
 from ..data import collect_images
 from ..detector import METHODS, Detector, describe_search, load
 from ..engine import ENGINES
 from ..evaluation import calibrate_on_validation, evaluate
-from ..policies import TAIL_CORESETS, Policy, TailedCorePolicy
+from ..policies import LOF_SCALES, TAIL_CORESETS, Policy, TailedCorePolicy
 from ..report.writers import stage_table, write_evaluation, write_predictions
 from ..runtimes import EXPORT_FORMATS, RUNTIMES
 from ..scoring import SEARCHES, SERVING_SEARCH
@@ -40,6 +40,8 @@ POLICY_OPTIONS = {
                                                            "None = always exact, the paper"),
     "--lof-k": ("lof", "k", int, "LOF neighbours (softpatch, tailedcore)"),
     "--lof-drop": ("lof", "drop", float, "share of patches dropped by LOF (softpatch, tailedcore)"),
+    "--lof-scale": ("lof", "scale", str, "which LOF scores are dropped: global (the paper) or image (relative to "
+                                         "each image's median: spares images unlike the others everywhere)"),
     "--tail-keep": ("tail", "keep", float, "TailSampler trim share (tailedcore, paper estimator)"),
     "--tail-share": ("tail", "share", float, "15%% rule of max K (tailedcore)"),
     "--tail-distance": ("tail", "distance", float, "cosine distance that cuts linkage clusters (tailedcore)"),
@@ -51,7 +53,7 @@ POLICY_OPTIONS = {
                                                          "runs two-round (tailedcore)"),
 }
 # Options whose values come from a fixed list (argparse refuses others as a usage error).
-OPTION_CHOICES = {"--tail-coreset": TAIL_CORESETS}
+OPTION_CHOICES = {"--tail-coreset": TAIL_CORESETS, "--lof-scale": LOF_SCALES}
 DEFAULT_POLICY = TailedCorePolicy()
 
 
@@ -251,6 +253,14 @@ def fit_summary(detector, model_file: Path) -> list[str]:
     info = detector.memory_.info
     lines = [f"images: {len(detector.training_paths_)} used, {len(detector.skipped_)} skipped (unreadable), "
              f"{len(detector.calibration_paths_)} set aside for thresholds"]
+    products = detector.products_
+    if products is not None:
+        lines.append(f"products: {len(products)} found, {int(products.tail.sum())} of them tail "
+                     f"({int(products.sizes[products.tail].sum())} images; tailedcore products MODEL lists them)")
+        tail = products.tail_paths()
+        if tail:
+            lines.append("tail images: " + ", ".join(Path(p).name for p in tail[:8]) + (
+                f" and {len(tail) - 8} more" if len(tail) > 8 else ""))
     if "tail_images" in info:
         lines.append(f"tail: {info['tail_images']} images found, max K {info['max_k']}")
     rows = f"memory: {len(detector.memory_)} rows"
@@ -443,6 +453,23 @@ def cmd_export(args: argparse.Namespace) -> None:
           "--out DIR")
 
 
+def cmd_products(args: argparse.Namespace) -> None:
+    from ..report.products_page import HEADER, products_page
+
+    detector = load(args.model, progress=False)
+    products = detector.products_
+    if products is None:
+        print(f"{args.model}: no products (written before models kept them)")
+        return
+    print(markdown_table(HEADER, products.rows(), percent=False))
+    if args.out:
+        out = Path(args.out)
+        check_writable_folder(out.parent, out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "products.html", products_page(products, args.model))
+        print(f"-> {out / 'products.html'}")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import serve
 
@@ -602,6 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="onnx: also write an int8 graph, calibrated on these normal images/folders "
                                  "(run it with --precision int8)")
     export_cmd.set_defaults(run=cmd_export)
+
+    products_cmd = commands.add_parser("products", help="the products the model found in its training set")
+    products_cmd.add_argument("model", help="model file")
+    products_cmd.add_argument("--out", help="folder for products.html (thumbnails of each product)")
+    products_cmd.set_defaults(run=cmd_products)
 
     serve_cmd = commands.add_parser("serve", help="HTTP service and web page for one model")
     serve_cmd.add_argument("model", help="model file or export folder")

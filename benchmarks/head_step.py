@@ -1,0 +1,141 @@
+"""The head step under stress: TailedCore's LOF step against PatchCore, class by class, on one NLT set.
+
+Each variant is fitted on every training image of DATA (an NLT set from
+make-nlt) and scored on each class's test split: per-class image AUROC, its
+difference to PatchCore, and the share of each class's patches the LOF step
+dropped. Besides the normal runs, "forced miss" runs hand the true tail to the
+head step as if the tail estimator had missed it (the estimator's tail minus the
+true tail images), so the cost of a missed tail image is measured, not guessed.
+
+    python benchmarks/head_step.py --data runs/step-k1/seed-1/data --out docs/head_step.json --resume
+
+Variants: PatchCore; TailedCore with the paper's head step (LOF scale "global")
+and with LOF scores relative to each image's median ("image"); each TailedCore
+also forced to miss the tail. Feature batches are cached in --cache-dir and
+shared by the variants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from common import print_table
+
+from tailedcore.bench.benchmark import dataset_info, run_environment, tail_diagnostics
+from tailedcore.data import load_mvtec
+from tailedcore.detector import METHODS, _as_paths
+from tailedcore.evaluation import evaluate_samples
+from tailedcore.policies import LOFFilter, TailedCorePolicy
+from tailedcore.tail import LinkageTailSampler, TailEstimate, TailInputs
+
+
+@dataclass(frozen=True)
+class MissedTail(LinkageTailSampler):
+    """The linkage estimator, except that the ``missed`` training images (indices) are never in its tail."""
+
+    missed: tuple = ()
+
+    def estimate(self, inputs: TailInputs) -> TailEstimate:
+        found = super().estimate(inputs)
+        return replace(found, tail_indices=np.setdiff1d(found.tail_indices, np.asarray(self.missed, dtype=np.int64)))
+
+
+# name -> (method, LOF scale of the head step, forced miss)
+VARIANTS = {
+    "patchcore": ("patchcore", None, False),
+    "tailedcore": ("tailedcore", "global", False),
+    "tailedcore-image-lof": ("tailedcore", "image", False),
+    "forced-miss": ("tailedcore", "global", True),
+    "forced-miss-image-lof": ("tailedcore", "image", True),
+}
+
+
+def true_tail_indices(data: Path, info: dict) -> tuple[int, ...]:
+    """Indices, in the order a fit lists the training images of ``data``, of the images of tail classes."""
+    paths = _as_paths(data)
+    classes = [path.resolve().relative_to(data.resolve()).parts[0] for path in paths]
+    return tuple(i for i, name in enumerate(classes) if name in info["tail"])
+
+
+def dropped_by_class(diagnostics: dict, paths: list[Path], data: Path) -> dict[str, float]:
+    """Mean share of each class's training patches the LOF step dropped."""
+    if "dropped_share" not in diagnostics:
+        return {}
+    classes = np.array([path.resolve().relative_to(data.resolve()).parts[0] for path in paths])
+    dropped = diagnostics["dropped_share"]
+    return {name: float(dropped[classes == name].mean()) for name in sorted(set(classes))}
+
+
+def run_variant(name: str, data: Path, info: dict, cache_dir: Path, search_options: dict) -> dict:
+    method, scale, forced_miss = VARIANTS[name]
+    detector = METHODS[method](calibration_share=0.0, search="ivf", search_options=search_options, progress=False)
+    if method == "tailedcore":
+        missed = true_tail_indices(data, info) if forced_miss else ()
+        detector.set_params(policy=TailedCorePolicy(lof=LOFFilter(scale=scale), tail=MissedTail(missed=missed)))
+    started = time.perf_counter()
+    detector.fit(data, cache_dir=cache_dir)
+    fit_seconds = time.perf_counter() - started
+    image_auroc = {item.name: evaluate_samples(detector, item.name, item.test, item.has_masks).metrics["image_auroc"]
+                   for item in load_mvtec(data) if item.test}
+    tail = tail_diagnostics(detector.diagnostics_, detector.training_paths_, data, info)
+    return {"image_auroc": image_auroc,
+            "lof_dropped_by_class": dropped_by_class(detector.diagnostics_, detector.training_paths_, data),
+            "tail_images": tail.get("predicted_tail_images"), "tail_recall": tail.get("tail_recall"),
+            "memory_size": len(detector.memory_), "fit_seconds": fit_seconds}
+
+
+def table(results: dict, info: dict) -> tuple[list[str], list[list[str]]]:
+    """Per class: role, training images, PatchCore's image AUROC, each variant's difference to it
+    (and the share of the class's patches its LOF step dropped)."""
+    variants = [name for name in VARIANTS if name in results and name != "patchcore"]
+    header = ["class", "role", "train", "PatchCore"] + variants
+    rows = []
+    base = results["patchcore"]["image_auroc"]
+    for name in sorted(base):
+        row = [name, info["classes"][name]["role"], str(info["classes"][name]["kept"]), f"{100 * base[name]:.1f}"]
+        for variant in variants:
+            auroc = results[variant]["image_auroc"][name]
+            dropped = results[variant]["lof_dropped_by_class"].get(name)
+            row.append(f"{100 * (auroc - base[name]):+.1f} (drop {100 * dropped:.0f}%)")
+        rows.append(row)
+    for group in ("head", "tail"):
+        members = [name for name in base if name in info[group]]
+        if not members:
+            continue
+        row = [f"mean {group}", "", "", f"{100 * np.mean([base[n] for n in members]):.1f}"]
+        row += [f"{100 * np.mean([results[v]['image_auroc'][n] - base[n] for n in members]):+.1f}" for v in variants]
+        rows.append(row)
+    return header, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="an NLT set (make-nlt)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON of the results, written after each variant")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/head_step"))
+    parser.add_argument("--nprobe", type=int, default=16, help="IVF probes of the test-time search")
+    parser.add_argument("--resume", action="store_true", help="keep the variants already in --out")
+    args = parser.parse_args()
+    info = dataset_info(args.data)
+    results = json.loads(args.out.read_text()) if args.resume and args.out.is_file() else {}
+    results.setdefault("runs", {})
+    results.update(data=str(args.data), profile=info["profile"], environment=run_environment(),
+                   command="python benchmarks/head_step.py --data DATA --out OUT --resume")
+    for name in args.variants:
+        if name in results["runs"]:
+            continue
+        results["runs"][name] = run_variant(name, args.data, info, args.cache_dir, {"nprobe": args.nprobe})
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"{name}: fitted in {results['runs'][name]['fit_seconds']:.0f} s", flush=True)
+    if "patchcore" in results["runs"]:
+        print_table(*table(results["runs"], info))
+
+
+if __name__ == "__main__":
+    main()

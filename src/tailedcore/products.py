@@ -1,0 +1,123 @@
+"""Products: the groups of training images a model found, kept with the model.
+
+A product is one cluster of the linkage tail estimator (tail.LinkageTailSampler:
+the policy's own when it uses one, the default otherwise): its members, its
+size, its role (tail when its size is at most the estimator's ``max_k``), a few
+thumbnails of its members, and which memory rows came from it. A new image is
+assigned to the product of its nearest member, by the estimator's distance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data import open_rgb, resize_and_crop
+from .tail import LinkageTailSampler, TailInputs
+
+THUMBNAIL = 64  # px, square
+EXAMPLES = 4  # thumbnails kept per product
+
+
+@dataclass
+class Products:
+    """The products found among n training images.
+
+    labels: (n,) int64 product of each image, 0 = the largest product;
+    embeddings: (n, E) float32 and mean_patches: (n, D) float32 of the images
+    (what the estimator measured); tail: (p,) bool; thumbnails: (p, EXAMPLES,
+    THUMBNAIL, THUMBNAIL, 3) uint8 of the first members (black where a product
+    has fewer); paths: the n image files as given at the fit; memory_products:
+    (k,) int64 product of each memory row (None until the memory is built);
+    estimator: the one that found them.
+    """
+
+    labels: np.ndarray
+    embeddings: np.ndarray
+    mean_patches: np.ndarray
+    tail: np.ndarray
+    thumbnails: np.ndarray
+    paths: list[str]
+    memory_products: np.ndarray | None = None
+    estimator: LinkageTailSampler = LinkageTailSampler()
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """(p,) int64 images per product."""
+        return np.bincount(self.labels, minlength=len(self.tail))
+
+    def __len__(self) -> int:
+        return len(self.tail)
+
+    def assign(self, embeddings: np.ndarray, mean_patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(m, E), (m, D) of new images -> (m,) int64 product of the nearest member, (m,) float64 distance
+        to it (the estimator's: cosine distance averaged over the features it uses)."""
+        distances = self.estimator.distances_between(TailInputs(embeddings, mean_patches),
+                                                     TailInputs(self.embeddings, self.mean_patches))
+        nearest = distances.argmin(axis=1)
+        return self.labels[nearest], distances[np.arange(len(nearest)), nearest]
+
+    def members(self, product: int) -> list[str]:
+        return [self.paths[i] for i in np.flatnonzero(self.labels == product)]
+
+    def tail_paths(self) -> list[str]:
+        """The files of the tail products' images."""
+        return [self.paths[i] for i in np.flatnonzero(self.tail[self.labels])]
+
+    def rows(self) -> list[list]:
+        """[id, images, role, memory rows] per product."""
+        memory = (np.bincount(self.memory_products, minlength=len(self)) if self.memory_products is not None
+                  else [None] * len(self))
+        return [[product, int(size), "tail" if tail else "head", None if rows is None else int(rows)]
+                for product, (size, tail, rows) in enumerate(zip(self.sizes, self.tail, memory))]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays a model file keeps (see ``from_model``)."""
+        arrays = {"product_labels": self.labels.astype(np.int32), "product_embeddings": self.embeddings,
+                  "product_mean_patches": self.mean_patches, "product_thumbnails": self.thumbnails}
+        if self.memory_products is not None:
+            arrays["memory_products"] = self.memory_products.astype(np.int32)
+        return arrays
+
+    def config(self) -> dict:
+        return {"tail": [bool(t) for t in self.tail], "paths": self.paths, "estimator": self.estimator.to_config()}
+
+    @classmethod
+    def from_model(cls, arrays: dict[str, np.ndarray], config: dict) -> Products:
+        """The products of a model file's ``arrays`` and its ``products`` config entry."""
+        estimator = LinkageTailSampler.from_config(config["estimator"])
+        if not isinstance(estimator, LinkageTailSampler):
+            raise ValueError(f"products: found by a {type(estimator).__name__}, not a linkage estimator")
+        memory = arrays.get("memory_products")
+        return cls(arrays["product_labels"].astype(np.int64), arrays["product_embeddings"],
+                   arrays["product_mean_patches"], np.asarray(config["tail"], dtype=bool),
+                   arrays["product_thumbnails"], list(config["paths"]),
+                   None if memory is None else memory.astype(np.int64), estimator)
+
+
+def thumbnail(path: Path) -> np.ndarray:
+    """(THUMBNAIL, THUMBNAIL, 3) uint8: the image's centre square, shrunk."""
+    from PIL import Image
+
+    return np.asarray(resize_and_crop(open_rgb(path), THUMBNAIL, THUMBNAIL, Image.BILINEAR))
+
+
+def find_products(inputs: TailInputs, paths: list[Path], estimator: LinkageTailSampler) -> Products:
+    """The products of n images: ``inputs`` of the images, their ``paths`` (for thumbnails)."""
+    clusters = estimator.clusters(inputs)
+    estimate = estimator.estimate_from_clusters(clusters)
+    _, first, cluster_of, counts = np.unique(clusters, return_index=True, return_inverse=True, return_counts=True)
+    order = np.lexsort((first, -counts))  # largest first; ties by first member
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    labels = rank[cluster_of].astype(np.int64)
+    tail = counts[order] <= estimate.max_k
+    thumbnails = np.zeros((len(order), EXAMPLES, THUMBNAIL, THUMBNAIL, 3), dtype=np.uint8)
+    for product in range(len(order)):
+        for slot, member in enumerate(np.flatnonzero(labels == product)[:EXAMPLES]):
+            thumbnails[product, slot] = thumbnail(paths[member])
+    return Products(labels, np.asarray(inputs.embeddings, dtype=np.float32),
+                    np.asarray(inputs.mean_patches, dtype=np.float32), tail, thumbnails, [str(p) for p in paths],
+                    estimator=estimator)

@@ -1,0 +1,53 @@
+"""benchmarks/head_step.py: the forced-miss stress test of TailedCore's head step."""
+
+import numpy as np
+import pytest
+
+from tailedcore.bench.nlt import build, plan_profile
+from tailedcore.bench.synthetic import make_dataset
+from tailedcore.detector import _as_paths
+from tailedcore.tail import LinkageTailSampler, TailInputs
+
+from .conftest import benchmark_module
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with benchmark_module("head_step") as module:
+        yield module
+
+
+@pytest.fixture(scope="module")
+def nlt_set(tmp_path_factory):
+    source = make_dataset(tmp_path_factory.mktemp("head-src"), {"aa": 14, "bb": 12, "cc": 10, "dd": 9, "ee": 9},
+                          test_good=1, test_defect=1, size=32, seed=4)
+    dest = tmp_path_factory.mktemp("head") / "nlt"
+    build(source, dest, plan_profile(source, "step-k1", noise=0.1, seed=0))
+    return dest
+
+
+def test_a_forced_miss_takes_exactly_the_true_tail_out_of_the_estimate(harness, nlt_set):
+    info = harness.dataset_info(nlt_set)
+    paths = _as_paths(nlt_set)
+    missed = harness.true_tail_indices(nlt_set, info)
+    assert sorted(paths[i].relative_to(nlt_set).parts[0] for i in missed) == sorted(info["tail"])
+    # Two tight groups of images far apart: the estimator finds the small one as tail.
+    rng = np.random.default_rng(0)
+    embeddings = np.concatenate([rng.normal(0, 0.01, (20, 8)) + np.eye(8)[0],
+                                 rng.normal(0, 0.01, (3, 8)) + np.eye(8)[1]])
+    inputs = TailInputs(embeddings, embeddings)
+    assert LinkageTailSampler().estimate(inputs).tail_indices.tolist() == [20, 21, 22]
+    forced = harness.MissedTail(missed=(21, 5)).estimate(inputs)
+    assert forced.tail_indices.tolist() == [20, 22]
+
+
+def test_the_table_gives_each_variant_against_patchcore(harness):
+    info = {"classes": {"aa": {"role": "head", "kept": 30}, "bb": {"role": "tail", "kept": 1}},
+            "head": ["aa"], "tail": ["bb"]}
+    runs = {"patchcore": {"image_auroc": {"aa": 0.9, "bb": 0.8}, "lof_dropped_by_class": {}},
+            "forced-miss": {"image_auroc": {"aa": 0.91, "bb": 0.5}, "lof_dropped_by_class": {"aa": 0.1, "bb": 0.6}}}
+    header, rows = harness.table(runs, info)
+    assert header == ["class", "role", "train", "PatchCore", "forced-miss"]
+    assert rows[0] == ["aa", "head", "30", "90.0", "+1.0 (drop 10%)"]
+    assert rows[1] == ["bb", "tail", "1", "80.0", "-30.0 (drop 60%)"]
+    assert rows[2][-1] == "+1.0" and rows[3][-1] == "-30.0"

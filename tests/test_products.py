@@ -1,0 +1,101 @@
+"""Products: what a model found in its training set, kept in its model file, listed by the CLI."""
+
+import numpy as np
+import pytest
+
+from tailedcore import PatchCore, TailedCore, load
+from tailedcore.app.cli import main
+from tailedcore.products import EXAMPLES, THUMBNAIL
+
+from .conftest import real_subset
+
+# Three real products: a head (bottle), a smaller one (pcb) and a one-image tail (screw).
+TRAIN = {"bottle": 10, "pcb": 6, "screw": 1}
+PARAMS = {"resize": 72, "crop": 64, "progress": False, "batch_size": 8, "calibration_share": 0.0}
+
+
+@pytest.fixture(scope="module")
+def images():
+    return real_subset(TRAIN, 1)
+
+
+@pytest.fixture(scope="module")
+def fitted(images, tmp_path_factory):
+    train, _ = images
+    detector = TailedCore(**PARAMS).fit(train)
+    path = tmp_path_factory.mktemp("products") / "model.safetensors"
+    detector.save(path)
+    return detector, path
+
+
+def product_of(products, name: str) -> set[int]:
+    """The products of the training images of class ``name``."""
+    return {int(products.labels[i]) for i, path in enumerate(products.paths) if f"/{name}/" in path}
+
+
+def test_each_class_is_one_product_and_the_one_image_class_is_tail(fitted):
+    products = fitted[0].products_
+    assert len(products) == 3
+    assert products.sizes.tolist() == [10, 6, 1]  # largest first
+    assert [product_of(products, name) for name in TRAIN] == [{0}, {1}, {2}]
+    assert products.tail.tolist() == [False, False, True]
+    assert products.tail_paths() == [p for p in products.paths if "/screw/" in p]
+    assert products.thumbnails.shape == (3, EXAMPLES, THUMBNAIL, THUMBNAIL, 3)
+    assert products.thumbnails[2, 0].any() and not products.thumbnails[2, 1].any()  # one member only
+
+
+def test_memory_rows_know_their_product(fitted):
+    detector, _ = fitted
+    products = detector.products_
+    assert products.memory_products.shape == (len(detector.memory_),)
+    tail_rows = detector.memory_.info["tail_memory"]
+    # The tail's rows (its image and its views) come first in TailedCore's memory and are all screw;
+    # the LOF-denoised rows that follow are drawn from every image.
+    assert (products.memory_products[:tail_rows] == 2).all()
+    assert set(products.memory_products[tail_rows:].tolist()) == {0, 1, 2}
+
+
+def test_products_survive_the_model_file_and_assign_new_images(fitted, images):
+    detector, path = fitted
+    loaded = load(path).products_
+    original = detector.products_
+    np.testing.assert_array_equal(loaded.labels, original.labels)
+    np.testing.assert_array_equal(loaded.memory_products, original.memory_products)
+    np.testing.assert_array_equal(loaded.thumbnails, original.thumbnails)
+    assert loaded.tail.tolist() == original.tail.tolist() and loaded.paths == original.paths
+    assert loaded.estimator == detector.policy.tail
+    # A training image is at distance 0 from itself: it is assigned to its own product.
+    assigned, distance = loaded.assign(original.embeddings, original.mean_patches)
+    np.testing.assert_array_equal(assigned, original.labels)
+    np.testing.assert_allclose(distance, 0.0, atol=1e-6)
+
+
+def test_patchcore_finds_products_with_the_default_estimator(images):
+    detector = PatchCore(**PARAMS).fit(images[0])
+    products = detector.products_
+    assert products.sizes.tolist() == [10, 6, 1] and products.tail.tolist() == [False, False, True]
+    assert len(products.memory_products) == len(detector.memory_)
+
+
+def test_a_model_without_products_loads_and_says_so(fitted, tmp_path, caplog, capsys):
+    detector, _ = fitted
+    kept, detector.products_ = detector.products_, None
+    try:
+        detector.save(tmp_path / "old.safetensors")
+    finally:
+        detector.products_ = kept
+    with caplog.at_level("INFO"):
+        assert load(tmp_path / "old.safetensors").products_ is None
+    assert sum("before models kept their products" in r.message for r in caplog.records) == 1
+    assert main(["products", str(tmp_path / "old.safetensors")]) == 0
+    assert "no products" in capsys.readouterr().out
+
+
+def test_cli_lists_the_products_and_writes_a_page(fitted, tmp_path, capsys):
+    _, path = fitted
+    assert main(["--quiet", "products", str(path), "--out", str(tmp_path / "page")]) == 0
+    out = capsys.readouterr().out
+    assert "| product | images | role | memory rows |" in out
+    assert "| 2 | 1 | tail |" in out
+    html = (tmp_path / "page" / "products.html").read_text()
+    assert html.count("<h2>Product") == 3 and html.count("data:image/png;base64") == 4 + 4 + 1
