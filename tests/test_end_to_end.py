@@ -146,7 +146,7 @@ def test_cli_fit_says_what_it_did(synthetic_root, tmp_path, capsys):
     assert f"tail: {info['tail_images']} images found, max K {info['max_k']}" in printed
     assert (f"memory: {len(detector.memory_)} rows ({info['tail_memory']} from the tail and its views, "
             f"{info['denoised_memory']} from the LOF-denoised images)") in printed
-    assert "thresholds: not set (no class of 20 or more training images to set images aside from; " \
+    assert "thresholds: not set (no product of 20 or more training images to set images aside from; " \
            "use --calibration DIR)" in printed
     assert "search: ivf-batched (nprobe=16 rerank=2), kept in the model for every command" in printed
     assert f"model file: {model} ({model.stat().st_size / 2**20:.1f} MiB)" in printed

@@ -3,9 +3,16 @@ import pytest
 
 from tailedcore import PatchCore, load
 from tailedcore.bench.synthetic import make_dataset
-from tailedcore.thresholds import Thresholds, calibrate_f1, calibrate_false_alarm, defect_masks, normalise
+from tailedcore.thresholds import (
+    Thresholds,
+    calibrate_f1,
+    calibrate_false_alarm,
+    defect_masks,
+    held_out_images,
+    normalise,
+)
 
-from .conftest import SMALL
+from .conftest import SMALL, real_subset
 
 
 def test_false_alarm_thresholds_hand_checked():
@@ -149,3 +156,22 @@ def test_normalised_score_keeps_the_ranking_beyond_the_calibration_range():
     assert np.all(np.diff(scores) > 0) and np.all(scores < 1.0)  # no saturation at 1.0: ranking is kept
     np.testing.assert_allclose(scores, raw / (raw + 5.0))  # score / threshold = x -> x / (1 + x)
     assert t.normalise_pixel(np.array([2.0]))[0] == 0.5
+
+
+def test_one_product_of_thirty_images_gets_thresholds():
+    """The hold-out is drawn per product found by the model's own estimator: 30 images of one product are one
+    class of 30, whatever the paper's TailSampler would estimate, so 10% of them calibrate the thresholds."""
+    train, _ = real_subset({"screw": 30}, 0)
+    detector = PatchCore(resize=72, crop=64, progress=False, batch_size=8, calibration_share=0.1).fit(train)
+    assert detector.products_.sizes.tolist() == [30]
+    assert len(detector.calibration_paths_) == 3 and len(detector.training_paths_) == 27
+    assert detector.thresholds_ is not None and "3 held-out" in detector.thresholds_.source
+
+
+def test_the_hold_out_is_drawn_from_each_large_product():
+    products = np.repeat([0, 1, 2], [40, 20, 19])
+    held = held_out_images(products, 0.1, 20, seed=3)
+    assert np.bincount(products[held], minlength=3).tolist() == [4, 2, 0]  # the product of 19 stays whole
+    np.testing.assert_array_equal(held, held_out_images(products, 0.1, 20, seed=3))
+    assert len(held_out_images(products, 0.0, 20, seed=3)) == 0
+    assert held_out_images(np.zeros(20, dtype=int), 0.99, 1, seed=0).size == 19  # one image stays for training

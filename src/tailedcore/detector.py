@@ -140,9 +140,9 @@ class Detector:
             rounded to float16 precision).
         batch_size: images per backbone batch.
         calibration_share: share of the training images set aside (never put in
-            memory) to calibrate thresholds, among images of classes of at least
-            ``calibration_min_class`` (thresholds.held_out_images). 0 = train on
-            everything (the paper).
+            memory) to calibrate thresholds, of each product (products.py) of at
+            least ``calibration_min_class`` images (thresholds.held_out_images).
+            0 = train on everything (the paper).
         false_alarm_rate: share of normal images allowed above the threshold.
         seed: seeds the projection, the coreset start and the calibration draw.
         progress: show progress bars.
@@ -380,7 +380,7 @@ class Detector:
             estimator = self.policy.tail if isinstance(getattr(self.policy, "tail", None), LinkageTailSampler) \
                 else LinkageTailSampler()
             products = find_products(TailInputs(extracted.embeddings, extracted.mean_patches), paths, estimator)
-        held_out = held_out_images(extracted.embeddings, self.calibration_share, self.calibration_min_class,
+        held_out = held_out_images(products.labels, self.calibration_share, self.calibration_min_class,
                                    self.seed)
         kept = np.setdiff1d(np.arange(len(paths)), held_out)
         kept_paths = [paths[i] for i in kept]

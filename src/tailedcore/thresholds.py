@@ -26,8 +26,6 @@ import numpy as np
 from skimage.morphology import remove_small_objects
 from sklearn.metrics import precision_recall_curve
 
-from .tail import estimate_class_sizes
-
 log = logging.getLogger(__name__)
 
 # Fewest images a threshold should rest on, whatever the false-alarm rate.
@@ -155,20 +153,24 @@ def calibrate_f1(labels: np.ndarray, image_scores: np.ndarray, masks: np.ndarray
                               f"F1-max on {labels.size} labeled validation images", int(labels.size)))
 
 
-def held_out_images(embeddings: np.ndarray, share: float, min_class: int, seed: int) -> np.ndarray:
+def held_out_images(products: np.ndarray, share: float, min_class: int, seed: int) -> np.ndarray:
     """Indices (sorted, int64) of training images set aside to calibrate thresholds.
 
-    embeddings: (n, E). ``share`` of the images whose TailSampler class-size
-    estimate (the paper's settings, whatever the method's own, so every method
-    holds out the same images) is at least ``min_class``, so rare classes stay
-    whole; at least one image is always kept for training.
+    products: (n,) int product of each image (products.find_products, the
+    model's own estimator). ``share`` (rounded) of the images of every product
+    of at least ``min_class`` images, drawn at random; smaller products stay
+    whole, and every product keeps at least one image for training.
     """
-    if share <= 0 or len(embeddings) < 2:
-        return np.empty(0, dtype=np.int64)
-    eligible = np.flatnonzero(estimate_class_sizes(embeddings) >= min_class)
-    count = min(int(round(share * len(eligible))), len(embeddings) - 1)
-    rng = np.random.default_rng([seed, 1])
-    return np.sort(rng.choice(eligible, size=count, replace=False)) if count > 0 else np.empty(0, np.int64)
+    products = np.asarray(products)
+    chosen = [np.empty(0, dtype=np.int64)]
+    if share > 0:
+        rng = np.random.default_rng([seed, 1])
+        for product in np.unique(products):
+            members = np.flatnonzero(products == product)
+            count = min(int(round(share * len(members))), len(members) - 1)
+            if len(members) >= min_class and count > 0:
+                chosen.append(rng.choice(members, size=count, replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 def defect_masks(maps: np.ndarray, threshold: float, min_area: int = 16) -> np.ndarray:

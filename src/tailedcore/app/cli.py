@@ -244,7 +244,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
 def _no_thresholds_reason(detector) -> str:
     if detector.calibration_share <= 0:
         return "--calibration-share 0 and no --calibration"
-    return (f"no class of {detector.calibration_min_class} or more training images to set images aside from; "
+    return (f"no product of {detector.calibration_min_class} or more training images to set images aside from; "
             "use --calibration DIR")
 
 
