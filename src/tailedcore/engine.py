@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from threadpoolctl import threadpool_info, threadpool_limits
+from tqdm import tqdm
 
 ENGINES = ("local", "ray")
 # Set by a test only: a folder; while it holds a file "armed", the first task of a map kills its worker
@@ -31,9 +32,9 @@ class LocalEngine:
     name = "local"
     workers = 1
 
-    def map(self, function: Callable, tasks: Sequence[tuple]) -> list:
-        """[function(*args) for args in tasks]."""
-        return [function(*args) for args in tasks]
+    def map(self, function: Callable, tasks: Sequence[tuple], progress: str | None = None) -> list:
+        """[function(*args) for args in tasks]; ``progress``: the label of a progress bar over the tasks."""
+        return [function(*args) for args in tqdm(tasks, desc=progress, disable=progress is None, leave=False)]
 
     def put(self, value: Any) -> Any:
         return value
@@ -132,9 +133,9 @@ class RayEngine:
         """Store ``value`` once in the object store; tasks given the reference read it without a copy each."""
         return self._ray.put(value)
 
-    def map(self, function: Callable, tasks: Sequence[tuple]) -> list:
+    def map(self, function: Callable, tasks: Sequence[tuple], progress: str | None = None) -> list:
         """[function(*args) for args in tasks], one Ray task each, run with this process's thread counts;
-        object references among args are resolved."""
+        object references among args are resolved (no progress bar: the tasks run at once)."""
         counts = thread_counts()
         return self._ray.get([self._task.remote(function, index, counts, *args) for index, args in enumerate(tasks)])
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .engine import LocalEngine
+
 # A pair is ruled out by the fast product only if it clears the stored distance
 # by this share of |a|^2 + |b|^2 (per 128 dims): over five times the worst-case
 # float32 error of the product plus that of the reference's own sum of squares.
@@ -186,11 +188,11 @@ def two_round_coreset(x: np.ndarray, shards: list[np.ndarray], ratio: float, rng
     first_starts = [int(rng.integers(len(s))) for s in shards]
     union_sizes = [sum(counts[p] for p in members) for members, _ in blocks]
     second_starts = [int(rng.integers(size)) for size in union_sizes]
-    shared = engine.put(x) if engine is not None else x
-    run = engine.map if engine is not None else (lambda f, tasks: [f(*t) for t in tqdm(
-        tasks, desc="coreset", unit="shard", disable=not progress, leave=False)])
-    first = run(_greedy_picks, [(shared, s, c, start) for s, c, start in zip(shards, counts, first_starts)])
+    engine = engine or LocalEngine()
+    shared, label = engine.put(x), "coreset shards" if progress else None
+    first = engine.map(_greedy_picks, [(shared, s, c, start) for s, c, start in zip(shards, counts, first_starts)],
+                       label)
     unions = [np.concatenate([first[p] for p in members]) for members, _ in blocks]
-    second = run(_greedy_picks, [(shared, union, min(max(1, int(ratio * size)), len(union)), start)
-                                 for union, (_, size), start in zip(unions, blocks, second_starts)])
+    second = engine.map(_greedy_picks, [(shared, union, min(max(1, int(ratio * size)), len(union)), start)
+                                        for union, (_, size), start in zip(unions, blocks, second_starts)], label)
     return np.concatenate(second) if second else np.empty(0, dtype=np.int64)
