@@ -134,6 +134,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--features", nargs="+", default=["lite0-224"], choices=list(FEATURES),
                         help="feature settings of benchmarks/features_study.py, each fitted and measured in turn")
+    parser.add_argument("--exact-coreset-rows", type=int,
+                        help="fit with the composable coreset over shards of this many rows (a faster fit; the "
+                             "memory keeps the same share of rows); default: the exact coreset")
     args = parser.parse_args()
 
     print("Exact search vs the sgemm bound (784 queries per image, 1024 dims)")
@@ -144,6 +147,8 @@ def main() -> None:
     for feature in args.features:
         detector = METHODS[args.method](calibration_share=0.0, batch_size=args.batch_size, progress=False,
                                         **detector_arguments(feature))
+        if args.exact_coreset_rows:
+            detector.set_params(policy__coreset__exact_rows=args.exact_coreset_rows)
         measure(detector, args, f"{feature}: " if len(args.features) > 1 else "")
 
 

@@ -68,6 +68,8 @@ def test_products_survive_the_model_file_and_assign_new_images(fitted, images):
     assigned, distance = loaded.assign(original.embeddings, original.mean_patches)
     np.testing.assert_array_equal(assigned, original.labels)
     np.testing.assert_allclose(distance, 0.0, atol=1e-6)
+    assert not loaded.is_unknown(distance).any()
+    assert loaded.is_unknown(np.array([loaded.estimator.distance + 0.01])).all()
 
 
 def test_patchcore_finds_products_with_the_default_estimator(images):

@@ -59,6 +59,11 @@ class Products:
         nearest = distances.argmin(axis=1)
         return self.labels[nearest], distances[np.arange(len(nearest)), nearest]
 
+    def is_unknown(self, distances: np.ndarray) -> np.ndarray:
+        """(m,) bool: the images whose nearest member (``assign``'s distances) is farther than the estimator's
+        cut, so that they would have joined no product."""
+        return np.asarray(distances) > self.estimator.distance
+
     def members(self, product: int) -> list[str]:
         return [self.paths[i] for i in np.flatnonzero(self.labels == product)]
 
