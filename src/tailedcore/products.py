@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .data import open_rgb, resize_and_crop
 from .tail import LinkageTailSampler, TailInputs
@@ -104,8 +105,6 @@ class Products:
 
 def thumbnail(path: Path) -> np.ndarray:
     """(THUMBNAIL, THUMBNAIL, 3) uint8: the image's centre square, shrunk."""
-    from PIL import Image
-
     return np.asarray(resize_and_crop(open_rgb(path), THUMBNAIL, THUMBNAIL, Image.BILINEAR))
 
 
