@@ -55,18 +55,21 @@ VARIANTS = {
 }
 
 
+def class_names(paths: list[Path], data: Path) -> np.ndarray:
+    """The class (first folder under ``data``) of each image."""
+    return np.array([path.resolve().relative_to(data.resolve()).parts[0] for path in paths])
+
+
 def true_tail_indices(data: Path, info: dict) -> tuple[int, ...]:
     """Indices, in the order a fit lists the training images of ``data``, of the images of tail classes."""
-    paths = _as_paths(data)
-    classes = [path.resolve().relative_to(data.resolve()).parts[0] for path in paths]
-    return tuple(i for i, name in enumerate(classes) if name in info["tail"])
+    return tuple(int(i) for i in np.flatnonzero(np.isin(class_names(_as_paths(data), data), info["tail"])))
 
 
 def dropped_by_class(diagnostics: dict, paths: list[Path], data: Path) -> dict[str, float]:
     """Mean share of each class's training patches the LOF step dropped."""
     if "dropped_share" not in diagnostics:
         return {}
-    classes = np.array([path.resolve().relative_to(data.resolve()).parts[0] for path in paths])
+    classes = class_names(paths, data)
     dropped = diagnostics["dropped_share"]
     return {name: float(dropped[classes == name].mean()) for name in sorted(set(classes))}
 
