@@ -8,6 +8,7 @@
 #   runs/PROFILE-paper-tail  TailedCore with the paper's TailSampler (its own row in the tables).
 # A joint tail coreset over more than 2M patch rows runs two-round (--max-tail-rows).
 # --resume reads finished seeds back instead of running them again.
+# `scripts/nlt_results.sh baselines` (or `tailedcore`) runs one lane only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs}
@@ -31,6 +32,10 @@ tailedcore() {
             --tail-estimator paper --max-tail-rows 2000000 --out "$OUT/$profile-paper-tail"
     done
 }
-baselines &
-tailedcore
-wait
+if [ $# -gt 0 ]; then
+    "$1"
+else
+    baselines &
+    tailedcore
+    wait
+fi

@@ -59,7 +59,10 @@ def test_cli_fit_predict_evaluate(synthetic_root, tmp_path, capsys):
     assert main(["--quiet", "predict", str(model), str(test_dir), "--out", str(out)]) == 0
     records = json.loads((out / "scores.json").read_text())
     assert len(records) == 3 and all((out / r["overlay"]).is_file() and (out / r["mask"]).is_file() for r in records)
-    assert all(r["decision"] == "defect" and r["score"] > 0.5 for r in records)  # painted defects are obvious
+    # Painted defects are obvious; on images this alike, one that changes much of an image may be answered
+    # "unknown product" instead (an alarm too, its nearest product named).
+    assert all(r["decision"] in ("defect", "unknown product") and r["score"] > 0.5 for r in records)
+    assert all(r["product"] == records[0]["product"] for r in records)
     assert (out / "scores.csv").read_text().startswith("image,score,decision,raw_score")
     evaluation_dir = tmp_path / "eval"
     assert main(["--quiet", "evaluate", str(model), str(synthetic_root), "--out", str(evaluation_dir)]) == 0

@@ -23,8 +23,8 @@ def model(synthetic_root, tmp_path_factory):
     return str(path)
 
 
-def predict(model, *inputs, out):
-    return main(["--quiet", "predict", model, *map(str, inputs), "--out", str(out)])
+def predict(model, *inputs, out, extra=()):
+    return main(["--quiet", "predict", model, *map(str, inputs), "--out", str(out), *extra])
 
 
 def test_folders_are_searched_recursively_and_names_keep_the_relative_path(model, synthetic_root, tmp_path):
@@ -82,7 +82,8 @@ def test_only_images_decided_defect_carry_a_mask(model, synthetic_root, tmp_path
     assert predict(model, synthetic_root / "checker" / "test", out=tmp_path / "p") == 0
     for record in json.loads((tmp_path / "p" / "scores.json").read_text()):
         mask = np.asarray(Image.open(tmp_path / "p" / record["mask"]))
-        assert (record["defect_pixels"] > 0) <= (record["decision"] == "defect")
+        # An unknown product keeps the mask of its score's decision.
+        assert (record["defect_pixels"] > 0) <= (record["decision"] != "ok")
         assert record["defect_pixels"] == np.count_nonzero(mask)
 
 
@@ -97,7 +98,8 @@ def test_scores_csv_has_the_same_columns_calibrated_or_not_and_errors_go_to_stde
     images = tmp_path / "images"
     shutil.copytree(synthetic_root / "checker" / "test" / "good", images)
     (images / "broken.png").write_bytes(b"not a picture")
-    columns = ["image", "score", "decision", "raw_score", "defect_pixels", "overlay", "mask", "error"]
+    columns = ["image", "score", "decision", "raw_score", "product", "unknown_product", "threshold", "threshold_of",
+               "defect_pixels", "overlay", "mask", "error"]
     for name, path in (("calibrated", model), ("uncalibrated", str(tmp_path / "uncalibrated.safetensors"))):
         capsys.readouterr()
         assert predict(path, images, out=tmp_path / name) == 0
@@ -113,3 +115,10 @@ def test_scores_csv_has_the_same_columns_calibrated_or_not_and_errors_go_to_stde
             line for line in captured.err.splitlines() if line.startswith("tailedcore: skipped: ")]
         assert len([line for line in captured.err.splitlines() if "broken.png" in line]) == 1
         assert "broken.png" not in captured.out
+
+
+def test_unknown_factor_none_answers_every_image_with_a_decision(model, synthetic_root, tmp_path):
+    out = tmp_path / "p"
+    assert predict(model, synthetic_root / "checker" / "test", out=out, extra=["--unknown-factor", "none"]) == 0
+    records = json.loads((out / "scores.json").read_text())
+    assert {r["decision"] for r in records} <= {"ok", "defect"} and not any(r["unknown_product"] for r in records)

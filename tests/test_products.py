@@ -65,11 +65,71 @@ def test_products_survive_the_model_file_and_assign_new_images(fitted, images):
     assert loaded.tail.tolist() == original.tail.tolist() and loaded.paths == original.paths
     assert loaded.estimator == detector.policy.tail
     # A training image is at distance 0 from itself: it is assigned to its own product.
-    assigned, distance = loaded.assign(original.embeddings, original.mean_patches)
+    assigned, distance = loaded.assign(original.mean_patches)
     np.testing.assert_array_equal(assigned, original.labels)
     np.testing.assert_allclose(distance, 0.0, atol=1e-6)
-    assert not loaded.is_unknown(distance).any()
-    assert loaded.is_unknown(np.array([loaded.estimator.distance + 0.01])).all()
+    assert not loaded.is_unknown(assigned, distance, 2.5).any()
+
+
+def test_the_unknown_limit_scales_with_each_products_spread(fitted):
+    products = fitted[0].products_
+    spreads = products.spreads()
+    assert np.isfinite(spreads[:2]).all() and np.isnan(spreads[2])  # the one-image tail has no spread
+    limits = products.unknown_limits(2.0)
+    median = np.median(spreads[:2])
+    np.testing.assert_allclose(limits, 2.0 * np.array([max(spreads[0], median), max(spreads[1], median), median]))
+    assert (products.unknown_limits(None) == np.inf).all()
+    over = products.is_unknown(np.array([0, 0, 2]), np.array([limits[0] * 0.99, limits[0] * 1.01, limits[2] * 1.01]),
+                               2.0)
+    assert over.tolist() == [False, True, True]
+
+
+def test_predictions_name_the_product_and_an_unknown_one(fitted, images, tmp_path):
+    detector, _ = fitted
+    _, test = images  # one image of every test folder of bottle, pcb and screw
+    others = real_subset({"magnetic_tile": 0, "concrete": 0}, 1)[1]  # products the model never saw
+    predictions = detector.predict(test + others)
+    names = [p.parts[-4] for p in predictions.paths]
+    expected = {"bottle": 0, "pcb": 1, "screw": 2}
+    known = np.array([name in expected for name in names])
+    assert [int(p) for p, k in zip(predictions.products, known) if k] == [expected[n] for n in names if n in expected]
+    assert predictions.unknown[~known].all()
+    assert not predictions.unknown[known & (predictions.product_distances < 1e-3)].any()
+    assert predictions.unknown[known].mean() <= 0.25  # defective images stay close to their product
+    records = [predictions.record(i) for i in range(len(predictions.paths))]
+    assert all(r["product"] in (0, 1, 2) for r in records)  # the nearest product is named either way
+    assert [r["unknown_product"] for r in records] == predictions.unknown.tolist()
+
+
+def test_per_product_thresholds_from_normal_images(tmp_path):
+    train, _ = real_subset({"bottle": 30, "pcb": 6}, 0)
+    detector = PatchCore(**PARAMS).fit(train[:5] + train[30:33])
+    normal = train[5:30] + train[33:36]  # 25 bottle and 3 pcb images the model did not see
+    global_thresholds = detector.calibrate(normal)
+    assert sorted(detector.product_thresholds_) == [0]  # pcb has fewer than MIN_IMAGES: the global ones
+    predictions = detector.predict(normal)
+    bottle = predictions.products == 0
+    assert bottle.sum() == 25 and (predictions.products[~bottle] == 1).all()
+    own = detector.product_thresholds_[0]
+    assert own.images == 25 and own.image == pytest.approx(np.quantile(predictions.image_scores[bottle], 0.99))
+    assert global_thresholds.images == 28
+    np.testing.assert_allclose(predictions.image_thresholds, np.where(bottle, own.image, global_thresholds.image))
+    assert [predictions.record(i)["threshold_of"] for i in range(len(normal))] == \
+        ["product" if b else "global" for b in bottle]
+    detector.save(tmp_path / "model.safetensors")
+    loaded = load(tmp_path / "model.safetensors")
+    assert loaded.product_thresholds_[0] == own
+    assert main(["--quiet", "products", str(tmp_path / "model.safetensors")]) == 0
+    detector.set_params(calibration_scope="global").calibrate(normal)
+    assert detector.product_thresholds_ == {}
+
+
+def test_held_out_images_of_a_large_product_calibrate_its_own_thresholds():
+    train, _ = real_subset({"bottle": 40, "pcb": 6}, 0)
+    detector = PatchCore(**{**PARAMS, "calibration_share": 0.5, "calibration_min_class": 4}).fit(train)
+    assert len(detector.calibration_paths_) == 23  # 20 of bottle, 3 of pcb
+    assert sorted(detector.product_thresholds_) == [0] and detector.product_thresholds_[0].images == 20
+    assert detector.thresholds_.images == 23
 
 
 def test_patchcore_finds_products_with_the_default_estimator(images):
@@ -97,7 +157,7 @@ def test_cli_lists_the_products_and_writes_a_page(fitted, tmp_path, capsys):
     _, path = fitted
     assert main(["--quiet", "products", str(path), "--out", str(tmp_path / "page")]) == 0
     out = capsys.readouterr().out
-    assert "| product | images | role | memory rows |" in out
-    assert "| 2 | 1 | tail |" in out
+    assert "| product | images | role | memory rows | image threshold |" in out
+    assert "| 2 | 1 | tail |" in out and "| none |" in out
     html = (tmp_path / "page" / "products.html").read_text()
     assert html.count("<h2>Product") == 3 and html.count("data:image/png;base64") == 4 + 4 + 1

@@ -219,9 +219,15 @@ def test_browser_drop_image_shows_result(model, request, synthetic_root, tmp_pat
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector("text=calibrated")
-            page.set_input_files("#files", str(synthetic_root / "stripes" / "test" / "defect" / "001.png"))
+            image = synthetic_root / "stripes" / "test" / "defect" / "001.png"
+            answer = detector.predict([image])
+            page.set_input_files("#files", str(image))
             page.wait_for_selector(".result .decision", timeout=30_000)
-            assert page.inner_text(".result .decision") == "defect"
+            assert answer.verdicts[0] != "ok"
+            assert page.inner_text(".result .decision") == answer.verdicts[0]
+            css_class = "decision " + answer.verdicts[0].replace(" ", "-")
+            assert page.get_attribute(".result .decision", "class") == css_class
+            assert f"product {answer.products[0]}" in page.inner_text(".result .score")
             assert page.get_attribute(".result img", "src").startswith("data:image/png;base64,")
             page.screenshot(path=str(tmp_path / "page.png"))
             browser.close()
@@ -233,3 +239,14 @@ def test_browser_drop_image_shows_result(model, request, synthetic_root, tmp_pat
 def test_model_says_how_many_images_the_thresholds_rest_on(client):
     thresholds = client.get("/model").json()["thresholds"]
     assert thresholds["images"] == 6 and thresholds["few_images"] is True  # 6 normal images at a 1% false-alarm rate
+
+
+def test_answers_carry_the_product_and_its_threshold(client, synthetic_root):
+    payload = {"file": ("x.png", png(synthetic_root / "stripes" / "test" / "good" / "000.png"), "image/png")}
+    answer = client.post("/predict", files=payload).json()
+    products = client.get("/model").json()["products"]
+    assert answer["product"] in [p["product"] for p in products]
+    assert answer["unknown_product"] is False and answer["decision"] in ("ok", "defect")
+    assert answer["threshold_of"] in ("product", "global") and answer["threshold"] > 0
+    assert answer["score"] == pytest.approx(answer["raw_score"] / answer["threshold"]
+                                            / (1 + answer["raw_score"] / answer["threshold"]))

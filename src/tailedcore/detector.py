@@ -40,13 +40,13 @@ from .policies import (
     policy_from_flat_params,
 )
 from .predictions import Predictions
-from .products import Products, find_products
+from .products import UNKNOWN_FACTOR, Products, find_products
 from .runtimes import GRAPH_PRECISIONS, RUNTIMES, GraphFeatures, is_export, verify_export
 from .sampling import random_projection
 from .scoring import SEARCHES, PatchScorer, anomaly_maps
 from .store import STORE_DTYPES, FeatureCache, ImageSubset
 from .tail import LinkageTailSampler, TailInputs
-from .thresholds import Thresholds, calibrate_false_alarm, held_out_images
+from .thresholds import Thresholds, calibrate_false_alarm, calibrate_per_product, held_out_images
 from .timing import StageTimer
 from .training import TrainingRun
 
@@ -63,9 +63,11 @@ def _check_upscale(name, size: tuple[int, int], resize: int, strict: bool) -> No
 
 
 def _score_shard(init_args: tuple, graph: tuple | None, memory: np.ndarray, weights: np.ndarray | None,
-                 scorer_args: tuple, paths: list[Path]) -> tuple[list[int], np.ndarray | None, list[tuple[int, str]]]:
+                 scorer_args: tuple, paths: list[Path]) -> tuple[list[int], np.ndarray | None, np.ndarray | None,
+                                                                 list[tuple[int, str]]]:
     """Patch scores of one shard of test images, as an engine task -> (readable positions in ``paths``,
-    patch scores (k, rows, cols) float32, (position, reason) of the unreadable images).
+    patch scores (k, rows, cols) float32, mean patch features (k, D) float32, (position, reason) of the
+    unreadable images).
 
     graph: (export folder, runtime, precision) when an exported graph computes the features;
     memory (M, D), weights (M,) or None; scorer_args: PatchScorer's (num_neighbors,
@@ -78,11 +80,14 @@ def _score_shard(init_args: tuple, graph: tuple | None, memory: np.ndarray, weig
     scorer = PatchScorer(memory, weights, num_neighbors, squared, search, **search_options)
     index = {path: position for position, path in enumerate(paths)}
     errors: list[tuple[int, str]] = []
-    positions, scores = [], []
+    positions, scores, means = [], [], []
     for batch_positions, batch in extractor.iter_batches(paths, on_error=lambda p, r: errors.append((index[p], r))):
         positions += batch_positions
         scores.append(scorer.score(batch.patches).reshape(-1, *extractor.grid_shape))
-    return positions, np.concatenate(scores) if scores else None, errors
+        means.append(batch.patches.mean(axis=1))
+    if not scores:
+        return positions, None, None, errors
+    return positions, np.concatenate(scores), np.concatenate(means), errors
 
 
 # Every distinct increasing choice of strides (one to four stages).
@@ -144,6 +149,11 @@ class Detector:
             least ``calibration_min_class`` images (thresholds.held_out_images).
             0 = train on everything (the paper).
         false_alarm_rate: share of normal images allowed above the threshold.
+        calibration_scope: "product": besides the global thresholds, each product (products.py) with at
+            least thresholds.MIN_IMAGES calibration images gets its own (the others use the global ones);
+            "global": one threshold for every image.
+        unknown_factor: an image farther from its product's nearest training image than this factor times
+            the product's spread is an unknown product (products.py); None: never.
         seed: seeds the projection, the coreset start and the calibration draw.
         progress: show progress bars.
         engine: "local" (this process) or "ray" (features over image shards, LOF over location
@@ -169,6 +179,8 @@ class Detector:
         "batch_size": Interval(int, 1),
         "calibration_share": Interval(float, 0.0, 1.0, "left"), "calibration_min_class": Interval(int, 1),
         "false_alarm_rate": Interval(float, 0.0, 1.0, "neither"), "seed": Interval(int, 0),
+        "calibration_scope": OneOf(("product", "global")),
+        "unknown_factor": Interval(float, 0.0, closed="neither", none_ok=True),
         "progress": OneOf((True, False)), "engine": OneOf(ENGINES),
         "runtime": OneOf(RUNTIMES), "threads": Interval(int, 1, none_ok=True),
     }
@@ -198,6 +210,8 @@ class Detector:
         calibration_share: float = 0.1,
         calibration_min_class: int = 20,
         false_alarm_rate: float = 0.01,
+        calibration_scope: str = "product",
+        unknown_factor: float | None = UNKNOWN_FACTOR,
         seed: int = 0,
         progress: bool = True,
         engine: str = "local",
@@ -226,6 +240,8 @@ class Detector:
         self.calibration_share = calibration_share
         self.calibration_min_class = calibration_min_class
         self.false_alarm_rate = false_alarm_rate
+        self.calibration_scope = calibration_scope
+        self.unknown_factor = unknown_factor
         self.seed = seed
         self.progress = progress
         self.engine = engine
@@ -238,6 +254,7 @@ class Detector:
         self._extractor: FeatureExtractor | None = None
         self._scorer: PatchScorer | None = None
         self.products_: Products | None = None
+        self.product_thresholds_: dict[int, Thresholds] = {}
 
     @property
     def engine_(self) -> LocalEngine | RayEngine:
@@ -398,27 +415,48 @@ class Detector:
         self.memory_, self.diagnostics_ = result.memory, result.diagnostics
         products.memory_products = products.labels[kept][result.row_images]
         self.products_ = products
-        self._scorer, self.thresholds_ = None, None
+        self._scorer, self.thresholds_, self.product_thresholds_ = None, None, {}
         if len(held_out):
             with self.stage_times_.stage("calibration"):
                 scores = np.stack([
                     self.scorer.score(features.patches.read(i * patches_per_image, (i + 1) * patches_per_image))
                     for i in held_out]).reshape(-1, *grid)
-                maps = anomaly_maps(scores, self.crop, self.blur_sigma)
-                self.thresholds_ = self.stamped(calibrate_false_alarm(
-                    scores.reshape(len(scores), -1).max(axis=1), maps, self.false_alarm_rate,
-                    "held-out training images"))
+                self._set_thresholds(scores.reshape(len(scores), -1).max(axis=1),
+                                     anomaly_maps(scores, self.crop, self.blur_sigma), products.labels[held_out],
+                                     "held-out training images")
         self.training_summary_ = {"memory_info": self.memory_.info, "training_images": len(kept),
                                   "calibration_images": len(held_out)}
         log.info("%d products found, %d of them tail (%d images)", len(products), products.tail.sum(),
                  products.sizes[products.tail].sum())
 
     def calibrate(self, normal_images) -> Thresholds:
-        """Set thresholds from normal images (files/folders) at ``false_alarm_rate``."""
+        """Set thresholds from normal images (files/folders) at ``false_alarm_rate``: the global ones from all
+        of them; with ``calibration_scope`` "product", each product's from the images assigned to it (unknown
+        products left out). Returns the global thresholds."""
         predictions = self.predict(normal_images)
-        self.thresholds_ = self.stamped(calibrate_false_alarm(predictions.image_scores, predictions.anomaly_maps,
-                                                              self.false_alarm_rate, "normal calibration images"))
+        products = predictions.products
+        if products is not None and predictions.unknown is not None:
+            products = np.where(predictions.unknown, -1, products)
+        self._set_thresholds(predictions.image_scores, predictions.anomaly_maps, products,
+                             "normal calibration images")
         return self.thresholds_
+
+    def _set_thresholds(self, image_scores: np.ndarray, maps: np.ndarray, products: np.ndarray | None,
+                        what: str) -> None:
+        """Global and per-product thresholds from normal images: scores (m,), maps (m, h, w), products (m,)
+        int (-1: none; None: a model without products)."""
+        self.thresholds_ = self.stamped(calibrate_false_alarm(image_scores, maps, self.false_alarm_rate, what))
+        self.product_thresholds_ = {}
+        if self.calibration_scope == "product" and products is not None:
+            chosen = np.asarray(products) >= 0
+            self.product_thresholds_ = {
+                product: self.stamped(thresholds) for product, thresholds in calibrate_per_product(
+                    image_scores[chosen], maps[chosen], np.asarray(products)[chosen], self.false_alarm_rate,
+                    what).items()}
+
+    def set_thresholds(self, thresholds: Thresholds | None) -> None:
+        """Use ``thresholds`` (e.g. F1-max ones) for every image: product thresholds are dropped."""
+        self.thresholds_, self.product_thresholds_ = thresholds, {}
 
     @property
     def search_setting(self) -> dict:
@@ -458,7 +496,7 @@ class Detector:
     def _predictions(self, batches: Iterator[FeatureBatch], paths: list[Path]) -> Predictions:
         scorer = self.scorer
         grid = self.extractor.grid_shape
-        patch_scores = []
+        patch_scores, means = [], []
         while True:
             with self.stage_times_.stage("test features"):
                 batch = next(batches, None)
@@ -466,19 +504,29 @@ class Detector:
                 break
             with self.stage_times_.stage("test scoring"):
                 patch_scores.append(scorer.score(batch.patches).reshape(-1, *grid))
-        return self._assemble(patch_scores, paths)
+                means.append(batch.patches.mean(axis=1))
+        return self._assemble(patch_scores, means, paths)
 
-    def _assemble(self, patch_scores: list[np.ndarray], paths: list[Path]) -> Predictions:
-        """Predictions of ``paths`` from their patch scores, a list of (b, rows, cols) batches."""
+    def _assemble(self, patch_scores: list[np.ndarray], means: list[np.ndarray], paths: list[Path]) -> Predictions:
+        """Predictions of ``paths`` from their patch scores, a list of (b, rows, cols) batches, and their mean
+        patch features, a list of (b, D) batches (to find each image's product)."""
         grid = self.extractor.grid_shape
         with self.stage_times_.stage("test scoring"):
             maps = [anomaly_maps(scores, self.crop, self.blur_sigma) for scores in patch_scores]
         if not patch_scores:
             no_maps = np.empty((0, self.crop, self.crop), np.float32)
-            return Predictions([], np.empty(0, np.float32), np.empty((0, *grid), np.float32), no_maps, self.thresholds_)
+            return Predictions([], np.empty(0, np.float32), np.empty((0, *grid), np.float32), no_maps,
+                               self.thresholds_, products=None if self.products_ is None else np.empty(0, np.int64),
+                               product_thresholds=self.product_thresholds_)
         patch_array = np.concatenate(patch_scores)
-        return Predictions(paths, patch_array.reshape(len(paths), -1).max(axis=1), patch_array, np.concatenate(maps),
-                           self.thresholds_)
+        predictions = Predictions(paths, patch_array.reshape(len(paths), -1).max(axis=1), patch_array,
+                                  np.concatenate(maps), self.thresholds_, product_thresholds=self.product_thresholds_)
+        if self.products_ is not None:
+            with self.stage_times_.stage("products"):
+                products, distances = self.products_.assign(np.concatenate(means))
+                predictions.products, predictions.product_distances = products, distances
+                predictions.unknown = self.products_.is_unknown(products, distances, self.unknown_factor)
+        return predictions
 
     @_in_threads
     def predict(self, images, strict: bool = False) -> Predictions:
@@ -531,8 +579,8 @@ class Detector:
         with self.stage_times_.stage("test shards"):
             results = engine.map(_score_shard, [(self.extractor.init_args, graph, memory, weights, scorer_args,
                                                  paths[start : start + per_shard]) for start in starts])
-        failures, scored, patch_scores = [], [], []
-        for start, (positions, scores, errors) in zip(starts, results):
+        failures, scored, patch_scores, means = [], [], [], []
+        for start, (positions, scores, shard_means, errors) in zip(starts, results):
             for position, reason in errors:
                 if strict:
                     raise ImageLoadError(reason)
@@ -540,7 +588,8 @@ class Detector:
             scored += [paths[start + position] for position in positions]
             if scores is not None:
                 patch_scores.append(scores)
-        predictions = self._assemble(patch_scores, scored)
+                means.append(shard_means)
+        predictions = self._assemble(patch_scores, means, scored)
         predictions.failures = failures
         return predictions
 
@@ -574,6 +623,7 @@ class Detector:
             "params": {k: v for k, v in self.params_config().items() if k not in self.RUN_TIME_PARAMS},
             **self.training_summary_,
             "thresholds": self.thresholds_.to_dict() if self.thresholds_ else None,
+            "product_thresholds": {str(p): t.to_dict() for p, t in self.product_thresholds_.items()},
             "products": self.products_.config() if self.products_ is not None else None,
             "torch_version": torch.__version__,
         }
@@ -632,6 +682,8 @@ def load(path: str | os.PathLike, **overrides) -> Detector:
     detector = cls(policy=policy, **params).set_params(**overrides)
     detector.memory_ = MemoryBank(arrays["memory"], arrays.get("weights"), config.get("memory_info", {}))
     detector.thresholds_ = Thresholds.from_dict(config["thresholds"]) if config.get("thresholds") else None
+    detector.product_thresholds_ = {int(p): Thresholds.from_dict(t)
+                                    for p, t in (config.get("product_thresholds") or {}).items()}
     detector.training_summary_ = {k: config.get(k) for k in ("memory_info", "training_images", "calibration_images")}
     if config.get("products"):
         try:

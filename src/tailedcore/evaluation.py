@@ -105,7 +105,7 @@ def _examples(predictions: Predictions, name: str, samples: list[Sample], resize
     return [Example(f"{name}/{samples[index].defect_type} {samples[index].path.name} ({rank}, "
                     f"{predictions.image_scores[index]:.3g})",
                     load_image(samples[index].path, resize, crop), predictions.anomaly_maps[index],
-                    None if masks is None else masks[index], predictions.thresholds, low, high)
+                    None if masks is None else masks[index], predictions.thresholds_of(index), low, high)
             for index, rank in chosen]
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .thresholds import Thresholds, defect_masks
+from .thresholds import Thresholds, defect_masks, normalise
+
+UNKNOWN = "unknown product"
 
 
 @dataclass
@@ -17,10 +19,16 @@ class Predictions:
     image_scores: (m,) float32 raw; patch_scores: (m, h, w) float32;
     anomaly_maps: (m, crop, crop) float32 (upsampled, blurred patch scores).
     ``failures``: (path, reason) of images that could not be read (not in m).
-    With ``thresholds`` (a calibrated model): ``normalised_scores`` (m,) float64
-    in [0, 1), x / (1 + x) of x = raw / threshold (0.5 = threshold, ranking kept),
-    ``decisions`` (m,) bool (True = defect) and ``defect_masks(min_area)`` (m, crop, crop) bool, empty for
-    images decided ok.
+    With products (a model that kept them): ``products`` (m,) int64, the product
+    of each image's nearest training image; ``product_distances`` (m,) float64,
+    the distance to it; ``unknown`` (m,) bool, images that belong to none of the
+    model's products (their nearest product is still named).
+    With ``thresholds`` (a calibrated model; ``product_thresholds``: the products
+    calibrated on their own, the others use ``thresholds``): ``normalised_scores``
+    (m,) float64 in [0, 1), x / (1 + x) of x = raw / the image's threshold (0.5 =
+    threshold), ``decisions`` (m,) bool (True = defect), ``verdicts`` ("ok",
+    "defect" or "unknown product") and ``defect_masks(min_area)`` (m, crop, crop)
+    bool, empty for images decided ok.
     """
 
     paths: list[Path]
@@ -29,6 +37,10 @@ class Predictions:
     anomaly_maps: np.ndarray
     thresholds: Thresholds | None = None
     failures: list[tuple[Path, str]] = field(default_factory=list)
+    products: np.ndarray | None = None
+    product_distances: np.ndarray | None = None
+    unknown: np.ndarray | None = None
+    product_thresholds: dict[int, Thresholds] = field(default_factory=dict)
 
     def _require_thresholds(self) -> Thresholds:
         if self.thresholds is None:
@@ -36,15 +48,64 @@ class Predictions:
                                "or calibrate() with normal images)")
         return self.thresholds
 
+    def thresholds_of(self, index: int) -> Thresholds | None:
+        """The thresholds image ``index`` is decided by: its product's own, else the global ones (or None)."""
+        if self.products is not None and int(self.products[index]) in self.product_thresholds:
+            return self.product_thresholds[int(self.products[index])]
+        return self.thresholds
+
+    def _per_image(self, which: str) -> np.ndarray:
+        self._require_thresholds()
+        return np.array([getattr(self.thresholds_of(i), which) for i in range(len(self.paths))], dtype=np.float64)
+
+    @property
+    def image_thresholds(self) -> np.ndarray:
+        """(m,) float64 raw image threshold of each image."""
+        return self._per_image("image")
+
+    @property
+    def pixel_thresholds(self) -> np.ndarray:
+        """(m,) float64 raw pixel threshold of each image."""
+        return self._per_image("pixel")
+
     @property
     def normalised_scores(self) -> np.ndarray:
-        return self._require_thresholds().normalise_image(self.image_scores)
+        return normalise(self.image_scores, self.image_thresholds)
 
     @property
     def decisions(self) -> np.ndarray:
-        return self.image_scores >= self._require_thresholds().image
+        return self.image_scores >= self.image_thresholds
+
+    @property
+    def verdicts(self) -> list[str]:
+        """Per image: "unknown product" (whatever the score), else "defect" or "ok"."""
+        unknown = self.unknown if self.unknown is not None else np.zeros(len(self.paths), dtype=bool)
+        return [UNKNOWN if other else ("defect" if defect else "ok") for other, defect in zip(unknown, self.decisions)]
+
+    def record(self, index: int) -> dict:
+        """JSON-ready fields of image ``index``: raw_score; with products, product (the nearest) and
+        unknown_product; with thresholds, score (normalised), decision (its verdict), threshold (raw image
+        threshold) and threshold_of ("product" or "global")."""
+        record = {"raw_score": float(self.image_scores[index])}
+        if self.products is not None:
+            record.update(product=int(self.products[index]), unknown_product=bool(self.unknown[index]))
+        thresholds = self.thresholds_of(index)
+        if thresholds is not None:
+            own = self.products is not None and int(self.products[index]) in self.product_thresholds
+            record.update(score=float(normalise(self.image_scores[index], thresholds.image)),
+                          decision=self.verdicts[index], threshold=float(thresholds.image),
+                          threshold_of="product" if own else "global")
+        return record
+
+    def select(self, index: int) -> Predictions:
+        """The predictions of image ``index`` alone (failures left out)."""
+        def one(values):
+            return None if values is None else values[index : index + 1]
+        return Predictions(self.paths[index : index + 1], one(self.image_scores), one(self.patch_scores),
+                           one(self.anomaly_maps), self.thresholds, [], one(self.products),
+                           one(self.product_distances), one(self.unknown), self.product_thresholds)
 
     def defect_masks(self, min_area: int = 16) -> np.ndarray:
-        """Pixels above the pixel threshold, blobs under ``min_area`` removed; empty for images decided ok."""
-        masks = defect_masks(self.anomaly_maps, self._require_thresholds().pixel, min_area)
+        """Pixels above the image's pixel threshold, blobs under ``min_area`` removed; empty for images decided ok."""
+        masks = defect_masks(self.anomaly_maps, self.pixel_thresholds, min_area)
         return masks & self.decisions[:, None, None]

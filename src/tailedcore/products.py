@@ -3,8 +3,15 @@
 A product is one cluster of the linkage tail estimator (tail.LinkageTailSampler:
 the policy's own when it uses one, the default otherwise): its members, its
 size, its role (tail when its size is at most the estimator's ``max_k``), a few
-thumbnails of its members, and which memory rows came from it. A new image is
-assigned to the product of its nearest member, by the estimator's distance.
+thumbnails of its members, and which memory rows came from it.
+
+A new image is assigned to the product of its nearest member by the cosine
+distance of mean patch features (what every prediction computes anyway, exported
+graphs included). It is an unknown product when that distance is more than a
+factor (the detector's ``unknown_factor``) times the product's spread: the largest distance from one of
+its members to its nearest other member, and never less than the median spread
+of the products (the spread of a one-image product). The rule has no absolute
+distance: it scales with how varied the products of each model are.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ from .tail import LinkageTailSampler, TailInputs
 
 THUMBNAIL = 64  # px, square
 EXAMPLES = 4  # thumbnails kept per product
+UNKNOWN_FACTOR = 2.5  # times a product's spread (benchmarks/unknown_product.py, chosen leave-one-class-out)
+_ASSIGN = LinkageTailSampler(features="patches")  # the distance of assignment: mean patch features
+_BLOCK_ROWS = 2048
 
 
 @dataclass
@@ -44,6 +54,9 @@ class Products:
     memory_products: np.ndarray | None = None
     estimator: LinkageTailSampler = LinkageTailSampler()
 
+    def __post_init__(self):
+        self._spreads: np.ndarray | None = None
+
     @property
     def sizes(self) -> np.ndarray:
         """(p,) int64 images per product."""
@@ -52,18 +65,51 @@ class Products:
     def __len__(self) -> int:
         return len(self.tail)
 
-    def assign(self, embeddings: np.ndarray, mean_patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(m, E), (m, D) of new images -> (m,) int64 product of the nearest member, (m,) float64 distance
-        to it (the estimator's: cosine distance averaged over the features it uses)."""
-        distances = self.estimator.distances_between(TailInputs(embeddings, mean_patches),
-                                                     TailInputs(self.embeddings, self.mean_patches))
-        nearest = distances.argmin(axis=1)
-        return self.labels[nearest], distances[np.arange(len(nearest)), nearest]
+    def assign(self, mean_patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(m, D) mean patch features of new images -> (m,) int64 product of the nearest member, (m,) float64
+        cosine distance to it."""
+        members = TailInputs(self.mean_patches, self.mean_patches)
+        products, distances = [], []
+        for lo in range(0, len(mean_patches), _BLOCK_ROWS):
+            block = np.asarray(mean_patches[lo : lo + _BLOCK_ROWS])
+            cross = _ASSIGN.distances_between(TailInputs(block, block), members)
+            nearest = cross.argmin(axis=1)
+            products.append(self.labels[nearest])
+            distances.append(cross[np.arange(len(nearest)), nearest])
+        if not products:
+            return np.empty(0, np.int64), np.empty(0, np.float64)
+        return np.concatenate(products), np.concatenate(distances)
 
-    def is_unknown(self, distances: np.ndarray) -> np.ndarray:
-        """(m,) bool: the images whose nearest member (``assign``'s distances) is farther than the estimator's
-        cut, so that they would have joined no product."""
-        return np.asarray(distances) > self.estimator.distance
+    def spreads(self) -> np.ndarray:
+        """(p,) float64: per product the largest distance from a member to its nearest other member (mean patch
+        features, as ``assign``); NaN for a one-image product."""
+        spreads = np.full(len(self), np.nan)
+        for product in np.flatnonzero(self.sizes > 1):
+            members = self.mean_patches[self.labels == product]
+            nearest = []
+            for lo in range(0, len(members), _BLOCK_ROWS):
+                block = members[lo : lo + _BLOCK_ROWS]
+                cross = _ASSIGN.distances_between(TailInputs(block, block), TailInputs(members, members))
+                cross[np.arange(len(block)), lo + np.arange(len(block))] = np.inf
+                nearest.append(cross.min(axis=1))
+            spreads[product] = np.concatenate(nearest).max()
+        return spreads
+
+    def unknown_limits(self, factor: float | None) -> np.ndarray:
+        """(p,) float64: the distance above which an image assigned to a product is an unknown product,
+        ``factor`` x max(the product's spread, the median spread); inf everywhere when ``factor`` is None or no
+        product has two members (nothing to scale by)."""
+        if self._spreads is None:
+            self._spreads = self.spreads()
+        known = self._spreads[np.isfinite(self._spreads)]
+        if factor is None or not len(known):
+            return np.full(len(self), np.inf)
+        return factor * np.fmax(self._spreads, np.median(known))
+
+    def is_unknown(self, products: np.ndarray, distances: np.ndarray, factor: float | None) -> np.ndarray:
+        """(m,) bool: the images (``assign``'s products and distances) farther from their product than its
+        limit (``unknown_limits(factor)``)."""
+        return np.asarray(distances) > self.unknown_limits(factor)[np.asarray(products, dtype=np.int64)]
 
     def members(self, product: int) -> list[str]:
         return [self.paths[i] for i in np.flatnonzero(self.labels == product)]

@@ -94,10 +94,11 @@ class Thresholds:
         return normalise(raw, self.pixel)
 
 
-def normalise(raw: np.ndarray, threshold: float) -> np.ndarray:
-    """x / (1 + x) with x = raw / threshold (raw scores are >= 0): 0 -> 0, threshold -> 0.5, 3 x threshold
-    -> 0.75, strictly increasing and below 1 (float64, so that no two raw scores merge)."""
-    x = np.maximum(np.asarray(raw, dtype=np.float64), 0.0) / max(float(threshold), 1e-12)
+def normalise(raw: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
+    """x / (1 + x) with x = raw / threshold (raw scores are >= 0; one threshold, or one per score): 0 -> 0,
+    threshold -> 0.5, 3 x threshold -> 0.75, strictly increasing and below 1 (float64, so that no two raw
+    scores merge)."""
+    x = np.maximum(np.asarray(raw, dtype=np.float64), 0.0) / np.maximum(np.asarray(threshold, np.float64), 1e-12)
     return x / (1.0 + x)
 
 
@@ -106,8 +107,10 @@ def _range(values: np.ndarray) -> tuple[float, float]:
 
 
 def calibrate_false_alarm(image_scores: np.ndarray, maps: np.ndarray, false_alarm_rate: float = 0.01,
-                          what: str = "normal images") -> Thresholds:
-    """Thresholds from normal images only: the (1 - rate) quantiles of image scores (m,) and map values (m, h, w)."""
+                          what: str = "normal images", warn: bool = True) -> Thresholds:
+    """Thresholds from normal images only: the (1 - rate) quantiles of image scores (m,) and map values (m, h, w).
+
+    ``warn``: log a warning when they rest on few images (``Thresholds.few_images``)."""
     image_scores = np.asarray(image_scores, dtype=np.float64)
     if image_scores.size == 0:
         raise ValueError("calibration needs at least one normal image")
@@ -115,9 +118,22 @@ def calibrate_false_alarm(image_scores: np.ndarray, maps: np.ndarray, false_alar
         raise ValueError(f"false_alarm_rate={false_alarm_rate}: must be in (0, 1)")
     image = float(np.quantile(image_scores, 1.0 - false_alarm_rate))
     pixel = float(np.quantile(maps, 1.0 - false_alarm_rate))
-    return _warned(Thresholds(image, pixel, _range(image_scores), _range(maps),
-                              f"false-alarm rate {false_alarm_rate:g} on {image_scores.size} {what}",
-                              int(image_scores.size), float(false_alarm_rate)))
+    thresholds = Thresholds(image, pixel, _range(image_scores), _range(maps),
+                            f"false-alarm rate {false_alarm_rate:g} on {image_scores.size} {what}",
+                            int(image_scores.size), float(false_alarm_rate))
+    return _warned(thresholds) if warn else thresholds
+
+
+def calibrate_per_product(image_scores: np.ndarray, maps: np.ndarray, products: np.ndarray,
+                          false_alarm_rate: float = 0.01, what: str = "normal images") -> dict[int, Thresholds]:
+    """Thresholds of each product with at least MIN_IMAGES of the normal images: image scores (m,), maps
+    (m, h, w) and products (m,) int of the images. Products with fewer are left out (they use the global
+    thresholds); ``Thresholds.few_images`` still says which rest on fewer than 1 / rate images."""
+    products = np.asarray(products)
+    return {int(product): calibrate_false_alarm(np.asarray(image_scores)[products == product],
+                                                np.asarray(maps)[products == product], false_alarm_rate,
+                                                f"{what} of product {product}", warn=False)
+            for product, count in zip(*np.unique(products, return_counts=True)) if count >= MIN_IMAGES}
 
 
 def _warned(thresholds: Thresholds) -> Thresholds:
@@ -173,9 +189,10 @@ def held_out_images(products: np.ndarray, share: float, min_class: int, seed: in
     return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
-def defect_masks(maps: np.ndarray, threshold: float, min_area: int = 16) -> np.ndarray:
-    """(m, h, w) anomaly maps -> bool masks: above threshold, blobs under ``min_area`` pixels removed."""
-    masks = np.asarray(maps) >= threshold
+def defect_masks(maps: np.ndarray, threshold: float | np.ndarray, min_area: int = 16) -> np.ndarray:
+    """(m, h, w) anomaly maps -> bool masks: above threshold (one, or (m,) one per map), blobs under
+    ``min_area`` pixels removed."""
+    masks = np.asarray(maps) >= np.asarray(threshold, dtype=np.float64).reshape(-1, 1, 1)
     if min_area > 1:
         masks = np.stack([remove_small_objects(m, max_size=min_area - 1) for m in masks]) if len(masks) else masks
     return masks

@@ -28,6 +28,7 @@ from ..runtimes import EXPORT_FORMATS, RUNTIMES
 from ..scoring import SEARCHES, SERVING_SEARCH
 from ..store import STORE_DTYPES
 from ..tail import TAIL_ESTIMATORS
+from ..thresholds import MIN_IMAGES
 
 log = logging.getLogger("tailedcore")
 
@@ -91,6 +92,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                             f"{default('calibration_share')}, none with --calibration; 0 = none)")
     group.add_argument("--false-alarm-rate", type=float, default=default("false_alarm_rate"),
                        help=f"for thresholds (default {default('false_alarm_rate')})")
+    group.add_argument("--calibration-scope", choices=("product", "global"), default=default("calibration_scope"),
+                       help="product: each product with enough calibration images gets its own thresholds, the "
+                            "others the global ones; global: one threshold for all (default "
+                            f"{default('calibration_scope')})")
     _add_method_options(group)
 
 
@@ -160,6 +165,19 @@ def _add_run_options(parser: argparse.ArgumentParser, default_search: str = MODE
     parser.add_argument("--runtime", choices=RUNTIMES, default=None,
                         help="what computes test-time features: torch, or an export's graph run by onnx or "
                              "openvino (default: torch for a model file, the export's format for an export folder)")
+    parser.add_argument("--unknown-factor", type=_factor_or_none, default=argparse.SUPPRESS,
+                        help="an image farther from its product than this many times the product's spread is "
+                             "an unknown product; none = never (default: the model's, "
+                             f"{_detector_default('unknown_factor')} unless fitted with another)")
+
+
+def _factor_or_none(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or none, got '{text}'") from None
 
 
 def _search_options(args: argparse.Namespace) -> dict | None:
@@ -179,7 +197,10 @@ def _detector_params(args: argparse.Namespace) -> tuple[dict, dict]:
         "crop": args.crop,
         "seed": args.seed, "batch_size": args.batch_size, "calibration_share": args.calibration_share,
         "false_alarm_rate": args.false_alarm_rate, "progress": not args.quiet, "store_dtype": args.store_dtype,
+        "calibration_scope": args.calibration_scope,
     }
+    if "unknown_factor" in vars(args):  # given (none included)
+        params["unknown_factor"] = args.unknown_factor
     for option in ("search", "precision", "engine", "ray_address", "runtime"):
         if getattr(args, option):
             params[option] = getattr(args, option)
@@ -275,10 +296,27 @@ def fit_summary(detector, model_file: Path) -> list[str]:
         few = f"; a rough guess: at least {thresholds.images_needed} images needed" if thresholds.few_images else ""
         lines.append(f"thresholds: image {thresholds.image:.4g}, pixel {thresholds.pixel:.4g} "
                      f"({thresholds.source}{few})")
+        lines += product_threshold_lines(detector)
     lines.append(f"search: {describe_search(detector.search_setting)}, kept in the model for every command "
                  "(--search exact: the reference)")
     lines.append(f"model file: {model_file} ({model_file.stat().st_size / 2**20:.1f} MiB)")
     return lines
+
+
+def product_threshold_lines(detector) -> list[str]:
+    """Which products have their own thresholds and which use the global ones (nothing without products)."""
+    products = detector.products_
+    if products is None or detector.thresholds_ is None:
+        return []
+    own = sorted(detector.product_thresholds_)
+    if detector.calibration_scope == "global":
+        return ["product thresholds: none (calibration scope global): every product uses the global ones"]
+    listed = ", ".join(f"{p} (image {detector.product_thresholds_[p].image:.4g} on "
+                       f"{detector.product_thresholds_[p].images} images)" for p in own)
+    others = len(products) - len(own)
+    return [f"product thresholds: {len(own)} of {len(products)} products have their own"
+            + (f": {listed}" if own else "")
+            + (f"; {others} use the global ones (fewer than {MIN_IMAGES} calibration images)" if others else "")]
 
 
 SERVING_MAX_BATCH = 8
@@ -291,6 +329,8 @@ def _load(args: argparse.Namespace):
             overrides[option] = getattr(args, option)
     if args.search_option:
         overrides["search_options"] = _search_options(args)
+    if "unknown_factor" in vars(args):  # given (none included)
+        overrides["unknown_factor"] = args.unknown_factor
     return load(args.model, **overrides)
 
 
@@ -332,7 +372,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
             print(f"tailedcore: skipped: {' '.join(record['error'].split())}", file=sys.stderr)
             continue
         decision = f"{record['decision']}\t{record['score']:.3f}\t" if "decision" in record else ""
-        print(f"{decision}{record['raw_score']:.6g}\t{record['image']}")
+        product = f"product {record['product']}\t" if "product" in record else ""
+        print(f"{decision}{record['raw_score']:.6g}\t{product}{record['image']}")
     failed = f", {len(predictions.failures)} unreadable" if predictions.failures else ""
     print(f"{len(predictions.paths)} images scored{failed} -> {args.out}")
 
@@ -354,16 +395,22 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     else:
         check_writable_file(Path(args.model), overwrite=True)
     detector = _load(args)
+    if args.validation and args.calibration_scope is not None:
+        raise UsageError("--calibration-scope applies to --normal; --validation takes global F1-max thresholds")
     if args.false_alarm_rate is not None:
         detector.set_params(false_alarm_rate=args.false_alarm_rate)
+    if args.calibration_scope is not None:
+        detector.set_params(calibration_scope=args.calibration_scope)
     if args.normal:
         thresholds = detector.calibrate(args.normal)
     else:
         thresholds = calibrate_on_validation(detector, args.validation)
-        detector.thresholds_ = thresholds
+        detector.set_thresholds(thresholds)
     detector.save(args.out or args.model)
     print(f"image threshold {thresholds.image:.6g}, pixel threshold {thresholds.pixel:.6g} ({thresholds.source}) "
           f"-> {args.out or args.model}")
+    for line in product_threshold_lines(detector):
+        print(line)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -454,19 +501,20 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_products(args: argparse.Namespace) -> None:
-    from ..report.products_page import HEADER, products_page
+    from ..report.products_page import HEADER, product_rows, products_page
 
     detector = load(args.model, progress=False)
     products = detector.products_
     if products is None:
         print(f"{args.model}: no products (written before models kept them)")
         return
-    print(markdown_table(HEADER, products.rows(), percent=False))
+    rows = product_rows(products, detector.product_thresholds_, detector.thresholds_ is not None)
+    print(markdown_table(HEADER, rows, percent=False))
     if args.out:
         out = Path(args.out)
         check_writable_folder(out.parent, out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "products.html", products_page(products, args.model))
+        atomic_write_text(out / "products.html", products_page(products, rows, args.model))
         print(f"-> {out / 'products.html'}")
 
 
@@ -557,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--false-alarm-rate", type=float,
                            help="with --normal: share of normal images allowed above the threshold "
                                 "(default: the model's, 0.01 unless fitted with another)")
+    calibrate.add_argument("--calibration-scope", choices=("product", "global"),
+                           help="with --normal: product (each product with enough images its own thresholds) or "
+                                "global (default: the model's)")
     calibrate.add_argument("--out", help="write the calibrated model here instead (a new file unless --overwrite)")
     calibrate.add_argument("--overwrite", action="store_true", help="with --out: replace an existing file")
     _add_run_options(calibrate)

@@ -1,11 +1,13 @@
 """An HTTP service around one model: ``tailedcore serve MODEL``.
 
 - ``POST /predict``: multipart upload (field ``file``) -> JSON with the
-  normalised ``score`` (0.5 = threshold), ``raw_score``, ``decision``
-  ("ok" / "defect"), and the overlay and defect mask as base64 PNG.
+  normalised ``score`` (0.5 = the image's threshold), ``raw_score``, ``decision``
+  ("ok", "defect" or "unknown product"), the image's ``product`` (the nearest one
+  when unknown), ``unknown_product``, its ``threshold`` (raw) and ``threshold_of``
+  ("product" or "global"), and the overlay and defect mask as base64 PNG.
 - ``GET /health``, ``GET /model`` (method, backbone, thresholds with the number of
-  images they rest on and ``few_images``, training summary).
-- ``GET /``: a page where a person drops images and sees decision, score, overlay.
+  images they rest on and ``few_images``, training summary, products with their thresholds).
+- ``GET /``: a page where a person drops images and sees decision, product, score, overlay.
 
 Uploads are limited in size, pixel count and content type (clear 4xx
 answers); one scoring thread takes requests in turn, so concurrent requests are safe, and with
@@ -46,6 +48,11 @@ def model_summary(detector: Detector) -> dict:
         "thresholds": ({**detector.thresholds_.to_dict(), "few_images": detector.thresholds_.few_images}
                        if detector.thresholds_ else None),
         "training": detector.training_summary_,
+        "products": (None if detector.products_ is None else
+                     [{"product": product, "images": images, "role": role, "memory_rows": rows,
+                       "threshold": (detector.product_thresholds_[product].image
+                                     if product in detector.product_thresholds_ else None)}
+                      for product, images, role, rows in detector.products_.rows()]),
         "params": params,
     }
 
@@ -91,10 +98,7 @@ class Batcher:
             finally:
                 trim_heap()  # batches of every size leave freed blocks in the C heap: RSS would creep
             for index, (*_, done) in enumerate(batch):
-                done.set_result(Predictions(predictions.paths[index : index + 1],
-                                            predictions.image_scores[index : index + 1],
-                                            predictions.patch_scores[index : index + 1],
-                                            predictions.anomaly_maps[index : index + 1], predictions.thresholds))
+                done.set_result(predictions.select(index))
 
 
 def create_app(detector: Detector, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -153,10 +157,8 @@ def create_app(detector: Detector, max_bytes: int = DEFAULT_MAX_BYTES, max_pixel
         picture = prediction_images(predictions, 0, preprocess(image, detector.resize, detector.crop), mask,
                                     float(predictions.anomaly_maps.min()), float(predictions.anomaly_maps.max()))
         return {
-            "filename": file.filename,
-            "score": float(predictions.normalised_scores[0]) if calibrated else None,
-            "raw_score": float(predictions.image_scores[0]),
-            "decision": ("defect" if predictions.decisions[0] else "ok") if calibrated else None,
+            "filename": file.filename, "score": None, "decision": None, "product": None, "unknown_product": None,
+            **predictions.record(0),
             "calibrated": calibrated,
             "overlay": _b64png(picture),
             "mask": _b64png((mask * 255).astype("uint8")) if calibrated else None,
@@ -195,7 +197,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 960px; c
 .result { display: flex; gap: 1em; align-items: center; border-bottom: 1px solid #ddd; padding: 0.8em 0; }
 .result img { width: 224px; height: 224px; }
 .decision { font-size: 1.4em; font-weight: 600; }
-.ok { color: #1a7f37; } .defect { color: #c62828; } .error { color: #c62828; }
+.ok { color: #1a7f37; } .defect { color: #c62828; } .error { color: #c62828; } .unknown-product { color: #8a5a00; }
 </style></head><body>
 <h1>tailedcore</h1>
 <div id="model">loading model...</div>
@@ -207,7 +209,10 @@ const drop = document.getElementById("drop"), input = document.getElementById("f
 const results = document.getElementById("results");
 fetch("/model").then(r => r.json()).then(m => {
   const t = m.thresholds ? "calibrated: " + m.thresholds.source : "not calibrated: scores only";
-  document.getElementById("model").textContent = `${m.method} on ${m.backbone}, ${m.memory_size} memory features; ${t}`;
+  const own = m.products ? m.products.filter(p => p.threshold !== null).length : 0;
+  const p = m.products ? `; ${m.products.length} products, ${own} with their own threshold` : "";
+  document.getElementById("model").textContent =
+    `${m.method} on ${m.backbone}, ${m.memory_size} memory features; ${t}${p}`;
 });
 function show(name, data) {
   const row = document.createElement("div");
@@ -218,12 +223,16 @@ function show(name, data) {
     row.querySelector(".error").textContent = data.error;
   } else {
     const label = data.decision || "uncalibrated";
-    const score = data.score === null ? "raw " + data.raw_score.toPrecision(4) : "score " + data.score.toFixed(3);
+    let score = data.score === null ? "raw " + data.raw_score.toPrecision(4) : "score " + data.score.toFixed(3);
+    if (data.product !== null) {
+      score += data.unknown_product ? ` (nearest product ${data.product})` : ` (product ${data.product}, ` +
+        `${data.threshold_of === "product" ? "its own" : "the global"} threshold)`;
+    }
     row.innerHTML = `<img alt="overlay"><div><b></b><div class="decision"></div><div class="score"></div></div>`;
     row.querySelector("img").src = "data:image/png;base64," + data.overlay;
     row.querySelector("b").textContent = name;
     row.querySelector(".decision").textContent = label;
-    row.querySelector(".decision").classList.add(label);
+    row.querySelector(".decision").classList.add(label.replace(" ", "-"));
     row.querySelector(".score").textContent = score;
   }
   results.prepend(row);

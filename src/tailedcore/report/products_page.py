@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from ..products import Products
+from ..thresholds import Thresholds
 from .html import escape, image_grid, page, table
 
-HEADER = ["product", "images", "role", "memory rows"]
+HEADER = ["product", "images", "role", "memory rows", "image threshold"]
 
 
-def products_page(products: Products, model: str) -> str:
-    """A self-contained HTML page of ``products`` (of the model file ``model``)."""
+def product_rows(products: Products, product_thresholds: dict[int, Thresholds], calibrated: bool) -> list[list]:
+    """HEADER's rows: Products.rows and each product's image threshold (raw; "global" when it uses the global
+    one, "none" for a model without thresholds)."""
+    def threshold(product: int) -> str:
+        if product in product_thresholds:
+            return f"{product_thresholds[product].image:.4g}"
+        return "global" if calibrated else "none"
+    return [row + [threshold(row[0])] for row in products.rows()]
+
+
+def products_page(products: Products, rows: list[list], model: str) -> str:
+    """A self-contained HTML page of ``products`` (of the model file ``model``) with their ``rows``."""
     sizes = products.sizes
     sections = [
         f"<h2>Product {product} ({int(sizes[product])} images, {'tail' if products.tail[product] else 'head'})</h2>"
@@ -20,4 +31,4 @@ def products_page(products: Products, model: str) -> str:
     summary = (f'<p class="note">{escape(model)}: {len(products)} products, {int(products.tail.sum())} of them tail '
                f"({int(sizes[products.tail].sum())} images); a product is a cluster of the linkage estimator "
                f"(cut at cosine distance {products.estimator.distance:g}).</p>")
-    return page("Products", summary + table(HEADER, products.rows(), percent=False) + "".join(sections))
+    return page("Products", summary + table(HEADER, rows, percent=False) + "".join(sections))

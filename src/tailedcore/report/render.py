@@ -45,7 +45,7 @@ def picture(image: np.ndarray, anomaly_map: np.ndarray, thresholds: Thresholds |
 def prediction_images(predictions: Predictions, index: int, image: np.ndarray, mask: np.ndarray | None,
                       low: float, high: float) -> np.ndarray:
     """The overlay of prediction ``index`` over its image (see ``picture``)."""
-    return picture(image, predictions.anomaly_maps[index], predictions.thresholds, mask, low, high)
+    return picture(image, predictions.anomaly_maps[index], predictions.thresholds_of(index), mask, low, high)
 
 
 def example_picture(example: Example) -> np.ndarray:

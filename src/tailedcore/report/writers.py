@@ -32,9 +32,11 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-# Columns of scores.csv, calibrated model or not (score, decision, defect_pixels and mask are empty when not;
-# error is empty for scored images, and the only filled cell besides image for unreadable ones).
-SCORE_COLUMNS = ["image", "score", "decision", "raw_score", "defect_pixels", "overlay", "mask", "error"]
+# Columns of scores.csv, calibrated model or not (score, decision, threshold, defect_pixels and mask are empty
+# when not; product and unknown_product when the model kept no products; error is empty for scored images, and
+# the only filled cell besides image for unreadable ones).
+SCORE_COLUMNS = ["image", "score", "decision", "raw_score", "product", "unknown_product", "threshold",
+                 "threshold_of", "defect_pixels", "overlay", "mask", "error"]
 
 
 def write_predictions(predictions: Predictions, out: Path, resize: int, crop: int, min_area: int = 16) -> list[dict]:
@@ -42,27 +44,26 @@ def write_predictions(predictions: Predictions, out: Path, resize: int, crop: in
 
     ``<name>`` is the image's path relative to the folder all images share, without suffix.
 
-    Records per image: raw score, and with thresholds the normalised score
-    (0.5 = threshold) and the decision ("ok" / "defect"); an unreadable image
-    gets a record with its "error" instead. ``scores.csv`` has the columns
-    SCORE_COLUMNS either way, with empty cells where a value does not apply.
-    Without thresholds heatmaps share one colour scale over the run (lowest
-    to highest map value).
+    Records per image: raw score; with products, the image's product and
+    whether it is an unknown product; with thresholds, the normalised score
+    (0.5 = the image's threshold), the decision ("ok", "defect" or "unknown
+    product") and the threshold (raw; "product" or "global"); an unreadable
+    image gets a record with its "error" instead. ``scores.csv`` has the
+    columns SCORE_COLUMNS either way, with empty cells where a value does not
+    apply. Without thresholds heatmaps share one colour scale over the run
+    (lowest to highest map value).
     """
     out.mkdir(parents=True, exist_ok=True)
     calibrated = predictions.thresholds is not None
     low = float(predictions.anomaly_maps.min()) if len(predictions.paths) else 0.0
     high = float(predictions.anomaly_maps.max()) if len(predictions.paths) else 1.0
     masks = predictions.defect_masks(min_area) if calibrated else None
-    normalised = predictions.normalised_scores if calibrated else None
     records = []
     for index, (path, name) in enumerate(zip(predictions.paths, output_names(predictions.paths))):
-        record = {"image": str(path), "raw_score": float(predictions.image_scores[index])}
+        record = {"image": str(path), **predictions.record(index)}
         mask = masks[index] if calibrated else None
         if calibrated:
-            record.update(score=float(normalised[index]),
-                          decision="defect" if predictions.decisions[index] else "ok",
-                          defect_pixels=int(mask.sum()), mask=f"masks/{name}.png")
+            record.update(defect_pixels=int(mask.sum()), mask=f"masks/{name}.png")
             write_png(out / record["mask"], (mask * 255).astype(np.uint8))
         record["overlay"] = f"overlays/{name}.png"
         write_png(out / record["overlay"],
