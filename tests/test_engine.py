@@ -121,7 +121,11 @@ def test_batch_prediction_as_tasks_over_image_shards(ray_engine, real_train, tmp
     assert "test shards" in [record.name for record in detector.stage_times_.records]
     assert remote.paths == local.paths and len(remote.paths) == len(images) - 1
     assert [path for path, _ in remote.failures] == [broken] == [path for path, _ in local.failures]
-    for name in ("image_scores", "patch_scores", "anomaly_maps"):
+    for name in ("image_scores", "patch_scores", "anomaly_maps", "products", "unknown"):
         np.testing.assert_array_equal(getattr(remote, name), getattr(local, name))
+    routed_local = detector.set_params(engine="local", search_scope="product").predict(images)
+    routed_remote = detector.set_params(engine="ray", search_scope="product").predict(images)
+    np.testing.assert_array_equal(routed_remote.patch_scores, routed_local.patch_scores)
+    detector.set_params(search_scope="global")
     with pytest.raises(ImageLoadError, match="broken.png"):
         detector.predict(images, strict=True)

@@ -41,6 +41,7 @@ from .policies import (
 )
 from .predictions import Predictions
 from .products import UNKNOWN_FACTOR, Products, find_products
+from .routing import RoutedScorer
 from .runtimes import GRAPH_PRECISIONS, RUNTIMES, GraphFeatures, is_export, verify_export
 from .sampling import random_projection
 from .scoring import SEARCHES, PatchScorer, anomaly_maps
@@ -63,21 +64,24 @@ def _check_upscale(name, size: tuple[int, int], resize: int, strict: bool) -> No
 
 
 def _score_shard(init_args: tuple, graph: tuple | None, memory: np.ndarray, weights: np.ndarray | None,
-                 scorer_args: tuple, paths: list[Path]) -> tuple[list[int], np.ndarray | None, np.ndarray | None,
-                                                                 list[tuple[int, str]]]:
+                 scorer_args: tuple, routing: tuple | None,
+                 paths: list[Path]) -> tuple[list[int], np.ndarray | None, np.ndarray | None, list[tuple[int, str]]]:
     """Patch scores of one shard of test images, as an engine task -> (readable positions in ``paths``,
     patch scores (k, rows, cols) float32, mean patch features (k, D) float32, (position, reason) of the
     unreadable images).
 
     graph: (export folder, runtime, precision) when an exported graph computes the features;
     memory (M, D), weights (M,) or None; scorer_args: PatchScorer's (num_neighbors,
-    squared, search, search options).
+    squared, search, search options); routing: (products, unknown factor) to search in each
+    image's product's memory (routing.py), None to search the whole memory.
     """
     extractor = FeatureExtractor(*init_args)
     if graph is not None:
         extractor.graph = GraphFeatures(*graph)
     num_neighbors, squared, search, search_options = scorer_args
-    scorer = PatchScorer(memory, weights, num_neighbors, squared, search, **search_options)
+    whole = functools.partial(PatchScorer, memory, weights, num_neighbors, squared, search, **search_options)
+    scorer = whole() if routing is None else RoutedScorer(memory, weights, routing[0], whole, num_neighbors, squared,
+                                                          search, routing[1], **search_options)
     index = {path: position for position, path in enumerate(paths)}
     errors: list[tuple[int, str]] = []
     positions, scores, means = [], [], []
@@ -138,6 +142,9 @@ class Detector:
         blur_sigma: Gaussian blur of the anomaly map, in pixels.
         search: nearest-neighbour backend (exact, flat, ivf, ivf-batched, hnsw; scoring.py);
         search_options: its settings, e.g. {"nprobe": 16} (ivf), {"ef_search": 64} (hnsw).
+        search_scope: "global": every patch against the whole memory (the paper); "product": against the
+            memory rows of its image's product (and of the products about as near; routing.py), one index
+            per product; needs a model with products.
         precision: test-time feature arithmetic, float32 (reference), or what the runtime offers
             besides: bfloat16 (torch, openvino) or int8 (onnx, with an int8 graph in the export).
         store_dtype: what the fit keeps of each training patch on disk until the memory bank is
@@ -175,6 +182,7 @@ class Detector:
         "projection_dim": Interval(int, 1), "num_neighbors": Interval(int, 1),
         "squared_distance": OneOf((True, False)), "blur_sigma": Interval(float, 0.0),
         "search": OneOf(tuple(SEARCHES)), "precision": OneOf(PRECISIONS + ("int8",)),
+        "search_scope": OneOf(("global", "product")),
         "store_dtype": OneOf(STORE_DTYPES),
         "batch_size": Interval(int, 1),
         "calibration_share": Interval(float, 0.0, 1.0, "left"), "calibration_min_class": Interval(int, 1),
@@ -204,6 +212,7 @@ class Detector:
         blur_sigma: float = 4.0,
         search: str = "exact",
         search_options: dict | None = None,
+        search_scope: str = "global",
         precision: str = "float32",
         store_dtype: str = "float32",
         batch_size: int = 16,
@@ -234,6 +243,7 @@ class Detector:
         self.blur_sigma = blur_sigma
         self.search = search
         self.search_options = search_options
+        self.search_scope = search_scope
         self.precision = precision
         self.store_dtype = store_dtype
         self.batch_size = batch_size
@@ -252,7 +262,7 @@ class Detector:
         self._engine: LocalEngine | RayEngine | None = None
         self.stage_times_ = StageTimer()
         self._extractor: FeatureExtractor | None = None
-        self._scorer: PatchScorer | None = None
+        self._scorer: PatchScorer | RoutedScorer | None = None
         self.products_: Products | None = None
         self.product_thresholds_: dict[int, Thresholds] = {}
 
@@ -418,8 +428,8 @@ class Detector:
         self._scorer, self.thresholds_, self.product_thresholds_ = None, None, {}
         if len(held_out):
             with self.stage_times_.stage("calibration"):
-                scores = np.stack([
-                    self.scorer.score(features.patches.read(i * patches_per_image, (i + 1) * patches_per_image))
+                scores = np.concatenate([
+                    self.scorer.score(features.patches.read(i * patches_per_image, (i + 1) * patches_per_image)[None])
                     for i in held_out]).reshape(-1, *grid)
                 self._set_thresholds(scores.reshape(len(scores), -1).max(axis=1),
                                      anomaly_maps(scores, self.crop, self.blur_sigma), products.labels[held_out],
@@ -477,20 +487,31 @@ class Detector:
                 "with this search for decisions that match")
 
     def build_index(self) -> None:
-        """Build the nearest-neighbour index now (it is otherwise built at the first prediction)."""
-        _ = self.scorer
+        """Build the nearest-neighbour indexes now (they are otherwise built at the first prediction)."""
+        scorer = self.scorer
+        if isinstance(scorer, RoutedScorer):
+            scorer.build()
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "memory_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load a model")
 
     @property
-    def scorer(self) -> PatchScorer:
+    def scorer(self) -> PatchScorer | RoutedScorer:
+        """What scores patches: (B, P, D) -> (B, P); over the whole memory, or routed by product."""
         self._check_fitted()
         if self._scorer is None:
-            self._scorer = PatchScorer(self.memory_.features, self.memory_.weights, self.num_neighbors,
-                                       self.squared_distance, self.search, self.engine_,
-                                       **(self.search_options or {}))
+            whole = functools.partial(PatchScorer, self.memory_.features, self.memory_.weights, self.num_neighbors,
+                                      self.squared_distance, self.search, self.engine_, **(self.search_options or {}))
+            if self.search_scope == "global":
+                self._scorer = whole()
+            elif self.products_ is None:
+                raise ValueError("search_scope='product': the model has no products (written before models kept "
+                                 "them); use search_scope='global'")
+            else:
+                self._scorer = RoutedScorer(self.memory_.features, self.memory_.weights, self.products_, whole,
+                                            self.num_neighbors, self.squared_distance, self.search,
+                                            self.unknown_factor, **(self.search_options or {}))
         return self._scorer
 
     def _predictions(self, batches: Iterator[FeatureBatch], paths: list[Path]) -> Predictions:
@@ -576,8 +597,9 @@ class Detector:
         memory = engine.put(self.memory_.features)
         weights = engine.put(self.memory_.weights) if self.memory_.weights is not None else None
         scorer_args = (self.num_neighbors, self.squared_distance, self.search, self.search_options or {})
+        routing = (self.products_, self.unknown_factor) if self.search_scope == "product" else None
         with self.stage_times_.stage("test shards"):
-            results = engine.map(_score_shard, [(self.extractor.init_args, graph, memory, weights, scorer_args,
+            results = engine.map(_score_shard, [(self.extractor.init_args, graph, memory, weights, scorer_args, routing,
                                                  paths[start : start + per_shard]) for start in starts])
         failures, scored, patch_scores, means = [], [], [], []
         for start, (positions, scores, shard_means, errors) in zip(starts, results):

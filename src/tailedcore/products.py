@@ -37,8 +37,8 @@ class Products:
     """The products found among n training images.
 
     labels: (n,) int64 product of each image, 0 = the largest product;
-    embeddings: (n, E) float32 and mean_patches: (n, D) float32 of the images
-    (what the estimator measured); tail: (p,) bool; thumbnails: (p, EXAMPLES,
+    mean_patches: (n, D) float32 mean patch features of the images (to assign new
+    images); tail: (p,) bool; thumbnails: (p, EXAMPLES,
     THUMBNAIL, THUMBNAIL, 3) uint8 of the first members (black where a product
     has fewer); paths: the n image files as given at the fit; memory_products:
     (k,) int64 product of each memory row (None until the memory is built);
@@ -46,7 +46,6 @@ class Products:
     """
 
     labels: np.ndarray
-    embeddings: np.ndarray
     mean_patches: np.ndarray
     tail: np.ndarray
     thumbnails: np.ndarray
@@ -65,20 +64,25 @@ class Products:
     def __len__(self) -> int:
         return len(self.tail)
 
+    def member_distances(self, mean_patches: np.ndarray) -> np.ndarray:
+        """(m, D) mean patch features of new images -> (m, p) float64 cosine distance of each to the nearest
+        member of each product."""
+        order = np.argsort(self.labels, kind="stable")
+        starts = np.searchsorted(self.labels[order], np.arange(len(self)))
+        members = self.mean_patches[order]
+        blocks = [np.empty((0, len(self)))]
+        for lo in range(0, len(mean_patches), _BLOCK_ROWS):
+            block = np.asarray(mean_patches[lo : lo + _BLOCK_ROWS])
+            cross = _ASSIGN.distances_between(TailInputs(block, block), TailInputs(members, members))
+            blocks.append(np.minimum.reduceat(cross, starts, axis=1))
+        return np.concatenate(blocks)
+
     def assign(self, mean_patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(m, D) mean patch features of new images -> (m,) int64 product of the nearest member, (m,) float64
         cosine distance to it."""
-        members = TailInputs(self.mean_patches, self.mean_patches)
-        products, distances = [], []
-        for lo in range(0, len(mean_patches), _BLOCK_ROWS):
-            block = np.asarray(mean_patches[lo : lo + _BLOCK_ROWS])
-            cross = _ASSIGN.distances_between(TailInputs(block, block), members)
-            nearest = cross.argmin(axis=1)
-            products.append(self.labels[nearest])
-            distances.append(cross[np.arange(len(nearest)), nearest])
-        if not products:
-            return np.empty(0, np.int64), np.empty(0, np.float64)
-        return np.concatenate(products), np.concatenate(distances)
+        distances = self.member_distances(mean_patches)
+        nearest = distances.argmin(axis=1).astype(np.int64)
+        return nearest, distances[np.arange(len(nearest)), nearest]
 
     def spreads(self) -> np.ndarray:
         """(p,) float64: per product the largest distance from a member to its nearest other member (mean patch
@@ -127,8 +131,8 @@ class Products:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays a model file keeps (see ``from_model``)."""
-        arrays = {"product_labels": self.labels.astype(np.int32), "product_embeddings": self.embeddings,
-                  "product_mean_patches": self.mean_patches, "product_thumbnails": self.thumbnails}
+        arrays = {"product_labels": self.labels.astype(np.int32), "product_mean_patches": self.mean_patches,
+                  "product_thumbnails": self.thumbnails}
         if self.memory_products is not None:
             arrays["memory_products"] = self.memory_products.astype(np.int32)
         return arrays
@@ -143,9 +147,8 @@ class Products:
         if not isinstance(estimator, LinkageTailSampler):
             raise ValueError(f"products: found by a {type(estimator).__name__}, not a linkage estimator")
         memory = arrays.get("memory_products")
-        return cls(arrays["product_labels"].astype(np.int64), arrays["product_embeddings"],
-                   arrays["product_mean_patches"], np.asarray(config["tail"], dtype=bool),
-                   arrays["product_thumbnails"], list(config["paths"]),
+        return cls(arrays["product_labels"].astype(np.int64), arrays["product_mean_patches"],
+                   np.asarray(config["tail"], dtype=bool), arrays["product_thumbnails"], list(config["paths"]),
                    None if memory is None else memory.astype(np.int64), estimator)
 
 
@@ -168,6 +171,5 @@ def find_products(inputs: TailInputs, paths: list[Path], estimator: LinkageTailS
     for product in range(len(order)):
         for slot, member in enumerate(np.flatnonzero(labels == product)[:EXAMPLES]):
             thumbnails[product, slot] = thumbnail(paths[member])
-    return Products(labels, np.asarray(inputs.embeddings, dtype=np.float32),
-                    np.asarray(inputs.mean_patches, dtype=np.float32), tail, thumbnails, [str(p) for p in paths],
-                    estimator=estimator)
+    return Products(labels, np.asarray(inputs.mean_patches, dtype=np.float32), tail, thumbnails,
+                    [str(p) for p in paths], estimator=estimator)

@@ -313,11 +313,18 @@ class PatchScorer:
         flat = patches.reshape(-1, patches.shape[-1])
         with self._lock:
             distances, indices = self.index.search(flat, self.num_neighbors)
-        if not self.squared:
-            distances = np.sqrt(distances)
-        if self.weights is not None:
-            distances = distances * self.weights[indices]
-        return distances.mean(axis=1).astype(np.float32).reshape(patches.shape[:-1])
+        return finish_scores(distances, indices, self.weights, self.squared).reshape(patches.shape[:-1])
+
+
+def finish_scores(distances: np.ndarray, indices: np.ndarray, weights: np.ndarray | None,
+                  squared: bool) -> np.ndarray:
+    """(Q, k) squared distances to the k nearest memory rows ``indices`` -> (Q,) float32 patch scores: their
+    mean, as L2 unless ``squared``, each weighted by its row's weight (SoftPatch) when ``weights`` (M,)."""
+    if not squared:
+        distances = np.sqrt(distances)
+    if weights is not None:
+        distances = distances * weights[indices]
+    return distances.mean(axis=1).astype(np.float32)
 
 
 def anomaly_maps(patch_scores: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray:

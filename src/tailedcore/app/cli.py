@@ -165,6 +165,9 @@ def _add_run_options(parser: argparse.ArgumentParser, default_search: str = MODE
     parser.add_argument("--runtime", choices=RUNTIMES, default=None,
                         help="what computes test-time features: torch, or an export's graph run by onnx or "
                              "openvino (default: torch for a model file, the export's format for an export folder)")
+    parser.add_argument("--search-scope", choices=("global", "product"), default=None,
+                        help="global: every patch against the whole memory (default, the paper); product: against "
+                             "the memory of its image's product (and the products about as near)")
     parser.add_argument("--unknown-factor", type=_factor_or_none, default=argparse.SUPPRESS,
                         help="an image farther from its product than this many times the product's spread is "
                              "an unknown product; none = never (default: the model's, "
@@ -201,7 +204,7 @@ def _detector_params(args: argparse.Namespace) -> tuple[dict, dict]:
     }
     if "unknown_factor" in vars(args):  # given (none included)
         params["unknown_factor"] = args.unknown_factor
-    for option in ("search", "precision", "engine", "ray_address", "runtime"):
+    for option in ("search", "precision", "engine", "ray_address", "runtime", "search_scope"):
         if getattr(args, option):
             params[option] = getattr(args, option)
     params["search_options"] = _search_options(args)
@@ -314,7 +317,7 @@ def product_threshold_lines(detector) -> list[str]:
     listed = ", ".join(f"{p} (image {detector.product_thresholds_[p].image:.4g} on "
                        f"{detector.product_thresholds_[p].images} images)" for p in own)
     others = len(products) - len(own)
-    return [f"product thresholds: {len(own)} of {len(products)} products have their own"
+    return [f"product thresholds: own for {len(own)} of {len(products)} products"
             + (f": {listed}" if own else "")
             + (f"; {others} use the global ones (fewer than {MIN_IMAGES} calibration images)" if others else "")]
 
@@ -324,7 +327,7 @@ SERVING_MAX_BATCH = 8
 
 def _load(args: argparse.Namespace):
     overrides = {"progress": not args.quiet, "batch_size": args.batch_size}
-    for option in ("search", "precision", "engine", "ray_address", "runtime"):
+    for option in ("search", "precision", "engine", "ray_address", "runtime", "search_scope"):
         if getattr(args, option):
             overrides[option] = getattr(args, option)
     if args.search_option:

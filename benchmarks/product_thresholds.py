@@ -1,0 +1,127 @@
+"""Per-product thresholds against one global threshold, on NLT sets.
+
+For each NLT set given (make-nlt), TailedCore (default parameters) is fitted
+on every training image with 10% of each product of 20 or more images held out
+for calibration; it then scores each class's test split. With the thresholds at
+the 1% false-alarm rate, per class (with its training-image count): the share of
+test/good images above the threshold (false alarms) and the share of defective
+images above it (flagged), with the image's product threshold and with the
+global one; the share answered "unknown product"; image AUROC of the raw
+scores per class, and pooled over all classes of the normalised scores (one
+ranking across products: per product, and global).
+
+    python benchmarks/product_thresholds.py runs/eight/step-k1/seed-0/data ... --json docs/product_thresholds.json
+
+Each set's figures and per-image records are kept in the JSON (``--resume``
+reads finished sets back). ``--exact-coreset-rows`` makes the fit's coreset
+composable over shards of that many rows (minutes instead of most of an hour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from common import print_table
+from sklearn.metrics import roc_auc_score
+
+from tailedcore import TailedCore
+from tailedcore.data import load_mvtec
+from tailedcore.thresholds import normalise
+
+MIN_TRAINING = 20  # classes with at least this many training images are judged by the targets
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else None
+
+
+def run_set(data: Path, exact_rows: int | None, seed: int, threads: int | None) -> dict:
+    """Fit on ``data``'s training images, score its test images -> figures and per-image records."""
+    items = load_mvtec(data)
+    train = [sample.path for item in items for sample in item.train]
+    test = [(item.name, sample.path, sample.label) for item in items for sample in item.test]
+    detector = TailedCore(seed=seed, progress=False, threads=threads, search="ivf-batched",
+                          search_options={"nprobe": 16, "rerank": 2})
+    if exact_rows is not None:
+        detector.set_params(policy__coreset__exact_rows=exact_rows)
+    start = time.perf_counter()
+    detector.fit(train)
+    fit_seconds = time.perf_counter() - start
+    predictions = detector.predict([path for _, path, _ in test], strict=True)
+    classes = np.array([name for name, _, _ in test])
+    labels = np.array([label for _, _, label in test])
+    raw = predictions.image_scores.astype(np.float64)
+    own_threshold = predictions.image_thresholds
+    global_threshold = detector.thresholds_.image
+    per_class = {}
+    for item in items:
+        mine = classes == item.name
+        good, defect = mine & (labels == 0), mine & (labels == 1)
+        per_class[item.name] = {
+            "training_images": len(item.train),
+            "products": sorted({int(p) for p in predictions.products[mine]}),
+            "own_threshold": bool(np.isin(predictions.products[mine], list(detector.product_thresholds_)).any()),
+            "false_alarms_product": float((raw[good] >= own_threshold[good]).mean()),
+            "false_alarms_global": float((raw[good] >= global_threshold).mean()),
+            "flagged_product": float((raw[defect] >= own_threshold[defect]).mean()),
+            "flagged_global": float((raw[defect] >= global_threshold).mean()),
+            "unknown": float(predictions.unknown[mine].mean()),
+            "image_auroc": auroc(labels[mine], raw[mine]),
+        }
+    judged = [name for name, figures in per_class.items() if figures["training_images"] >= MIN_TRAINING]
+    return {
+        "data": str(data), "fit_seconds": fit_seconds,
+        "calibration_images": len(detector.calibration_paths_),
+        "products": len(detector.products_),
+        "product_thresholds": {str(p): t.to_dict() for p, t in detector.product_thresholds_.items()},
+        "global_thresholds": detector.thresholds_.to_dict(),
+        "classes": per_class,
+        "mean_class_auroc": float(np.mean([f["image_auroc"] for f in per_class.values()])),
+        "pooled_auroc_product": auroc(labels, normalise(raw, own_threshold)),
+        "pooled_auroc_global": auroc(labels, raw),
+        "judged_classes": judged,
+        "mean_flagged_product": float(np.mean([per_class[n]["flagged_product"] for n in judged])),
+        "mean_flagged_global": float(np.mean([per_class[n]["flagged_global"] for n in judged])),
+        "images": [{"class": name, "label": int(label), "raw": float(score), "product": int(product),
+                    "unknown": bool(unknown), "threshold": float(threshold)}
+                   for name, label, score, product, unknown, threshold in zip(
+                       classes, labels, raw, predictions.products, predictions.unknown, own_threshold)],
+    }
+
+
+def report(name: str, result: dict) -> None:
+    rows = [[cls, f["training_images"], "yes" if f["own_threshold"] else "no",
+             f"{100 * f['false_alarms_product']:.1f}", f"{100 * f['false_alarms_global']:.1f}",
+             f"{100 * f['flagged_product']:.1f}", f"{100 * f['flagged_global']:.1f}", f"{100 * f['unknown']:.1f}",
+             f"{100 * f['image_auroc']:.1f}"] for cls, f in result["classes"].items()]
+    print(f"\n{name}: {result['products']} products, {len(result['product_thresholds'])} with their own thresholds; "
+          f"pooled AUROC {100 * result['pooled_auroc_product']:.1f} (per product) / "
+          f"{100 * result['pooled_auroc_global']:.1f} (global), mean per-class {100 * result['mean_class_auroc']:.1f}")
+    print_table(["class", "training images", "own threshold", "false alarms % (product)", "(global)",
+                 "defects flagged % (product)", "(global)", "unknown %", "image AUROC"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sets", nargs="+", type=Path, help="NLT sets (make-nlt folders)")
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--exact-coreset-rows", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of the fit and the scoring")
+    parser.add_argument("--resume", action="store_true", help="keep the sets already in --json")
+    args = parser.parse_args()
+    results = json.loads(args.json.read_text()) if args.resume and args.json.is_file() else {}
+    for data in args.sets:
+        name = str(data)
+        if name not in results:
+            results[name] = run_set(data, args.exact_coreset_rows, args.seed, args.threads)
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
+        report(name, results[name])
+
+
+if __name__ == "__main__":
+    main()

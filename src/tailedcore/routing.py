@@ -1,0 +1,110 @@
+"""Search in each product's own memory: an image's patches scored against the rows of its product.
+
+A model that kept its products (products.py) knows the product of every memory
+row. With ``search_scope`` "product" an image is assigned to a product
+(``Products.assign``) and its patches are searched among that product's rows
+only, each product with its own index of the detector's search kind; the
+nearest rows of the products searched are merged. Searched besides its own:
+every product about as near (its nearest member within ``margin`` times the
+distance to the own product's nearest member), and the next nearest product
+when the own product has fewer than ``min_rows`` memory rows. An image of an
+unknown product is searched in the whole memory.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+from .products import Products
+from .scoring import PatchScorer, build_search, finish_scores
+
+
+class RoutedScorer:
+    """Scores patches against the memory rows of their image's product (thread-safe).
+
+    memory: (M, D) float32; weights: (M,) float32 or None; memory_products: (M,)
+    int64 product of each row; ``global_scorer``: makes a PatchScorer over the
+    whole memory (for images of unknown products, made at the first); product
+    indexes are built on first use (``build`` builds them all now).
+    """
+
+    def __init__(self, memory: np.ndarray, weights: np.ndarray | None, products: Products,
+                 global_scorer: Callable[[], PatchScorer], num_neighbors: int = 1, squared: bool = True,
+                 search: str = "exact", unknown_factor: float | None = None, margin: float = 2.0, min_rows: int = 1024,
+                 **search_options):
+        if products.memory_products is None or len(products.memory_products) != len(memory):
+            raise ValueError("search_scope='product' needs the product of every memory row (a model with products)")
+        self.memory, self.weights, self.products = memory, weights, products
+        self.make_global_scorer, self._global_scorer = global_scorer, None
+        self.num_neighbors, self.squared = num_neighbors, squared
+        self.search, self.search_options = search, search_options
+        self.unknown_factor, self.margin, self.min_rows = unknown_factor, margin, min_rows
+        self.rows = [np.flatnonzero(products.memory_products == p) for p in range(len(products))]
+        self._indexes: dict[int, object] = {}
+        self._lock = threading.Lock()
+
+    def _index(self, product: int):
+        if product not in self._indexes:
+            self._indexes[product] = build_search(self.memory[self.rows[product]], self.search,
+                                                  **self.search_options)
+        return self._indexes[product]
+
+    def build(self) -> None:
+        """Build every product's index now (they are otherwise built at first use)."""
+        for product in range(len(self.products)):
+            if len(self.rows[product]):
+                self._index(product)
+
+    def routes(self, mean_patches: np.ndarray) -> list[tuple[int, ...]]:
+        """(B, D) mean patch features of images -> per image the products searched, nearest first;
+        () for an image of an unknown product (the whole memory)."""
+        distances = self.products.member_distances(mean_patches)  # (B, p)
+        nearest = distances.argmin(axis=1)
+        own = distances[np.arange(len(nearest)), nearest]
+        unknown = self.products.is_unknown(nearest, own, self.unknown_factor)
+        routes = []
+        for row, product, distance, other in zip(distances, nearest, own, unknown):
+            if other:
+                routes.append(())
+                continue
+            order = [int(p) for p in np.argsort(row, kind="stable") if len(self.rows[p])]
+            chosen = [p for p in order if row[p] <= self.margin * distance or p == product]
+            if sum(len(self.rows[p]) for p in chosen) < self.min_rows:
+                chosen += [p for p in order if p not in chosen][:1]
+            routes.append(tuple(chosen))
+        return routes
+
+    def _nearest(self, queries: np.ndarray, route: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) queries -> the num_neighbors nearest rows among the route's products: (Q, k) distances and
+        memory rows."""
+        found_d, found_i = [], []
+        for product in route:
+            k = min(self.num_neighbors, len(self.rows[product]))
+            d, i = self._index(product).search(queries, k)
+            found_d.append(d)
+            found_i.append(self.rows[product][i])
+        distances, indices = np.concatenate(found_d, axis=1), np.concatenate(found_i, axis=1)
+        k = min(self.num_neighbors, distances.shape[1])
+        order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(distances, order, axis=1), np.take_along_axis(indices, order, axis=1)
+
+    def score(self, patches: np.ndarray) -> np.ndarray:
+        """(B, P, D) patch features of B images -> (B, P) float32 patch scores."""
+        routes = self.routes(patches.mean(axis=1))
+        scores = np.empty(patches.shape[:2], dtype=np.float32)
+        for route in dict.fromkeys(routes):
+            images = [i for i, r in enumerate(routes) if r == route]
+            if not route:
+                with self._lock:
+                    if self._global_scorer is None:
+                        self._global_scorer = self.make_global_scorer()
+                scores[images] = self._global_scorer.score(patches[images])
+                continue
+            queries = patches[images].reshape(-1, patches.shape[-1])
+            with self._lock:
+                distances, indices = self._nearest(queries, route)
+            scores[images] = finish_scores(distances, indices, self.weights, self.squared).reshape(len(images), -1)
+        return scores
