@@ -12,7 +12,9 @@ ranking across products: per product, and global).
 
     python benchmarks/product_thresholds.py runs/eight/step-k1/seed-0/data ... --json docs/product_thresholds.json
 
-Each set's figures and per-image records are kept in the JSON (``--resume``
+Each set's figures and per-image records (test images, and the held-out
+training images with their scores and whether make-nlt injected them as
+defects) are kept in the JSON (``--resume``
 reads finished sets back). ``--exact-coreset-rows`` makes the fit's coreset
 composable over shards of that many rows (minutes instead of most of an hour).
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from common import print_table
+from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from tailedcore import TailedCore
@@ -52,6 +55,9 @@ def run_set(data: Path, exact_rows: int | None, seed: int, threads: int | None) 
     detector.fit(train)
     fit_seconds = time.perf_counter() - start
     predictions = detector.predict([path for _, path, _ in test], strict=True)
+    held_out = detector.predict(detector.calibration_paths_, strict=True)  # the scores the fit calibrated on
+    injected = set((data / "inject_defects.txt").read_text().split()) if (data / "inject_defects.txt").is_file() \
+        else set()
     classes = np.array([name for name, _, _ in test])
     labels = np.array([label for _, _, label in test])
     raw = predictions.image_scores.astype(np.float64)
@@ -86,6 +92,10 @@ def run_set(data: Path, exact_rows: int | None, seed: int, threads: int | None) 
         "judged_classes": judged,
         "mean_flagged_product": float(np.mean([per_class[n]["flagged_product"] for n in judged])),
         "mean_flagged_global": float(np.mean([per_class[n]["flagged_global"] for n in judged])),
+        "calibration": [{"image": path.resolve().relative_to(data.resolve()).as_posix(), "product": int(product),
+                         "raw": float(score),
+                         "injected": path.resolve().relative_to(data.resolve()).as_posix() in injected}
+                        for path, product, score in zip(held_out.paths, held_out.products, held_out.image_scores)],
         "images": [{"class": name, "label": int(label), "raw": float(score), "product": int(product),
                     "unknown": bool(unknown), "threshold": float(threshold)}
                    for name, label, score, product, unknown, threshold in zip(
@@ -105,6 +115,31 @@ def report(name: str, result: dict) -> None:
                  "defects flagged % (product)", "(global)", "unknown %", "image AUROC"], rows)
 
 
+def threshold_rules(result: dict, rate: float = 0.01) -> list[list]:
+    """Per product with its own thresholds, three image thresholds from its held-out training images and
+    what they give on its test images: the (1 - rate) quantile (what fit does), the same with the images
+    make-nlt injected as defects removed (an oracle: a user cannot know them), and a log-normal fit to the
+    median and MAD of the log scores (robust to a few defective images)."""
+    held_out, images = result["calibration"], result["images"]
+    rows = []
+    for product in sorted(int(p) for p in result["product_thresholds"]):
+        scores = np.array([c["raw"] for c in held_out if c["product"] == product])
+        clean = np.array([c["raw"] for c in held_out if c["product"] == product and not c["injected"]])
+        logs = np.log(scores)
+        spread = 1.4826 * np.median(np.abs(logs - np.median(logs)))
+        rules = {"quantile": np.quantile(scores, 1 - rate), "quantile without injected": np.quantile(clean, 1 - rate),
+                 "log-normal fit": float(np.exp(np.median(logs) + norm.ppf(1 - rate) * spread))}
+        mine = [x for x in images if x["product"] == product]
+        good = np.array([x["raw"] for x in mine if x["label"] == 0])
+        defect = np.array([x["raw"] for x in mine if x["label"] == 1])
+        names = sorted({x["class"] for x in mine})
+        for rule, threshold in rules.items():
+            rows.append([product, "/".join(names), f"{len(scores)} ({len(scores) - len(clean)} injected)", rule,
+                         f"{threshold:.0f}", f"{100 * (good >= threshold).mean():.1f}",
+                         f"{100 * (defect >= threshold).mean():.1f}"])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sets", nargs="+", type=Path, help="NLT sets (make-nlt folders)")
@@ -121,6 +156,8 @@ def main() -> None:
             results[name] = run_set(data, args.exact_coreset_rows, args.seed, args.threads)
             args.json.write_text(json.dumps(results, indent=1) + "\n")
         report(name, results[name])
+        print_table(["product", "classes", "held-out images", "threshold rule", "image threshold",
+                     "false alarms %", "defects flagged %"], threshold_rules(results[name]))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,12 @@ share), then reported on the run of that class.
 
     python benchmarks/unknown_product.py ../shared/data/real-ad --json docs/unknown_product.json
 
+With ``--tail-draws N``, products known from one image: N draws of three full
+(head) classes, one training image of each other class but one, and that class
+left out; the share of the left-out class's test images flagged, and of the
+one-image classes' test images, for the rule as it is and two variants of the
+limit of small products.
+
 Mean patch features come from the default backbone and are cached in
 benchmarks/.cache.
 """
@@ -72,10 +78,48 @@ def chosen_factor(results: dict, unseen: str) -> float:
     return max(FACTORS, key=margin)
 
 
+# The limit of a product under each variant of the rule (products.Products.unknown_limits is "median").
+TAIL_VARIANTS = {
+    "median spread (the rule)": lambda products, factor: products.unknown_limits(factor),
+    "largest spread below 5 images": lambda products, factor: np.where(
+        products.sizes < 5, factor * np.nanmax(products.spreads()), products.unknown_limits(factor)),
+    "never near a tail product": lambda products, factor: np.where(products.tail, np.inf,
+                                                                   products.unknown_limits(factor)),
+}
+
+
+def tail_draws(draws: int, names: list[str], train: list, train_inputs: TailInputs, test_means: np.ndarray,
+               test_classes: np.ndarray, factor: float = 2.5, seed: int = 0) -> dict:
+    """Shares flagged unknown with products known from one image (see the module text), per variant:
+    mean and worst over the draws of the left-out class's share, the one-image classes' and the heads'."""
+    rng = np.random.default_rng(seed)
+    train_classes = np.array([c for c, _ in train])
+    shares: dict = {variant: {"left_out": [], "one_image": [], "heads": []} for variant in TAIL_VARIANTS}
+    for draw in range(draws):
+        heads = list(rng.choice(names, 3, replace=False))
+        rest = [name for name in names if name not in heads]
+        left_out = rest[draw % len(rest)]
+        tails = [name for name in rest if name != left_out]
+        chosen = np.concatenate([np.flatnonzero(np.isin(train_classes, heads)),
+                                 [rng.choice(np.flatnonzero(train_classes == name)) for name in tails]]).astype(int)
+        products = find_products(TailInputs(train_inputs.embeddings[chosen], train_inputs.mean_patches[chosen]),
+                                 [train[i][1] for i in chosen], LinkageTailSampler())
+        assigned, distances = products.assign(test_means)
+        for variant, limits in TAIL_VARIANTS.items():
+            unknown = distances > limits(products, factor)[assigned]
+            shares[variant]["left_out"].append(float(unknown[test_classes == left_out].mean()))
+            shares[variant]["one_image"].append(float(np.mean([unknown[test_classes == t].mean() for t in tails])))
+            shares[variant]["heads"].append(float(np.mean([unknown[test_classes == h].mean() for h in heads])))
+    return {variant: {key: {"mean": float(np.mean(values)), "worst": float(min(values) if key == "left_out"
+                                                                            else max(values))}
+                      for key, values in by_key.items()} for variant, by_key in shares.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("root", type=Path)
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--tail-draws", type=int, default=0, help="draws of the one-image-product measurement")
     args = parser.parse_args()
     items = load_mvtec(args.root)
     train = [(item.name, sample.path) for item in items for sample in item.train]
@@ -107,8 +151,16 @@ def main() -> None:
     by_factor = {str(f): {k: float(np.mean([results[n][str(f)][k] for n in results])) for k in KEYS} for f in FACTORS}
     print_table(["factor"] + [f"{k} %" for k in KEYS],
                 [[f] + [f"{100 * by_factor[str(f)][k]:.1f}" for k in KEYS] for f in FACTORS])
+    tails = {}
+    if args.tail_draws:
+        tails = tail_draws(args.tail_draws, [item.name for item in items], train,
+                           TailInputs(train_embeddings, train_means), test_means, test_classes)
+        print_table(["limit of small products", "left-out flagged % (worst)", "one-image classes flagged % (worst)",
+                     "head classes flagged % (worst)"],
+                    [[variant] + [f"{100 * v[k]['mean']:.1f} ({100 * v[k]['worst']:.1f})"
+                                  for k in ("left_out", "one_image", "heads")] for variant, v in tails.items()])
     if args.json:
-        args.json.write_text(json.dumps({
+        args.json.write_text(json.dumps({"one_image_products": tails,
             "rule": "distance of mean patch features to the nearest member above factor x the product's spread",
             "products_found": products_found, "by_left_out_and_factor": results, "mean_by_factor": by_factor,
             "leave_one_class_out": unseen, "mean": means}, indent=1) + "\n")
