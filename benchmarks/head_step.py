@@ -9,9 +9,10 @@ true tail images), so the cost of a missed tail image is measured, not guessed.
 
     python benchmarks/head_step.py --data runs/step-k1/seed-1/data --out docs/head_step.json --resume
 
-Variants: PatchCore; TailedCore with the paper's head step (LOF scale "global")
-and with LOF scores relative to each image's median ("image"); each TailedCore
-also forced to miss the tail. Feature batches are cached in --cache-dir and
+Variants: PatchCore; TailedCore with the paper's head step (LOF scale "global"),
+with LOF scores relative to each image's median ("image") and with the top
+share of each product's patches dropped ("product"); each TailedCore also
+forced to miss the tail. Feature batches are cached in --cache-dir and
 shared by the variants.
 """
 
@@ -52,6 +53,8 @@ VARIANTS = {
     "tailedcore-image-lof": ("tailedcore", "image", False),
     "forced-miss": ("tailedcore", "global", True),
     "forced-miss-image-lof": ("tailedcore", "image", True),
+    "tailedcore-product-lof": ("tailedcore", "product", False),
+    "forced-miss-product-lof": ("tailedcore", "product", True),
 }
 
 
@@ -74,9 +77,11 @@ def dropped_by_class(diagnostics: dict, paths: list[Path], data: Path) -> dict[s
     return {name: float(dropped[classes == name].mean()) for name in sorted(set(classes))}
 
 
-def run_variant(name: str, data: Path, info: dict, cache_dir: Path, search_options: dict) -> dict:
+def run_variant(name: str, data: Path, info: dict, cache_dir: Path, search_options: dict,
+                threads: int | None = None) -> dict:
     method, scale, forced_miss = VARIANTS[name]
-    detector = METHODS[method](calibration_share=0.0, search="ivf", search_options=search_options, progress=False)
+    detector = METHODS[method](calibration_share=0.0, search="ivf", search_options=search_options, progress=False,
+                               threads=threads)
     if method == "tailedcore":
         missed = true_tail_indices(data, info) if forced_miss else ()
         detector.set_params(policy=TailedCorePolicy(lof=LOFFilter(scale=scale), tail=MissedTail(missed=missed)))
@@ -124,6 +129,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/head_step"))
     parser.add_argument("--nprobe", type=int, default=16, help="IVF probes of the test-time search")
     parser.add_argument("--resume", action="store_true", help="keep the variants already in --out")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of each fit")
     args = parser.parse_args()
     info = dataset_info(args.data)
     results = json.loads(args.out.read_text()) if args.resume and args.out.is_file() else {}
@@ -133,7 +139,8 @@ def main() -> None:
     for name in args.variants:
         if name in results["runs"]:
             continue
-        results["runs"][name] = run_variant(name, args.data, info, args.cache_dir, {"nprobe": args.nprobe})
+        results["runs"][name] = run_variant(name, args.data, info, args.cache_dir, {"nprobe": args.nprobe},
+                                            args.threads)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{name}: fitted in {results['runs'][name]['fit_seconds']:.0f} s", flush=True)
     if "patchcore" in results["runs"]:

@@ -62,3 +62,22 @@ def test_image_scale_spares_another_product_and_still_drops_a_defect():
 def test_image_relative_wants_a_grid_per_image():
     with pytest.raises(ValueError, match="scores"):
         image_relative(np.ones(5))
+
+
+def test_product_scale_drops_the_share_of_each_product_and_still_drops_a_defect():
+    """30 images of a plain product (one with a defect), 10 of a varied one and one image of a third: each
+    product loses the drop share of its own patches, and the defect is among them."""
+    rng = np.random.default_rng(2)
+    features = rng.standard_normal((41, 16, 8)).astype(np.float32)
+    features[30:40] *= 3.0  # a varied product: its patches are outlying all over under the global quantile
+    features[40] += 6.0  # a product of one image
+    features[5, [3, 9]] += 12.0
+    products = np.array([0] * 30 + [1] * 10 + [2])
+    paper = LOFFilter(drop=0.15).apply(features, StageTimer())[1]
+    by_product = LOFFilter(drop=0.15, scale="product").apply(features, StageTimer(), products=products)[1]
+    assert paper[40].mean() < 0.2 and paper[30:40].mean() < 0.85 - 0.05
+    for product in range(3):
+        assert abs(by_product[products == product].mean() - 0.85) <= 1 / 16  # one patch of 16
+    assert not by_product[5, [3, 9]].any()
+    with pytest.raises(ValueError, match="scale='product' needs the product of every image"):
+        LOFFilter(scale="product").apply(features, StageTimer())

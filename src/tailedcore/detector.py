@@ -417,7 +417,7 @@ class Detector:
         train = TrainingFeatures(
             ImageSubset(features.patches, kept, patches_per_image), projected, extracted.embeddings[kept],
             extracted.mean_patches[kept], run.view_maker(kept_paths, transforms, self.batch_size, self.progress),
-            len(transforms), self.stage_times_, self.engine_,
+            len(transforms), self.stage_times_, self.engine_, products.labels[kept],
         )
         self.training_paths_ = kept_paths
         self.calibration_paths_ = [paths[i] for i in held_out]

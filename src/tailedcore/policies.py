@@ -49,7 +49,8 @@ class TrainingFeatures(FeatureSet):
 
     ``views(indices)`` returns the FeatureSet of all rotated/flipped views of
     the given training images; ``timer`` times the policy's stages;
-    ``engine`` runs their parallel parts (LOF blocks, coreset shards).
+    ``engine`` runs their parallel parts (LOF blocks, coreset shards);
+    ``products``: (n_images,) int64 product of each image (products.py), or None.
     """
 
     embeddings: np.ndarray
@@ -58,6 +59,7 @@ class TrainingFeatures(FeatureSet):
     views_per_image: int = 47
     timer: StageTimer = field(default_factory=StageTimer)
     engine: LocalEngine | RayEngine = field(default_factory=LocalEngine)
+    products: np.ndarray | None = None
 
 
 @dataclass
@@ -136,7 +138,7 @@ class Coreset(Params):
                                      engine=engine)
 
 
-LOF_SCALES = ("global", "image")
+LOF_SCALES = ("global", "image", "product")
 
 
 @registered
@@ -147,7 +149,10 @@ class LOFFilter(Params):
     scale "global" (the paper): the top scores of all patches; "image": the top
     scores relative to each image's median score (lof.image_relative), so an
     image unlike the others everywhere (an unfound tail product, a varied
-    head class) keeps its patches while a defect's region is still dropped.
+    head class) keeps its patches while a defect's region is still dropped;
+    "product": the top ``drop`` share of each product's patches (the products
+    the model found, products.py), so no product loses more than that share,
+    however varied it is or however unlike the others (a missed tail product).
     """
 
     k: int = 6
@@ -157,13 +162,20 @@ class LOFFilter(Params):
     constraints: ClassVar[dict] = {"k": Interval(int, 1), "drop": Interval(float, 0.0, 1.0, "left"),
                                    "scale": OneOf(LOF_SCALES)}
 
-    def apply(self, projected: np.ndarray, timer: StageTimer, progress: bool = False, engine=None
-              ) -> tuple[np.ndarray, np.ndarray]:
-        """projected (n, P, d) -> LOF scores (n, P) and inlier mask (n, P) bool."""
+    def apply(self, projected: np.ndarray, timer: StageTimer, progress: bool = False, engine=None,
+              products: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """projected (n, P, d) -> LOF scores (n, P) and inlier mask (n, P) bool; products: (n,) int64 product
+        of each image (needed by scale "product")."""
+        if self.scale == "product" and (products is None or len(products) != len(projected)):
+            raise ValueError("LOFFilter.scale='product' needs the product of every image")
         with timer.stage("lof"):
             scores = patchwise_lof_scores(projected, self.k, progress, engine)
-            ranked = image_relative(scores) if self.scale == "image" else scores
-            return scores, inlier_mask(ranked, self.drop)
+            if self.scale != "product":
+                return scores, inlier_mask(image_relative(scores) if self.scale == "image" else scores, self.drop)
+            keep = np.empty(scores.shape, dtype=bool)
+            for product in np.unique(products):
+                keep[products == product] = inlier_mask(scores[products == product], self.drop)
+            return scores, keep
 
 
 @registered
@@ -244,7 +256,7 @@ class Policy(Params):
 def _denoised_coreset(train: TrainingFeatures, coreset: Coreset, lof: LOFFilter, rng: np.random.Generator,
                       progress: bool):
     """LOF-filter all patches, then coreset the inliers -> (row indices, LOF scores (n, P), inlier mask)."""
-    scores, keep = lof.apply(train.projected, train.timer, progress, train.engine)
+    scores, keep = lof.apply(train.projected, train.timer, progress, train.engine, train.products)
     rows = train.projected.reshape(-1, train.projected.shape[-1])
     picks = coreset.select(rows, rng, train.timer, progress, train.engine, subset=np.flatnonzero(keep.ravel()))
     return picks, scores, keep

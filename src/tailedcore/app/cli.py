@@ -41,8 +41,9 @@ POLICY_OPTIONS = {
                                                            "None = always exact, the paper"),
     "--lof-k": ("lof", "k", int, "LOF neighbours (softpatch, tailedcore)"),
     "--lof-drop": ("lof", "drop", float, "share of patches dropped by LOF (softpatch, tailedcore)"),
-    "--lof-scale": ("lof", "scale", str, "which LOF scores are dropped: global (the paper) or image (relative to "
-                                         "each image's median: spares images unlike the others everywhere)"),
+    "--lof-scale": ("lof", "scale", str, "which LOF scores are dropped: global (the paper), image (relative to "
+                                         "each image's median: spares images unlike the others everywhere) or "
+                                         "product (the top share of each product the model found)"),
     "--tail-keep": ("tail", "keep", float, "TailSampler trim share (tailedcore, paper estimator)"),
     "--tail-share": ("tail", "share", float, "15%% rule of max K (tailedcore)"),
     "--tail-distance": ("tail", "distance", float, "cosine distance that cuts linkage clusters (tailedcore)"),
