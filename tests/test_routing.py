@@ -77,3 +77,20 @@ def test_product_scope_needs_products(fitted):
     old.memory_, old.products_ = detector.memory_, None
     with pytest.raises(ValueError, match="search_scope='product': the model has no products"):
         old.predict(test)
+
+
+def test_build_makes_every_index_the_whole_memorys_included(fitted):
+    detector, _, _ = fitted
+    made = []
+
+    def whole():
+        made.append(True)
+        return PatchScorer(detector.memory_.features)
+
+    scorer = RoutedScorer(detector.memory_.features, None, detector.products_, whole)
+    scorer.build()
+    assert made == [True] and sorted(scorer._indexes) == [0, 1, 2]
+    far = -detector.products_.mean_patches[:1]
+    scorer.unknown_factor = 2.5
+    scorer.score(np.repeat(far[:, None, :], 4, axis=1))  # an unknown product: the whole memory, already built
+    assert made == [True]

@@ -27,8 +27,8 @@ class RoutedScorer:
 
     memory: (M, D) float32; weights: (M,) float32 or None; memory_products: (M,)
     int64 product of each row; ``global_scorer``: makes a PatchScorer over the
-    whole memory (for images of unknown products, made at the first); product
-    indexes are built on first use (``build`` builds them all now).
+    whole memory (for images of unknown products); indexes are built on first
+    use (``build`` builds them all now).
     """
 
     def __init__(self, memory: np.ndarray, weights: np.ndarray | None, products: Products,
@@ -52,11 +52,18 @@ class RoutedScorer:
                                                   **self.search_options)
         return self._indexes[product]
 
+    def _global(self) -> PatchScorer:
+        with self._lock:
+            if self._global_scorer is None:
+                self._global_scorer = self.make_global_scorer()
+        return self._global_scorer
+
     def build(self) -> None:
-        """Build every product's index now (they are otherwise built at first use)."""
+        """Build every index now, the whole memory's included (they are otherwise built at first use)."""
         for product in range(len(self.products)):
             if len(self.rows[product]):
                 self._index(product)
+        self._global()
 
     def routes(self, mean_patches: np.ndarray) -> list[tuple[int, ...]]:
         """(B, D) mean patch features of images -> per image the products searched, nearest first;
@@ -98,10 +105,7 @@ class RoutedScorer:
         for route in dict.fromkeys(routes):
             images = [i for i, r in enumerate(routes) if r == route]
             if not route:
-                with self._lock:
-                    if self._global_scorer is None:
-                        self._global_scorer = self.make_global_scorer()
-                scores[images] = self._global_scorer.score(patches[images])
+                scores[images] = self._global().score(patches[images])
                 continue
             queries = patches[images].reshape(-1, patches.shape[-1])
             with self._lock:
