@@ -79,8 +79,13 @@ class Predictions:
     @property
     def verdicts(self) -> list[str]:
         """Per image: "unknown product" (whatever the score), else "defect" or "ok"."""
-        unknown = self.unknown if self.unknown is not None else np.zeros(len(self.paths), dtype=bool)
-        return [UNKNOWN if other else ("defect" if defect else "ok") for other, defect in zip(unknown, self.decisions)]
+        self._require_thresholds()
+        return [self._verdict(i, self.thresholds_of(i)) for i in range(len(self.paths))]
+
+    def _verdict(self, index: int, thresholds: Thresholds) -> str:
+        if self.unknown is not None and self.unknown[index]:
+            return UNKNOWN
+        return "defect" if self.image_scores[index] >= thresholds.image else "ok"
 
     def record(self, index: int) -> dict:
         """JSON-ready fields of image ``index``: raw_score; with products, product (the nearest) and
@@ -93,8 +98,8 @@ class Predictions:
         if thresholds is not None:
             own = self.products is not None and int(self.products[index]) in self.product_thresholds
             record.update(score=float(normalise(self.image_scores[index], thresholds.image)),
-                          decision=self.verdicts[index], threshold=float(thresholds.image),
-                          threshold_of="product" if own else "global")
+                          decision=self._verdict(index, thresholds),
+                          threshold=float(thresholds.image), threshold_of="product" if own else "global")
         return record
 
     def select(self, index: int) -> Predictions:
