@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tailedcore import PatchCore, load
+from tailedcore import PatchCore, load, routing
 from tailedcore.routing import RoutedScorer
 from tailedcore.scoring import PatchScorer
 
@@ -94,3 +94,13 @@ def test_build_makes_every_index_the_whole_memorys_included(fitted):
     scorer.unknown_factor = 2.5
     scorer.score(np.repeat(far[:, None, :], 4, axis=1))  # an unknown product: the whole memory, already built
     assert made == [True]
+
+
+def test_small_products_are_searched_exactly_whatever_the_search(fitted):
+    detector, _, _ = fitted
+    memory = detector.memory_.features
+    scorer = RoutedScorer(memory, None, detector.products_, lambda: PatchScorer(memory), search="ivf", nprobe=1)
+    scorer.build()
+    rows = np.bincount(detector.products_.memory_products)
+    for product, index in scorer._indexes.items():
+        assert (type(index).__name__ == "ExactSearch") == (rows[product] < routing.EXACT_BELOW_ROWS)

@@ -8,7 +8,8 @@ nearest rows of the products searched are merged. Searched besides its own:
 every product about as near (its nearest member within ``margin`` times the
 distance to the own product's nearest member), and the next nearest product
 when the own product has fewer than ``min_rows`` memory rows. An image of an
-unknown product is searched in the whole memory.
+unknown product is searched in the whole memory. Products of fewer than
+EXACT_BELOW_ROWS rows are searched exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ import numpy as np
 
 from .products import Products
 from .scoring import PatchScorer, build_search, finish_scores
+
+# A product with fewer memory rows is searched exactly: an approximate index over so few rows saves
+# nothing, and faiss cannot train IVF lists on them.
+EXACT_BELOW_ROWS = 1024
 
 
 class RoutedScorer:
@@ -48,8 +53,9 @@ class RoutedScorer:
 
     def _index(self, product: int):
         if product not in self._indexes:
-            self._indexes[product] = build_search(self.memory[self.rows[product]], self.search,
-                                                  **self.search_options)
+            rows = self.memory[self.rows[product]]
+            self._indexes[product] = (build_search(rows, "exact") if len(rows) < EXACT_BELOW_ROWS
+                                      else build_search(rows, self.search, **self.search_options))
         return self._indexes[product]
 
     def _global(self) -> PatchScorer:
