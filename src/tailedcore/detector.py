@@ -41,13 +41,19 @@ from .policies import (
 )
 from .predictions import Predictions
 from .products import UNKNOWN_FACTOR, Products, find_products
-from .routing import RoutedScorer
+from .routing import SEARCH_SCOPES, RoutedScorer, make_scorer
 from .runtimes import GRAPH_PRECISIONS, RUNTIMES, GraphFeatures, is_export, verify_export
 from .sampling import random_projection
 from .scoring import SEARCHES, PatchScorer, anomaly_maps
 from .store import STORE_DTYPES, FeatureCache, ImageSubset
 from .tail import LinkageTailSampler, TailInputs
-from .thresholds import Thresholds, calibrate_false_alarm, calibrate_per_product, held_out_images
+from .thresholds import (
+    CALIBRATION_SCOPES,
+    Thresholds,
+    calibrate_false_alarm,
+    calibrate_per_product,
+    held_out_images,
+)
 from .timing import StageTimer
 from .training import TrainingRun
 
@@ -71,17 +77,14 @@ def _score_shard(init_args: tuple, graph: tuple | None, memory: np.ndarray, weig
     unreadable images).
 
     graph: (export folder, runtime, precision) when an exported graph computes the features;
-    memory (M, D), weights (M,) or None; scorer_args: PatchScorer's (num_neighbors,
+    memory (M, D), weights (M,) or None; scorer_args: routing.make_scorer's (num_neighbors,
     squared, search, search options); routing: (products, unknown factor) to search in each
     image's product's memory (routing.py), None to search the whole memory.
     """
     extractor = FeatureExtractor(*init_args)
     if graph is not None:
         extractor.graph = GraphFeatures(*graph)
-    num_neighbors, squared, search, search_options = scorer_args
-    whole = functools.partial(PatchScorer, memory, weights, num_neighbors, squared, search, **search_options)
-    scorer = whole() if routing is None else RoutedScorer(memory, weights, routing[0], whole, num_neighbors, squared,
-                                                          search, routing[1], **search_options)
+    scorer = make_scorer(memory, weights, *scorer_args, routing)
     index = {path: position for position, path in enumerate(paths)}
     errors: list[tuple[int, str]] = []
     positions, scores, means = [], [], []
@@ -182,12 +185,12 @@ class Detector:
         "projection_dim": Interval(int, 1), "num_neighbors": Interval(int, 1),
         "squared_distance": OneOf((True, False)), "blur_sigma": Interval(float, 0.0),
         "search": OneOf(tuple(SEARCHES)), "precision": OneOf(PRECISIONS + ("int8",)),
-        "search_scope": OneOf(("global", "product")),
+        "search_scope": OneOf(SEARCH_SCOPES),
         "store_dtype": OneOf(STORE_DTYPES),
         "batch_size": Interval(int, 1),
         "calibration_share": Interval(float, 0.0, 1.0, "left"), "calibration_min_class": Interval(int, 1),
         "false_alarm_rate": Interval(float, 0.0, 1.0, "neither"), "seed": Interval(int, 0),
-        "calibration_scope": OneOf(("product", "global")),
+        "calibration_scope": OneOf(CALIBRATION_SCOPES),
         "unknown_factor": Interval(float, 0.0, closed="neither", none_ok=True),
         "progress": OneOf((True, False)), "engine": OneOf(ENGINES),
         "runtime": OneOf(RUNTIMES), "threads": Interval(int, 1, none_ok=True),
@@ -501,18 +504,20 @@ class Detector:
         """What scores patches: (B, P, D) -> (B, P); over the whole memory, or routed by product."""
         self._check_fitted()
         if self._scorer is None:
-            whole = functools.partial(PatchScorer, self.memory_.features, self.memory_.weights, self.num_neighbors,
-                                      self.squared_distance, self.search, self.engine_, **(self.search_options or {}))
-            if self.search_scope == "global":
-                self._scorer = whole()
-            elif self.products_ is None:
+            if self.search_scope == "product" and self.products_ is None:
                 raise ValueError("search_scope='product': the model has no products (written before models kept "
                                  "them); use search_scope='global'")
-            else:
-                self._scorer = RoutedScorer(self.memory_.features, self.memory_.weights, self.products_, whole,
-                                            self.num_neighbors, self.squared_distance, self.search,
-                                            self.unknown_factor, **(self.search_options or {}))
+            self._scorer = make_scorer(self.memory_.features, self.memory_.weights, *self._scorer_args(),
+                                       self._routing(), self.engine_)
         return self._scorer
+
+    def _scorer_args(self) -> tuple:
+        """routing.make_scorer's (num_neighbors, squared, search, search options)."""
+        return self.num_neighbors, self.squared_distance, self.search, self.search_options or {}
+
+    def _routing(self) -> tuple[Products, float | None] | None:
+        """routing.make_scorer's routing: (products, unknown factor) with search scope "product", else None."""
+        return (self.products_, self.unknown_factor) if self.search_scope == "product" else None
 
     def _predictions(self, batches: Iterator[FeatureBatch], paths: list[Path]) -> Predictions:
         scorer = self.scorer
@@ -596,8 +601,7 @@ class Detector:
         graph = (self.export_folder_, self.runtime, self.precision) if self.runtime != "torch" else None
         memory = engine.put(self.memory_.features)
         weights = engine.put(self.memory_.weights) if self.memory_.weights is not None else None
-        scorer_args = (self.num_neighbors, self.squared_distance, self.search, self.search_options or {})
-        routing = (self.products_, self.unknown_factor) if self.search_scope == "product" else None
+        scorer_args, routing = self._scorer_args(), self._routing()
         with self.stage_times_.stage("test shards"):
             results = engine.map(_score_shard, [(self.extractor.init_args, graph, memory, weights, scorer_args, routing,
                                                  paths[start : start + per_shard]) for start in starts])

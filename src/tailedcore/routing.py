@@ -14,6 +14,7 @@ EXACT_BELOW_ROWS rows are searched exactly.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 
@@ -25,6 +26,7 @@ from .scoring import PatchScorer, build_search, finish_scores
 # A product with fewer memory rows is searched exactly: an approximate index over so few rows saves
 # nothing, and faiss cannot train IVF lists on them.
 EXACT_BELOW_ROWS = 1024
+SEARCH_SCOPES = ("global", "product")
 
 
 class RoutedScorer:
@@ -118,3 +120,16 @@ class RoutedScorer:
                 distances, indices = self._nearest(queries, route)
             scores[images] = finish_scores(distances, indices, self.weights, self.squared).reshape(len(images), -1)
         return scores
+
+
+def make_scorer(memory: np.ndarray, weights: np.ndarray | None, num_neighbors: int, squared: bool, search: str,
+                search_options: dict, routing: tuple[Products, float | None] | None = None,
+                engine=None) -> PatchScorer | RoutedScorer:
+    """The scorer of a memory (M, D): over the whole memory, or with ``routing`` (products, unknown factor)
+    routed by product; ``engine`` shards an exact search of the whole memory (PatchScorer)."""
+    whole = functools.partial(PatchScorer, memory, weights, num_neighbors, squared, search, engine, **search_options)
+    if routing is None:
+        return whole()
+    products, unknown_factor = routing
+    return RoutedScorer(memory, weights, products, whole, num_neighbors, squared, search, unknown_factor,
+                        **search_options)

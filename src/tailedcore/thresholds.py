@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Fewest images a threshold should rest on, whatever the false-alarm rate.
 MIN_IMAGES = 20
+# "product": each product with MIN_IMAGES calibration images has its own thresholds; "global": one for all.
+CALIBRATION_SCOPES = ("product", "global")
 
 
 @dataclass

@@ -24,11 +24,12 @@ from ..engine import ENGINES
 from ..evaluation import calibrate_on_validation, evaluate
 from ..policies import LOF_SCALES, TAIL_CORESETS, Policy, TailedCorePolicy
 from ..report.writers import stage_table, write_evaluation, write_predictions
+from ..routing import SEARCH_SCOPES
 from ..runtimes import EXPORT_FORMATS, RUNTIMES
 from ..scoring import SEARCHES, SERVING_SEARCH
 from ..store import STORE_DTYPES
 from ..tail import TAIL_ESTIMATORS
-from ..thresholds import MIN_IMAGES
+from ..thresholds import CALIBRATION_SCOPES, MIN_IMAGES
 
 log = logging.getLogger("tailedcore")
 
@@ -93,7 +94,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                             f"{default('calibration_share')}, none with --calibration; 0 = none)")
     group.add_argument("--false-alarm-rate", type=float, default=default("false_alarm_rate"),
                        help=f"for thresholds (default {default('false_alarm_rate')})")
-    group.add_argument("--calibration-scope", choices=("product", "global"), default=default("calibration_scope"),
+    group.add_argument("--calibration-scope", choices=CALIBRATION_SCOPES, default=default("calibration_scope"),
                        help="product: each product with enough calibration images gets its own thresholds, the "
                             "others the global ones; global: one threshold for all (default "
                             f"{default('calibration_scope')})")
@@ -166,7 +167,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_search: str = MODE
     parser.add_argument("--runtime", choices=RUNTIMES, default=None,
                         help="what computes test-time features: torch, or an export's graph run by onnx or "
                              "openvino (default: torch for a model file, the export's format for an export folder)")
-    parser.add_argument("--search-scope", choices=("global", "product"), default=None,
+    parser.add_argument("--search-scope", choices=SEARCH_SCOPES, default=None,
                         help="global: every patch against the whole memory (default, the paper); product: against "
                              "the memory of its image's product (and the products about as near)")
     parser.add_argument("--unknown-factor", type=_factor_or_none, default=argparse.SUPPRESS,
@@ -609,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--false-alarm-rate", type=float,
                            help="with --normal: share of normal images allowed above the threshold "
                                 "(default: the model's, 0.01 unless fitted with another)")
-    calibrate.add_argument("--calibration-scope", choices=("product", "global"),
+    calibrate.add_argument("--calibration-scope", choices=CALIBRATION_SCOPES,
                            help="with --normal: product (each product with enough images its own thresholds) or "
                                 "global (default: the model's)")
     calibrate.add_argument("--out", help="write the calibrated model here instead (a new file unless --overwrite)")
