@@ -11,7 +11,8 @@ true tail images), so the cost of a missed tail image is measured, not guessed.
 
 Variants: PatchCore; TailedCore with the paper's head step (LOF scale "global"),
 with LOF scores relative to each image's median ("image") and with the top
-share of each product's patches dropped ("product"); each TailedCore also
+share of each product's patches dropped ("product"), or only those above
+each product's upper Tukey fence ("product-fence"); each TailedCore also
 forced to miss the tail. Feature batches are cached in --cache-dir and
 shared by the variants.
 """
@@ -46,15 +47,17 @@ class MissedTail(LinkageTailSampler):
         return replace(found, tail_indices=np.setdiff1d(found.tail_indices, np.asarray(self.missed, dtype=np.int64)))
 
 
-# name -> (method, LOF scale of the head step, forced miss)
+# name -> (method, LOF scale and share of the head step, forced miss)
 VARIANTS = {
     "patchcore": ("patchcore", None, False),
-    "tailedcore": ("tailedcore", "global", False),
-    "tailedcore-image-lof": ("tailedcore", "image", False),
-    "forced-miss": ("tailedcore", "global", True),
-    "forced-miss-image-lof": ("tailedcore", "image", True),
-    "tailedcore-product-lof": ("tailedcore", "product", False),
-    "forced-miss-product-lof": ("tailedcore", "product", True),
+    "tailedcore": ("tailedcore", ("global", "fixed"), False),
+    "tailedcore-image-lof": ("tailedcore", ("image", "fixed"), False),
+    "forced-miss": ("tailedcore", ("global", "fixed"), True),
+    "forced-miss-image-lof": ("tailedcore", ("image", "fixed"), True),
+    "tailedcore-product-lof": ("tailedcore", ("product", "fixed"), False),
+    "forced-miss-product-lof": ("tailedcore", ("product", "fixed"), True),
+    "tailedcore-product-fence": ("tailedcore", ("product", "fence"), False),
+    "forced-miss-product-fence": ("tailedcore", ("product", "fence"), True),
 }
 
 
@@ -77,14 +80,27 @@ def dropped_by_class(diagnostics: dict, paths: list[Path], data: Path) -> dict[s
     return {name: float(dropped[classes == name].mean()) for name in sorted(set(classes))}
 
 
+def dropped_injected(diagnostics: dict, paths: list[Path], data: Path, info: dict) -> dict[str, float]:
+    """Mean share of patches the LOF step dropped from the injected defective training images and from the
+    clean images of the classes that received them."""
+    if "dropped_share" not in diagnostics or not info["injected_files"]:
+        return {}
+    relative = np.array([path.resolve().relative_to(data.resolve()).as_posix() for path in paths])
+    injected = np.isin(relative, info["injected_files"])
+    noisy_classes = np.isin(class_names(paths, data), sorted({name.split("/")[0] for name in info["injected_files"]}))
+    dropped = diagnostics["dropped_share"]
+    return {"injected": float(dropped[injected].mean()), "clean": float(dropped[noisy_classes & ~injected].mean())}
+
+
 def run_variant(name: str, data: Path, info: dict, cache_dir: Path, search_options: dict,
                 threads: int | None = None) -> dict:
-    method, scale, forced_miss = VARIANTS[name]
+    method, lof, forced_miss = VARIANTS[name]
     detector = METHODS[method](calibration_share=0.0, search="ivf", search_options=search_options, progress=False,
                                threads=threads)
     if method == "tailedcore":
         missed = true_tail_indices(data, info) if forced_miss else ()
-        detector.set_params(policy=TailedCorePolicy(lof=LOFFilter(scale=scale), tail=MissedTail(missed=missed)))
+        detector.set_params(policy=TailedCorePolicy(lof=LOFFilter(scale=lof[0], share=lof[1]),
+                                                    tail=MissedTail(missed=missed)))
     started = time.perf_counter()
     detector.fit(data, cache_dir=cache_dir)
     fit_seconds = time.perf_counter() - started
@@ -93,6 +109,7 @@ def run_variant(name: str, data: Path, info: dict, cache_dir: Path, search_optio
     tail = tail_diagnostics(detector.diagnostics_, detector.training_paths_, data, info)
     return {"image_auroc": image_auroc,
             "lof_dropped_by_class": dropped_by_class(detector.diagnostics_, detector.training_paths_, data),
+            "lof_dropped_injected": dropped_injected(detector.diagnostics_, detector.training_paths_, data, info),
             "tail_images": tail.get("predicted_tail_images"), "tail_recall": tail.get("tail_recall"),
             "memory_size": len(detector.memory_), "fit_seconds": fit_seconds}
 

@@ -51,3 +51,16 @@ def test_the_table_gives_each_variant_against_patchcore(harness):
     assert rows[0] == ["aa", "head", "30", "90.0", "+1.0 (drop 10%)"]
     assert rows[1] == ["bb", "tail", "1", "80.0", "-30.0 (drop 60%)"]
     assert rows[2][-1] == "+1.0" and rows[3][-1] == "-30.0"
+
+
+def test_dropped_injected_separates_the_injected_images_from_the_clean_ones_of_their_classes(harness, nlt_set):
+    paths = _as_paths(nlt_set)
+    relative = [path.relative_to(nlt_set).as_posix() for path in paths]
+    head = relative[0].split("/")[0]
+    info = {"injected_files": [name for name in relative if name.startswith(head)][:2]}
+    injected = np.isin(relative, info["injected_files"])
+    dropped = np.where(injected, 0.5, 0.9)
+    dropped[[i for i, name in enumerate(relative) if name.startswith(head) and not injected[i]]] = 0.1
+    shares = harness.dropped_injected({"dropped_share": dropped}, paths, nlt_set, info)
+    assert shares == pytest.approx({"injected": 0.5, "clean": 0.1})
+    assert harness.dropped_injected({}, paths, nlt_set, info) == {}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tailedcore import lof
-from tailedcore.lof import image_relative, inlier_mask, patchwise_lof_scores
+from tailedcore.lof import fence_inlier_mask, image_relative, inlier_mask, patchwise_lof_scores
 from tailedcore.policies import LOFFilter
 from tailedcore.store import ArrayFile
 from tailedcore.timing import StageTimer
@@ -81,3 +81,20 @@ def test_product_scale_drops_the_share_of_each_product_and_still_drops_a_defect(
     assert not by_product[5, [3, 9]].any()
     with pytest.raises(ValueError, match="scale='product' needs the product of every image"):
         LOFFilter(scale="product").apply(features, StageTimer())
+
+
+def test_fence_share_drops_only_the_outliers_of_a_plain_product_and_at_most_the_drop_share():
+    """A plain product (one image with a defect at 2 of 16 locations) drops far less than the fixed share but
+    still the defect; scores that are all outlying are cut at the drop share."""
+    rng = np.random.default_rng(3)
+    features = rng.standard_normal((40, 16, 8)).astype(np.float32)
+    features[5, [3, 9]] += 12.0
+    products = np.zeros(40, dtype=np.int64)
+    fence = LOFFilter(drop=0.15, scale="product", share="fence").apply(features, StageTimer(), products=products)[1]
+    assert 1.0 - fence.mean() < 0.1  # about 6% here, against 15% at the fixed share
+    assert not fence[5, [3, 9]].any()
+    heavy_tail = np.concatenate([np.linspace(1.0, 1.1, 80), np.linspace(5.0, 50.0, 20)])  # 20% far above the rest
+    assert abs(fence_inlier_mask(heavy_tail, drop=0.15).mean() - 0.85) <= 0.01
+    assert fence_inlier_mask(heavy_tail, drop=0.0).all()
+    with pytest.raises(ValueError, match="drop=1.0"):
+        fence_inlier_mask(heavy_tail, drop=1.0)

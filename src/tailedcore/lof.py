@@ -93,3 +93,20 @@ def inlier_mask(scores: np.ndarray, drop: float = 0.15) -> np.ndarray:
     threshold = np.quantile(scores, 1.0 - drop)
     keep = scores < threshold
     return keep if keep.any() else scores <= threshold
+
+
+def fence_inlier_mask(scores: np.ndarray, drop: float = 0.15) -> np.ndarray:
+    """Keep patches whose score is at most the upper Tukey fence of the scores (Q3 + 1.5 IQR), dropping at
+    most the ``drop`` share.
+
+    scores: any shape -> bool mask of the same shape. The share dropped follows
+    the scores' own distribution: a group whose scores are alike except for a
+    few outliers drops only those; a varied group has a wide IQR and a high fence.
+    """
+    scores = np.asarray(scores)
+    if not 0.0 <= drop < 1.0:
+        raise ValueError(f"drop={drop}: must be in [0, 1)")
+    if drop == 0.0:
+        return np.ones(scores.shape, dtype=bool)
+    lower, upper = np.quantile(scores, [0.25, 0.75])
+    return scores <= max(upper + 1.5 * (upper - lower), np.quantile(scores, 1.0 - drop))

@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from .engine import LocalEngine, RayEngine
-from .lof import image_relative, inlier_mask, patchwise_lof_scores
+from .lof import fence_inlier_mask, image_relative, inlier_mask, patchwise_lof_scores
 from .memory import MemoryBank
 from .params import Interval, OneOf, Params, registered
 from .sampling import greedy_coreset, two_round_coreset
@@ -139,6 +139,7 @@ class Coreset(Params):
 
 
 LOF_SCALES = ("global", "image", "product")
+LOF_SHARES = ("fixed", "fence")
 
 
 @registered
@@ -153,14 +154,19 @@ class LOFFilter(Params):
     "product": the top ``drop`` share of each product's patches (the products
     the model found, products.py), so no product loses more than that share,
     however varied it is or however unlike the others (a missed tail product).
+
+    share "fixed" (the paper): exactly the ``drop`` share of each scope;
+    "fence": the scores above the scope's upper Tukey fence (lof.fence_inlier_mask),
+    at most the ``drop`` share, so a scope with few outliers drops only those.
     """
 
     k: int = 6
     drop: float = 0.15
     scale: str = "global"
+    share: str = "fixed"
 
     constraints: ClassVar[dict] = {"k": Interval(int, 1), "drop": Interval(float, 0.0, 1.0, "left"),
-                                   "scale": OneOf(LOF_SCALES)}
+                                   "scale": OneOf(LOF_SCALES), "share": OneOf(LOF_SHARES)}
 
     def apply(self, projected: np.ndarray, timer: StageTimer, progress: bool = False, engine=None,
               products: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -168,13 +174,14 @@ class LOFFilter(Params):
         of each image (needed by scale "product")."""
         if self.scale == "product" and (products is None or len(products) != len(projected)):
             raise ValueError("LOFFilter.scale='product' needs the product of every image")
+        mask = fence_inlier_mask if self.share == "fence" else inlier_mask
         with timer.stage("lof"):
             scores = patchwise_lof_scores(projected, self.k, progress, engine)
             if self.scale != "product":
-                return scores, inlier_mask(image_relative(scores) if self.scale == "image" else scores, self.drop)
+                return scores, mask(image_relative(scores) if self.scale == "image" else scores, self.drop)
             keep = np.empty(scores.shape, dtype=bool)
             for product in np.unique(products):
-                keep[products == product] = inlier_mask(scores[products == product], self.drop)
+                keep[products == product] = mask(scores[products == product], self.drop)
             return scores, keep
 
 

@@ -22,7 +22,7 @@ from ..data import collect_images
 from ..detector import METHODS, Detector, describe_search, load
 from ..engine import ENGINES
 from ..evaluation import calibrate_on_validation, evaluate
-from ..policies import LOF_SCALES, TAIL_CORESETS, Policy, TailedCorePolicy
+from ..policies import LOF_SCALES, LOF_SHARES, TAIL_CORESETS, Policy, TailedCorePolicy
 from ..report.writers import stage_table, write_evaluation, write_predictions
 from ..routing import SEARCH_SCOPES
 from ..runtimes import EXPORT_FORMATS, RUNTIMES
@@ -45,6 +45,8 @@ POLICY_OPTIONS = {
     "--lof-scale": ("lof", "scale", str, "which LOF scores are dropped: global (the paper), image (relative to "
                                          "each image's median: spares images unlike the others everywhere) or "
                                          "product (the top share of each product the model found)"),
+    "--lof-share": ("lof", "share", str, "how much LOF drops: fixed (exactly --lof-drop, the paper) or fence "
+                                         "(scores above the upper Tukey fence, at most --lof-drop)"),
     "--tail-keep": ("tail", "keep", float, "TailSampler trim share (tailedcore, paper estimator)"),
     "--tail-share": ("tail", "share", float, "15%% rule of max K (tailedcore)"),
     "--tail-distance": ("tail", "distance", float, "cosine distance that cuts linkage clusters (tailedcore)"),
@@ -56,7 +58,7 @@ POLICY_OPTIONS = {
                                                          "runs two-round (tailedcore)"),
 }
 # Options whose values come from a fixed list (argparse refuses others as a usage error).
-OPTION_CHOICES = {"--tail-coreset": TAIL_CORESETS, "--lof-scale": LOF_SCALES}
+OPTION_CHOICES = {"--tail-coreset": TAIL_CORESETS, "--lof-scale": LOF_SCALES, "--lof-share": LOF_SHARES}
 DEFAULT_POLICY = TailedCorePolicy()
 
 
