@@ -29,9 +29,9 @@ import numpy as np
 from common import print_table
 
 from tailedcore.bench.benchmark import dataset_info, run_environment, tail_diagnostics
-from tailedcore.data import load_mvtec
-from tailedcore.detector import METHODS, _as_paths
+from tailedcore.data import as_paths, load_mvtec
 from tailedcore.evaluation import evaluate_samples
+from tailedcore.methods import METHODS
 from tailedcore.policies import LOFFilter, TailedCorePolicy
 from tailedcore.tail import LinkageTailSampler, TailEstimate, TailInputs
 
@@ -68,7 +68,7 @@ def class_names(paths: list[Path], data: Path) -> np.ndarray:
 
 def true_tail_indices(data: Path, info: dict) -> tuple[int, ...]:
     """Indices, in the order a fit lists the training images of ``data``, of the images of tail classes."""
-    return tuple(int(i) for i in np.flatnonzero(np.isin(class_names(_as_paths(data), data), info["tail"])))
+    return tuple(int(i) for i in np.flatnonzero(np.isin(class_names(as_paths(data), data), info["tail"])))
 
 
 def dropped_by_class(diagnostics: dict, paths: list[Path], data: Path) -> dict[str, float]:

@@ -32,8 +32,8 @@ from features_study import SETTINGS as FEATURES
 from features_study import detector_arguments
 
 from tailedcore.data import load_mvtec
-from tailedcore.detector import METHODS
 from tailedcore.evaluation import evaluate
+from tailedcore.methods import METHODS
 from tailedcore.runtimes import export
 from tailedcore.scoring import ExactSearch, anomaly_maps
 

@@ -1,13 +1,18 @@
 """The command line's policy options: defaults read from the building blocks, nested parameters out."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from tailedcore import PatchCore
-from tailedcore.app.cli import _detector_params, build_parser, main
+from tailedcore import PatchCore, TailedCore
+from tailedcore.app.cli import build_parser, main
+from tailedcore.app.commands import detector_params
+from tailedcore.app.options import POLICY_OPTIONS, SETTING_OPTIONS
 from tailedcore.memory import MemoryBank, read_model
-from tailedcore.policies import LOFFilter, TailedCorePolicy
-from tailedcore.tail import LinkageTailSampler, PaperTailSampler
+from tailedcore.policies import Coreset, LOFFilter, TailCoreset, TailedCorePolicy, Views
+from tailedcore.settings import SETTINGS
+from tailedcore.tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler
 
 
 def _parse(*argv):
@@ -20,23 +25,24 @@ def test_help_shows_the_defaults_of_the_signatures(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert f"LOF neighbours (softpatch, tailedcore); default {LOFFilter().k}" in text
     assert f"trim share (tailedcore, paper estimator); default {PaperTailSampler().keep}" in text
-    assert f"cuts linkage clusters (tailedcore); default {LinkageTailSampler().distance}" in text
+    assert f"cuts linkage clusters (tailedcore, linkage estimator); default {LinkageTailSampler().distance}" in text
     assert f"default {TailedCorePolicy().tail.name}" in text
 
 
 def test_options_become_nested_policy_parameters():
-    _, policy = _detector_params(_parse("--lof-k", "3", "--tail-estimator", "paper", "--tail-keep", "0.8",
+    _, policy = detector_params(_parse("--lof-k", "3", "--tail-estimator", "paper", "--tail-keep", "0.8",
                                         "--coreset-ratio", "0.2", "--max-tail-rows", "100"))
     assert policy == {"policy__lof__k": 3, "policy__coreset__ratio": 0.2, "policy__tail_coreset__max_rows": 100,
-                      "policy__tail": PaperTailSampler(keep=0.8)}
-    _, policy = _detector_params(_parse("--lof-scale", "image"))
-    assert policy == {"policy__lof__scale": "image"}
+                      "policy__tail": PaperTailSampler(), "policy__tail__keep": 0.8}
+    assert TailedCore().set_params(**policy).policy.tail == PaperTailSampler(keep=0.8)
+    _, policy = detector_params(_parse("--lof-scale", "image", "--lof-share", "fence"))
+    assert policy == {"policy__lof__scale": "image", "policy__lof__share": "fence"}
     with pytest.raises(SystemExit):
         _parse("--lof-scale", "class")
-    _, policy = _detector_params(_parse("--tail-distance", "0.3"))
-    assert policy == {"policy__tail": LinkageTailSampler(distance=0.3)}
-    params, policy = _detector_params(_parse("--method", "patchcore"))
-    assert policy == {} and params["resize"] == 256
+    _, policy = detector_params(_parse("--tail-distance", "0.3"))
+    assert TailedCore().set_params(**policy).policy.tail == LinkageTailSampler(distance=0.3)
+    params, policy = detector_params(_parse("--method", "patchcore", "--crop", "192"))
+    assert policy == {} and params["features__crop"] == 192 and "features__resize" not in params
 
 
 @pytest.mark.parametrize("argv", [
@@ -52,9 +58,9 @@ def test_an_option_that_does_not_apply_is_a_usage_error(argv, tmp_path):
 
 
 def test_engine_options_reach_the_detector_and_stay_out_of_the_model_file(tmp_path):
-    params, policy = _detector_params(_parse("--engine", "ray", "--ray-address", "10.0.0.5:6379",
+    params, policy = detector_params(_parse("--engine", "ray", "--ray-address", "10.0.0.5:6379",
                                              "--exact-coreset-rows", "50000"))
-    assert params["engine"] == "ray" and params["ray_address"] == "10.0.0.5:6379"
+    assert params["run__engine"] == "ray" and params["run__ray_address"] == "10.0.0.5:6379"
     assert policy == {"policy__coreset__exact_rows": 50000}
     with pytest.raises(SystemExit) as info:
         main(["fit", str(tmp_path), "--out", str(tmp_path / "m"), "--engine", "spark"])
@@ -63,10 +69,47 @@ def test_engine_options_reach_the_detector_and_stay_out_of_the_model_file(tmp_pa
     detector.memory_, detector.thresholds_, detector.training_summary_ = MemoryBank(np.ones((2, 4))), None, {}
     detector.save(tmp_path / "m.safetensors")
     saved = read_model(tmp_path / "m.safetensors")[1]["params"]
-    assert "engine" not in saved and "ray_address" not in saved and saved["resize"] == 256
+    assert "run" not in saved and saved["features"]["params"]["resize"] == 256
 
 
 def test_store_dtype_option_reaches_the_detector():
-    params, _ = _detector_params(_parse("--store-dtype", "float16"))
-    assert params["store_dtype"] == "float16"
-    assert _detector_params(_parse())[0]["store_dtype"] == "float32"
+    params, _ = detector_params(_parse("--store-dtype", "float16"))
+    assert PatchCore().set_params(**params).features.store_dtype == "float16"
+    assert PatchCore().set_params(**detector_params(_parse())[0]).features.store_dtype == "float32"
+
+
+POLICY_BLOCKS = {"coreset": Coreset, "lof": LOFFilter, "views": Views, "tail_coreset": TailCoreset}
+
+
+def _parser_options(command: str) -> set[str]:
+    parser = build_parser()
+    sub = next(action for action in parser._actions if hasattr(action, "choices") and action.choices)
+    return {flag for action in sub.choices[command]._actions for flag in action.option_strings}
+
+
+def test_every_setting_and_policy_option_comes_from_a_parameter_class():
+    """The parser's parameter options are exactly the fields that carry an option, and each reaches its
+    field: a new field with an option is a new option, with no other line to write."""
+    owners = {**SETTINGS, **{f"policy__{block}": cls for block, cls in POLICY_BLOCKS.items()}}
+    owners.update({f"policy__tail {name}": cls for name, cls in TAIL_ESTIMATORS.items()})
+    targets = {f"{owner.split()[0]}__{field.name}" for owner, cls in owners.items() for field in dataclasses.fields(cls)
+               if field.metadata.get("help") and field.metadata["option"] is not None}
+    options = SETTING_OPTIONS + POLICY_OPTIONS
+    assert sorted(option.target for option in options) == sorted(targets)
+    general = {"-h", "--help", "--method", "--out", "--cache", "--overwrite", "--strict", "--stage-times",
+               "--calibration", "--seed", "--debug", "--quiet", "--threads", "--tail-estimator"}
+    assert _parser_options("fit") - general == {option.flag for option in options}
+    run_options = {option.flag for option in SETTING_OPTIONS if option.at == "run"}
+    assert run_options <= _parser_options("predict") and "--crop" not in _parser_options("predict")
+    for option in options:  # each option's value reaches its field
+        value = {"--stages": ["8"], "--search-option": "nprobe=4"}.get(option.flag)
+        constraint = option.owner.constraints.get(option.field.name)
+        if value is None:
+            value = (constraint.options[-1] if hasattr(constraint, "options") else
+                     "1" if getattr(constraint, "kind", None) is int else "0.5" if constraint else "x")
+        estimator = ["--tail-estimator", "paper"] if option.owner is PaperTailSampler else []
+        args = _parse(*estimator, option.flag, *([value] if isinstance(value, str) else value))
+        params, policy = detector_params(args)
+        detector = TailedCore().set_params(**params).set_params(**policy)
+        assert option.target in detector.get_params(), option.flag
+        assert detector.get_params()[option.target] is not None or value == "none", option.flag

@@ -5,7 +5,7 @@ import pytest
 
 from tailedcore.bench.nlt import build, plan_profile
 from tailedcore.bench.synthetic import make_dataset
-from tailedcore.detector import _as_paths
+from tailedcore.data import as_paths
 from tailedcore.tail import LinkageTailSampler, TailInputs
 
 from .conftest import benchmark_module
@@ -28,7 +28,7 @@ def nlt_set(tmp_path_factory):
 
 def test_a_forced_miss_takes_exactly_the_true_tail_out_of_the_estimate(harness, nlt_set):
     info = harness.dataset_info(nlt_set)
-    paths = _as_paths(nlt_set)
+    paths = as_paths(nlt_set)
     missed = harness.true_tail_indices(nlt_set, info)
     assert sorted(paths[i].relative_to(nlt_set).parts[0] for i in missed) == sorted(info["tail"])
     # Two tight groups of images far apart: the estimator finds the small one as tail.
@@ -54,7 +54,7 @@ def test_the_table_gives_each_variant_against_patchcore(harness):
 
 
 def test_dropped_injected_separates_the_injected_images_from_the_clean_ones_of_their_classes(harness, nlt_set):
-    paths = _as_paths(nlt_set)
+    paths = as_paths(nlt_set)
     relative = [path.relative_to(nlt_set).as_posix() for path in paths]
     head = relative[0].split("/")[0]
     info = {"injected_files": [name for name in relative if name.startswith(head)][:2]}

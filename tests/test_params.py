@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from tailedcore import PatchCore, SoftPatch, TailedCore, load
-from tailedcore.memory import write_model
+from tailedcore.memory import ModelFileError, write_model
 from tailedcore.params import Interval, Params
 from tailedcore.policies import Coreset, LOFFilter, SoftPatchPolicy, TailCoreset, TailedCorePolicy
+from tailedcore.settings import Calibration, Features, Search
 from tailedcore.tail import LinkageTailSampler, PaperTailSampler
 
 
@@ -38,10 +39,10 @@ def test_every_parameter_is_checked_before_any_image_is_read(policy, message, tm
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"crop": 8}, r"PatchCore.crop=8: must be in \[16, inf\]"),
-    ({"calibration_share": 1.0}, r"calibration_share=1.0: must be in \[0, 1\)"),
-    ({"search": "annoy"}, "PatchCore.search='annoy': choose from exact"),
-    ({"false_alarm_rate": 0.0}, "false_alarm_rate=0.0"),
+    ({"crop": 8}, r"PatchCore.features.crop=8: must be in \[16, inf\]"),
+    ({"calibration_share": 1.0}, r"PatchCore.calibration.share=1.0: must be in \[0, 1\)"),
+    ({"search": "annoy"}, "PatchCore.search.kind='annoy': choose from exact"),
+    ({"false_alarm_rate": 0.0}, "PatchCore.calibration.false_alarm_rate=0.0"),
 ])
 def test_pipeline_parameters_are_checked_too(params, message, tmp_path):
     with pytest.raises(ValueError, match=message):
@@ -71,7 +72,7 @@ def test_interval_text():
 
 def test_detector_nested_parameters_reach_the_policy():
     detector = TailedCore().set_params(policy__lof__k=3, search="ivf")
-    assert detector.policy.lof.k == 3 and detector.search == "ivf"
+    assert detector.policy.lof.k == 3 and detector.search.kind == "ivf"
     assert detector.get_params()["policy__lof__k"] == 3 and "policy__tail__distance" in detector.get_params()
     with pytest.raises(ValueError, match="TailedCorePolicy has no parameter 'lof_k'"):
         detector.set_params(policy__lof_k=3)
@@ -94,3 +95,36 @@ def test_format_1_model_files_with_flat_policy_parameters_still_load(tmp_path):
     assert detector.seed == 2 and detector.resize == 80
     write_model(path, {"memory": memory}, {"method": "softpatch", "params": {"lof_k": 5}})
     assert load(path).policy == SoftPatchPolicy(lof=LOFFilter(k=5))
+
+
+def test_format_3_model_files_with_flat_settings_load_into_the_parameter_objects(tmp_path):
+    policy = TailedCorePolicy(lof=LOFFilter(k=4))
+    flat = {"backbone": "efficientnet-lite0", "resize": 80, "crop": 64, "search": "ivf",
+            "search_options": {"nprobe": 4}, "search_scope": "global", "calibration_share": 0.0,
+            "calibration_scope": "global", "unknown_factor": None,
+            "blur_sigma": 2.0, "progress": False, "seed": 3, "policy": policy.to_config()}
+    path = tmp_path / "format3.safetensors"
+    write_model(path, {"memory": np.ones((4, 8), np.float32)}, {"method": "tailedcore", "params": flat})
+    detector = load(path, search="exact")
+    assert detector.policy == policy and detector.seed == 3
+    assert detector.features == Features(resize=80, crop=64)
+    assert detector.search == Search(blur_sigma=2.0)  # the new kind dropped the options of the old one
+    assert detector.calibration == Calibration(share=0.0, scope="global", unknown_factor=None)
+    assert detector.run.progress is False
+    flat["colour"] = "blue"
+    write_model(path, {"memory": np.ones((4, 8), np.float32)}, {"method": "tailedcore", "params": flat})
+    with pytest.raises(ModelFileError, match=r"unknown parameters \['colour'\]"):
+        load(path)
+
+
+def test_flat_keyword_arguments_are_a_shorthand_for_the_parameter_objects():
+    detector = PatchCore(crop=192, search="ivf", search_options={"nprobe": 4}, false_alarm_rate=0.05, threads=1)
+    assert detector.features.crop == 192 == detector.crop
+    assert detector.search == Search(kind="ivf", options={"nprobe": 4})
+    assert detector.calibration.false_alarm_rate == 0.05 and detector.run.threads == 1
+    assert PatchCore(features=Features(crop=192)).get_params() == PatchCore(features__crop=192).get_params()
+    assert detector.set_params(search="exact").search.options is None
+    with pytest.raises(ValueError, match="unknown parameter: colour"):
+        PatchCore(colour="blue")
+    with pytest.raises(AttributeError, match="has no attribute 'colour'"):
+        _ = detector.colour

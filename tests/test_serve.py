@@ -130,10 +130,10 @@ def test_serve_command_uses_the_models_search_and_batches_unless_told(detector, 
     assert main(["--quiet", "serve", str(serving), "--search", "exact", "--max-batch", "1"]) == 0
     assert main(["--quiet", "serve", str(serving), "--search-option", "nprobe=4"]) == 0
     (own, own_limits), (default, _), (exact, exact_limits), (probes, _) = served
-    assert own.search == detector.search == "exact" and own_limits["max_batch"] == 8
+    assert own.search.kind == detector.search.kind == "exact" and own_limits["max_batch"] == 8
     assert default.search_setting == SERVING_SEARCH
-    assert (exact.search, exact.search_options, exact_limits["max_batch"]) == ("exact", None, 1)
-    assert (probes.search, probes.search_options) == ("ivf-batched", {"nprobe": 4})
+    assert (exact.search.kind, exact.search.options, exact_limits["max_batch"]) == ("exact", None, 1)
+    assert (probes.search.kind, probes.search.options) == ("ivf-batched", {"nprobe": 4})
 
 
 def test_each_scored_batch_returns_the_freed_heap(detector, synthetic_root, monkeypatch):

@@ -14,7 +14,8 @@ import os
 # machine sleeping costs 9% (195 s against 179 s). docs/reliability.md, "threads".
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .detector import METHODS, Detector, PatchCore, SoftPatch, TailedCore, load
+from .detector import Detector
+from .methods import METHODS, PatchCore, SoftPatch, TailedCore, load
 from .predictions import Predictions
 
 __all__ = ["METHODS", "Detector", "PatchCore", "Predictions", "SoftPatch", "TailedCore", "load"]

@@ -174,6 +174,13 @@ def training_images(data: str | os.PathLike) -> list[Path]:
 FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0, "F": 1.0}
 
 
+def as_paths(images) -> list[Path]:
+    """Training images: a dataset root or folder (str or path; training_images), or a list of files/folders."""
+    if isinstance(images, (str, os.PathLike)):
+        return training_images(images)
+    return collect_images(list(images))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB with the EXIF orientation applied.
 

@@ -22,9 +22,10 @@ from safetensors.numpy import save_file
 from ._io import atomic_write_file
 
 FORMAT_NAME = "tailedcore-model"
-FORMAT_VERSION = 3
-# Version 1 held the policy as flat parameters, version 2 had no products; detector.load reads both still.
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+# Version 1 held the policy as flat parameters, version 2 had no products, version 3 held the settings
+# as flat parameters; model_file.py reads them all still.
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 
 class ModelFileError(ValueError):

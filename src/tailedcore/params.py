@@ -63,6 +63,16 @@ def check_values(owner: str, values: dict[str, Any], constraints: dict) -> None:
             raise ValueError(f"{owner}.{name}={values[name]!r}: {problem}")
 
 
+def setting(default, help: str, *, option: str | None = "", flat: str | None = None, at: str = "fit"):
+    """A parameter field with its command-line help (app/options.py makes the options from these).
+
+    option: the option's name ("": ``--`` and the flat name with dashes; None:
+    no option); flat: its flat keyword name when it differs from the field's;
+    at: "fit" (the fit fixes it) or "run" (a loaded model may change it).
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "option": option, "flat": flat, "at": at})
+
+
 REGISTRY: dict[str, type[Params]] = {}
 
 

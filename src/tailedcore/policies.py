@@ -19,7 +19,7 @@ import numpy as np
 from .engine import LocalEngine, RayEngine
 from .lof import fence_inlier_mask, image_relative, inlier_mask, patchwise_lof_scores
 from .memory import MemoryBank
-from .params import Interval, OneOf, Params, registered
+from .params import Interval, OneOf, Params, registered, setting
 from .sampling import greedy_coreset, two_round_coreset
 from .store import ArrayFile, FeatureStore, ImageSubset
 from .tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler, TailInputs
@@ -107,8 +107,10 @@ class Coreset(Params):
     the time grows linearly; its shards may run in parallel (engine.py).
     """
 
-    ratio: float = 0.1
-    exact_rows: int | None = None
+    ratio: float = setting(0.1, "share of patches in memory")
+    exact_rows: int | None = setting(None, "a coreset over more rows is composable (greedy runs over shards of this "
+                                     "many rows; linear time); none = always exact, the paper",
+                                     option="--exact-coreset-rows")
 
     constraints: ClassVar[dict] = {"ratio": Interval(float, 0.0, 1.0, "right"),
                                    "exact_rows": Interval(int, 2, none_ok=True)}
@@ -160,10 +162,13 @@ class LOFFilter(Params):
     at most the ``drop`` share, so a scope with few outliers drops only those.
     """
 
-    k: int = 6
-    drop: float = 0.15
-    scale: str = "global"
-    share: str = "fixed"
+    k: int = setting(6, "LOF neighbours")
+    drop: float = setting(0.15, "share of patches dropped by LOF")
+    scale: str = setting("global", "which LOF scores are dropped: global (the paper), image (relative to each "
+                         "image's median: spares images unlike the others everywhere) or product (the top share "
+                         "of each product the model found)")
+    share: str = setting("fixed", "how much LOF drops: fixed (exactly the drop share, the paper) or fence "
+                         "(scores above the upper Tukey fence, at most the drop share)")
 
     constraints: ClassVar[dict] = {"k": Interval(int, 1), "drop": Interval(float, 0.0, 1.0, "left"),
                                    "scale": OneOf(LOF_SCALES), "share": OneOf(LOF_SHARES)}
@@ -190,8 +195,8 @@ class LOFFilter(Params):
 class Views(Params):
     """Rotations every ``step_degrees`` in [0, 360), each also flipped when ``flip``, the original left out."""
 
-    step_degrees: float = 15.0
-    flip: bool = True
+    step_degrees: float = setting(15.0, "rotation step of tail views in degrees", option="--view-step")
+    flip: bool = setting(True, "each view also flipped", option=None)
 
     constraints: ClassVar[dict] = {"step_degrees": Interval(float, 0.0, 360.0, "right"),
                                    "flip": OneOf((True, False))}
@@ -216,8 +221,10 @@ class TailCoreset(Params):
     two-round instead (None: no limit, the paper).
     """
 
-    scope: str = "joint"
-    max_rows: int | None = None
+    scope: str = setting("joint", "tail coreset scope: joint (the paper), per-image or two-round",
+                         option="--tail-coreset")
+    max_rows: int | None = setting(None, "a joint tail coreset over more patch rows (with views) runs two-round",
+                                   option="--max-tail-rows")
 
     constraints: ClassVar[dict] = {"scope": OneOf(TAIL_CORESETS), "max_rows": Interval(int, 1, none_ok=True)}
 

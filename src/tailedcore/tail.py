@@ -26,7 +26,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .params import Interval, OneOf, Params, registered
+from .params import Interval, OneOf, Params, registered, setting
 
 # Rows of a similarity or distance block: bounds the memory of the (block, n) float64 arrays.
 _BLOCK_BYTES = 64 * 2**20
@@ -199,9 +199,9 @@ class TailInputs:
 class PaperTailSampler(Params):
     """The published TailSampler on the image embeddings (keep: trim share; share: the 15% rule)."""
 
-    keep: float = 0.85
-    share: float = 0.15
-    quantize: bool = True
+    keep: float = setting(0.85, "TailSampler trim share")
+    share: float = setting(0.15, "15% rule of max K")
+    quantize: bool = setting(True, "class sizes rounded to powers of two", option=None)
 
     name: ClassVar[str] = "paper"
     constraints: ClassVar[dict] = {"keep": Interval(float, 0.0, 1.0, "right"),
@@ -230,10 +230,10 @@ class LinkageTailSampler(Params):
     cluster sizes (None: no cap, the paper's rule alone).
     """
 
-    distance: float = 0.3
-    features: str = "both"
-    share: float = 0.15
-    max_tail_class: int | None = 19
+    distance: float = setting(0.3, "cosine distance that cuts linkage clusters")
+    features: str = setting("both", "what the distance is made of: both, embedding or patches", option=None)
+    share: float = setting(0.15, "15% rule of max K")
+    max_tail_class: int | None = setting(19, "largest class size counted as tail", option="--max-tail-class")
 
     name: ClassVar[str] = "linkage"
     constraints: ClassVar[dict] = {"distance": Interval(float, 0.0, 2.0, "neither"),

@@ -138,6 +138,34 @@ def calibrate_per_product(image_scores: np.ndarray, maps: np.ndarray, products: 
             for product, count in zip(*np.unique(products, return_counts=True)) if count >= MIN_IMAGES}
 
 
+def calibrate_scoped(image_scores: np.ndarray, maps: np.ndarray, products: np.ndarray | None, false_alarm_rate: float,
+                     scope: str, what: str) -> tuple[Thresholds, dict[int, Thresholds]]:
+    """Global thresholds of all the normal images, and with ``scope`` "product" those of each product with
+    enough of them: scores (m,), maps (m, h, w), products (m,) int (-1: none; None: a model without products)."""
+    overall = calibrate_false_alarm(image_scores, maps, false_alarm_rate, what)
+    if scope != "product" or products is None:
+        return overall, {}
+    chosen = np.asarray(products) >= 0
+    return overall, calibrate_per_product(np.asarray(image_scores)[chosen], np.asarray(maps)[chosen],
+                                          np.asarray(products)[chosen], false_alarm_rate, what)
+
+
+def describe_search(setting: dict) -> str:
+    """A search setting ({"search": ..., "search_options": {...}}) as text, e.g. "ivf-batched (nprobe=16 rerank=2)"."""
+    options = " ".join(f"{key}={value}" for key, value in sorted(setting.get("search_options", {}).items()))
+    return setting["search"] + (f" ({options})" if options else "")
+
+
+def search_mismatch(thresholds: Thresholds | None, setting: dict) -> str | None:
+    """Why ``thresholds`` may not fit scores of the search ``setting``: they were calibrated with another (or None)."""
+    calibrated = thresholds.search if thresholds is not None else None
+    if calibrated is None or calibrated == setting:
+        return None
+    return (f"thresholds were calibrated with search {describe_search(calibrated)}, scores now come from "
+            f"{describe_search(setting)}: raw scores differ by up to a few percent; calibrate again "
+            "with this search for decisions that match")
+
+
 def _warned(thresholds: Thresholds) -> Thresholds:
     """``thresholds``, after a warning when they rest on few images."""
     warning = thresholds.few_images_warning()

@@ -23,9 +23,13 @@ from tqdm import tqdm
 from .data import ImageLoadError, load_image
 from .engine import LocalEngine, RayEngine
 from .features import FeatureExtractor
-from .policies import FeatureSet
-from .store import ArrayFile, FeatureCache, FeatureStore, StoreChain
-from .timing import trim_heap
+from .memory import MemoryBank
+from .policies import FeatureSet, Policy, TrainingFeatures
+from .products import Products, find_products
+from .store import ArrayFile, FeatureCache, FeatureStore, ImageSubset, StoreChain
+from .tail import LinkageTailSampler, TailInputs
+from .thresholds import held_out_images
+from .timing import StageTimer, trim_heap
 from .views import augmented_views
 
 
@@ -122,14 +126,15 @@ class TrainingRun(ExitStack):
 
     def _projections(self, name: str) -> ArrayFile:
         """A new (n, P, d) file of projections."""
-        return self.enter_context(ArrayFile(self.folder / name, (self._locations, self.projection.shape[1])))
+        return self.enter_context(ArrayFile(self.folder / name, (self.locations, self.projection.shape[1])))
 
     def take_images(self, projected: ArrayFile, images: np.ndarray) -> ArrayFile:
         """The projections of the given images (int64 indices) as a new file of this run."""
         return self.enter_context(projected.take(images, self.folder / "projections-kept.f32"))
 
     @property
-    def _locations(self) -> int:
+    def locations(self) -> int:
+        """Patch locations per image (P)."""
         rows, cols = self.extractor.grid_shape
         return rows * cols
 
@@ -207,3 +212,49 @@ class TrainingRun(ExitStack):
             return FeatureSet(StoreChain(stores), np.concatenate(projected))
 
         return views
+
+
+@dataclass
+class FittedMemory:
+    """What a policy built of a fit's images: the memory bank, the policy's diagnostics, the products found
+    (each memory row's product set), and the readable images split into those kept for memory and those
+    held out for thresholds (``held_out``: (h,) int64 indices into the readable images, whose patches
+    ``features`` still holds while the run is open)."""
+
+    memory: MemoryBank
+    diagnostics: dict
+    products: Products
+    kept_paths: list[Path]
+    held_out_paths: list[Path]
+    held_out: np.ndarray
+    features: FeatureSet
+
+
+def build_memory(run: TrainingRun, paths: list[Path], on_error, cache: FeatureCache | None, policy: Policy,
+                 calibration_share: float, calibration_min_class: int, seed: int, progress: bool,
+                 timer: StageTimer) -> FittedMemory:
+    """The fit's pipeline: features of ``paths`` -> products (the linkage estimator's clusters: the policy's
+    own linkage estimator, or the default one) -> calibration hold-out per product -> the policy's memory."""
+    rng = np.random.default_rng(seed)
+    with timer.stage("features"):
+        extracted = run.extract(paths, on_error, cache)
+    paths = [paths[i] for i in extracted.readable]
+    with timer.stage("products"):
+        estimator = policy.tail if isinstance(getattr(policy, "tail", None), LinkageTailSampler) \
+            else LinkageTailSampler()
+        products = find_products(TailInputs(extracted.embeddings, extracted.mean_patches), paths, estimator)
+    held_out = held_out_images(products.labels, calibration_share, calibration_min_class, seed)
+    kept = np.setdiff1d(np.arange(len(paths)), held_out)
+    kept_paths = [paths[i] for i in kept]
+    features = extracted.features
+    projected = run.take_images(features.projected, kept) if len(held_out) else features.projected
+    transforms = policy.view_transforms()
+    train = TrainingFeatures(
+        ImageSubset(features.patches, kept, run.locations), projected, extracted.embeddings[kept],
+        extracted.mean_patches[kept], run.view_maker(kept_paths, transforms, run.extractor.batch_size, progress),
+        len(transforms), timer, run.engine, products.labels[kept],
+    )
+    result = policy.build(train, rng, progress)
+    products.memory_products = products.labels[kept][result.row_images]
+    return FittedMemory(result.memory, result.diagnostics, products, kept_paths, [paths[i] for i in held_out],
+                        held_out, features)

@@ -44,7 +44,7 @@ def test_a_model_keeps_its_search_and_every_command_uses_it(cli_model, synthetic
                  "--out", str(tmp_path / "exact.safetensors")]) == 0
     exact = load(tmp_path / "exact.safetensors")
     assert exact.thresholds_.search == {"search": "exact", "search_options": {}}
-    assert exact.search == "exact"  # --search on calibrate becomes the model's own
+    assert exact.search.kind == "exact"  # --search on calibrate becomes the model's own
 
 
 def test_the_api_runs_in_its_threads_and_restores_them(synthetic_root, monkeypatch):

@@ -39,7 +39,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 
 
 def model_summary(detector: Detector) -> dict:
-    params = {k: v for k, v in detector.params_config().items() if k not in ("progress", "weights")}
+    params = {k: v for k, v in detector.params_config().items() if k != "run"}
+    params["features"]["params"].pop("weights")  # a path on the server's disk
     return {
         "method": detector.method,
         "backbone": detector.backbone,

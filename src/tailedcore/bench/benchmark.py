@@ -23,8 +23,8 @@ import torch
 from .. import __version__
 from .._io import atomic_write_text, write_json
 from ..data import load_mvtec
-from ..detector import METHODS
 from ..evaluation import ClassResult, evaluate_samples
+from ..methods import METHODS
 from ..metrics import METRIC_NAMES, mean_metrics
 from ..report.benchmark_pages import GROUPS, summary_markdown, write_results
 from ..report.html import page
@@ -131,7 +131,7 @@ def run_method(method: str, data: Path, info: dict, search: str, options: dict, 
         "total_seconds": time.perf_counter() - started,
         "stages": [{"stage": r[0], "seconds": r[1], "peak_rss_mib": r[2]} for r in detector.stage_times_.table()],
     }
-    params = {k: v for k, v in detector.params_config().items() if k != "progress"}
+    params = {k: v for k, v in detector.params_config().items() if k != "run"}
     return MethodRun(method, classes, diagnostics, params)
 
 

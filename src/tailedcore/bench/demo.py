@@ -24,8 +24,8 @@ import numpy as np
 
 from .._io import atomic_write_text, markdown_table, write_json
 from ..data import Sample, load_mvtec
-from ..detector import METHODS
 from ..evaluation import Evaluation, evaluate_samples
+from ..methods import METHODS
 from ..metrics import METRIC_NAMES
 from ..report.writers import stage_table, write_evaluation, write_examples
 from .benchmark import group_means

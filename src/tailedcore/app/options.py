@@ -1,0 +1,180 @@
+"""Command-line options made from the parameter classes, so a new setting is one field in one place.
+
+Every field that carries an option (params.setting) of the detector's settings
+(settings.py) and of the policies' building blocks (policies.py, tail.py)
+becomes one option: its name, type, choices, default and help come from the
+field, its constraint and its class. Given values become nested parameters
+(``features__crop``, ``policy__lof__k``), and an option that does not apply to
+a method or tail estimator is refused by the rule that refuses the parameter in
+Python (``Params.with_params``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+
+from ..methods import METHODS
+from ..params import Interval, OneOf, Params
+from ..policies import POLICIES
+from ..settings import SETTINGS
+from ..tail import TAIL_ESTIMATORS
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: ``flag`` sets the nested parameter ``target`` (a field of ``owner``)."""
+
+    flag: str
+    target: str
+    owner: type[Params]
+    field: dataclasses.Field
+    applies: str = ""  # which methods / estimators have it, for the help
+
+    @property
+    def dest(self) -> str:
+        return self.flag[2:].replace("-", "_")
+
+    @property
+    def at(self) -> str:
+        """"fit": the fit fixes it; "run": a loaded model may change it."""
+        return self.field.metadata.get("at", "fit")
+
+    @property
+    def default(self):
+        return self.field.default
+
+    @property
+    def is_mapping(self) -> bool:
+        """A dict field: given as repeated KEY=VALUE."""
+        return "dict" in str(self.field.type)
+
+    def add_to(self, parser, model_default: bool = False, default_text: str | None = None) -> None:
+        """Add the option; its value is absent from the namespace unless given. ``model_default``: a command
+        on a fitted model, whose own value is the default; ``default_text``: the default to state instead."""
+        constraint = self.owner.constraints.get(self.field.name)
+        kwargs: dict = {"default": argparse.SUPPRESS}
+        if isinstance(self.default, tuple):
+            kwargs.update(type=int, nargs="+", metavar="VALUE")
+        elif self.is_mapping:
+            kwargs.update(action="append", metavar="KEY=VALUE", type=_key_value)
+        elif isinstance(constraint, OneOf) and all(isinstance(o, str) for o in constraint.options):
+            kwargs.update(choices=constraint.options)
+        elif isinstance(constraint, Interval):
+            kwargs["type"] = _or_none(constraint.kind) if constraint.none_ok else constraint.kind
+        default = default_text or ("the model's" if model_default else "none" if self.default is None else
+                                   " ".join(map(str, self.default)) if isinstance(self.default, tuple) else
+                                   self.default)
+        text = self.field.metadata["help"].replace("%", "%%") + self.applies
+        parser.add_argument(self.flag, help=text if "default" in text else f"{text}; default {default}", **kwargs)
+
+
+def _or_none(kind: type):
+    def parse(text: str):
+        if text.lower() == "none":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} or none, "
+                                             f"got '{text}'") from None
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _key_value(text: str) -> tuple[str, int]:
+    key, _, value = text.partition("=")
+    if not key or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected KEY=INTEGER, e.g. nprobe=16, got '{text}'")
+    return key, int(value)
+
+
+def _has_option(field: dataclasses.Field) -> bool:
+    return "help" in field.metadata and field.metadata["option"] is not None
+
+
+def _flag(field: dataclasses.Field, stem: str) -> str:
+    return field.metadata["option"] or "--" + stem.replace("_", "-")
+
+
+def setting_options() -> list[Option]:
+    """The options of the detector's settings, in the order of their classes' fields."""
+    return [Option(_flag(field, field.metadata["flat"] or field.name), f"{group}__{field.name}", cls, field)
+            for group, cls in SETTINGS.items() for field in dataclasses.fields(cls) if _has_option(field)]
+
+
+def policy_options() -> list[Option]:
+    """The options of the policies' building blocks (each tail estimator's fields under ``tail``); the help
+    says which methods, and which estimators when not all, have each."""
+    blocks: dict[str, list[str]] = {}
+    for method, policy in POLICIES.items():
+        for field in dataclasses.fields(policy):
+            blocks.setdefault(field.name, []).append(method)
+    options: dict[str, Option] = {}
+    for block, methods in blocks.items():
+        classes = TAIL_ESTIMATORS if block == "tail" else {"": type(getattr(POLICIES[methods[0]](), block))}
+        for cls in classes.values():
+            for field in filter(_has_option, dataclasses.fields(cls)):
+                flag = _flag(field, f"{block}_{field.name}")
+                if flag in options:
+                    continue
+                owners = [name for name, other in classes.items()
+                          if field.name in {f.name for f in dataclasses.fields(other)}]
+                estimators = f", {' or '.join(owners)} estimator" if block == "tail" and len(owners) < len(classes) \
+                    else ""
+                options[flag] = Option(flag, f"policy__{block}__{field.name}", cls, field,
+                                       f" ({', '.join(methods)}{estimators})")
+    return list(options.values())
+
+
+SETTING_OPTIONS = setting_options()
+POLICY_OPTIONS = policy_options()
+TAIL_ESTIMATOR_OPTION = "--tail-estimator"
+
+
+def add_policy_options(parser) -> None:
+    parser.add_argument(TAIL_ESTIMATOR_OPTION, choices=tuple(TAIL_ESTIMATORS), default=argparse.SUPPRESS,
+                        help="how tail images are found (tailedcore): linkage or paper (the published TailSampler); "
+                             f"default {POLICIES['tailedcore']().tail.name}")
+    for option in POLICY_OPTIONS:
+        option.add_to(parser)
+
+
+def add_setting_options(parser, at: tuple[str, ...] = ("fit", "run"), model_default: bool = False,
+                        skip: tuple[str, ...] = (), defaults: dict[str, str] | None = None) -> None:
+    """The settings' options fixed ``at`` fit or run time (but those in ``skip``); ``defaults``: the default
+    to state of some options (by flag), where a command has its own."""
+    for option in SETTING_OPTIONS:
+        if option.at in at and option.flag not in skip:
+            option.add_to(parser, model_default, (defaults or {}).get(option.flag))
+
+
+def given(args: argparse.Namespace, options: list[Option]) -> dict[str, object]:
+    """{nested parameter: value} of the ``options`` given on the command line."""
+    values = {}
+    for option in options:
+        if option.dest in vars(args):
+            value = getattr(args, option.dest)
+            values[option.target] = dict(value) if option.is_mapping else value
+    return values
+
+
+def policy_params(args: argparse.Namespace, method: str) -> tuple[dict, dict[str, str]]:
+    """Nested policy parameters of the given policy options for ``method``, and the options that do not
+    apply to it, each with the reason ``Params.with_params`` refuses its parameter (as in Python)."""
+    policy = METHODS[method].default_policy()
+    params, refused = {}, {}
+    candidates = [(TAIL_ESTIMATOR_OPTION, "policy__tail", TAIL_ESTIMATORS[args.tail_estimator]())] \
+        if "tail_estimator" in vars(args) else []
+    candidates += [(option.flag, option.target, getattr(args, option.dest))
+                   for option in POLICY_OPTIONS if option.dest in vars(args)]
+    for flag, target, value in candidates:
+        nested = {**params, target: value}
+        try:
+            policy.with_params(**{key.removeprefix("policy__"): item for key, item in nested.items()})
+        except ValueError as error:
+            refused[flag] = str(error)
+            continue
+        params[target] = value
+    return params, refused

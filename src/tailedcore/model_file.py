@@ -1,0 +1,101 @@
+"""What a fitted detector keeps in its model file, and reading it back (memory.py writes and verifies the file).
+
+Arrays: the memory (M, D) float32, its LOF weights (M,) if any, and the
+products' arrays (products.py). Config: the method, the parameter objects by
+name (``Params.to_config``; the run settings are left out), the thresholds
+(global and per product) and the products. Files of format 3 and earlier held
+the settings as flat parameters; they are read as such.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .memory import MemoryBank, ModelFileError, read_model, write_model
+from .params import Params
+from .policies import POLICIES, policy_from_flat_params
+from .products import Products
+from .settings import FLAT_NAMES, SETTINGS
+from .thresholds import Thresholds
+
+log = logging.getLogger(__name__)
+
+
+def save(detector, path: str | os.PathLike) -> None:
+    """Write a fitted detector (memory bank, products, thresholds, parameters) to one safetensors file."""
+    if not hasattr(detector, "memory_"):
+        raise RuntimeError(f"{type(detector).__name__} is not fitted: nothing to save")
+    arrays = {"memory": detector.memory_.features}
+    if detector.memory_.weights is not None:
+        arrays["weights"] = detector.memory_.weights
+    if detector.products_ is not None:
+        arrays.update(detector.products_.arrays())
+    config = {
+        "method": detector.method,
+        "params": {k: v for k, v in detector.params_config().items() if k != "run"},
+        **detector.training_summary_,
+        "thresholds": detector.thresholds_.to_dict() if detector.thresholds_ else None,
+        "product_thresholds": {str(p): t.to_dict() for p, t in detector.product_thresholds_.items()},
+        "products": detector.products_.config() if detector.products_ is not None else None,
+        "torch_version": torch.__version__,
+    }
+    write_model(path, arrays, config)
+
+
+@dataclass
+class StoredModel:
+    """A model file read back: ``params`` are the detector's keyword arguments (parameter objects and seed)."""
+
+    method: str
+    params: dict
+    memory: MemoryBank
+    thresholds: Thresholds | None
+    product_thresholds: dict[int, Thresholds]
+    training_summary: dict
+    products: Products | None
+
+
+def _params(path, method: str, stored: dict) -> dict:
+    """The detector's keyword arguments from a file's parameters, of this format (objects) or an earlier one."""
+    stored = dict(stored)
+    try:
+        if "features" in stored:
+            return {name: Params.from_config(value) if name in ("policy", *SETTINGS) else value
+                    for name, value in stored.items()}
+        policy = (Params.from_config(stored.pop("policy")) if "policy" in stored
+                  else policy_from_flat_params(method, stored))
+    except (TypeError, ValueError, KeyError) as error:
+        raise ModelFileError(f"{path}: invalid parameters ({error})") from error
+    unknown = set(stored) - set(FLAT_NAMES) - {"seed"}
+    if unknown:
+        raise ModelFileError(f"{path}: unknown parameters {sorted(unknown)}")
+    return {"policy": policy, **stored}
+
+
+def read_stored(path: str | os.PathLike) -> StoredModel:
+    """Read and check a model file (ModelFileError naming the file when it is not a valid one)."""
+    arrays, config = read_model(path)
+    method = config.get("method")
+    if method not in POLICIES:
+        raise ModelFileError(f"{path}: unknown method '{method}'")
+    params = _params(path, method, config.get("params", {}))
+    if not isinstance(params["policy"], POLICIES[method]):
+        raise ModelFileError(f"{path}: a {type(params['policy']).__name__} is not a {method} policy")
+    products = None
+    if config.get("products"):
+        try:
+            products = Products.from_model(arrays, config["products"])
+        except (TypeError, ValueError, KeyError) as error:
+            raise ModelFileError(f"{path}: invalid products ({error})") from error
+    else:
+        log.info("%s: written before models kept their products; one threshold and one search for all images",
+                 path)
+    return StoredModel(
+        method, params, MemoryBank(arrays["memory"], arrays.get("weights"), config.get("memory_info", {})),
+        Thresholds.from_dict(config["thresholds"]) if config.get("thresholds") else None,
+        {int(p): Thresholds.from_dict(t) for p, t in (config.get("product_thresholds") or {}).items()},
+        {k: config.get(k) for k in ("memory_info", "training_images", "calibration_images")}, products)
