@@ -1,8 +1,8 @@
 """Memory-bank policies: how PatchCore, SoftPatch and TailedCore build their memory.
 
 A policy is a parameter object (params.Params) made of the same building
-blocks, each a parameter object too: ``Coreset`` (sampling), ``LOFFilter``
-(lof), a tail estimator (tail), ``Views`` (views) and ``TailCoreset``. Its
+blocks, each a parameter object too (blocks.py): ``Coreset``, ``LOFFilter``,
+``Views``, ``TailCoreset``, and a tail estimator (tail.py). Its
 ``build(train, rng)`` turns the training features into a MemoryBank; the three
 methods differ only in which blocks they compose.
 """
@@ -16,15 +16,13 @@ from typing import ClassVar
 
 import numpy as np
 
+from .blocks import Coreset, LOFFilter, TailCoreset, Views
 from .engine import LocalEngine, RayEngine
-from .lof import fence_inlier_mask, image_relative, inlier_mask, patchwise_lof_scores
 from .memory import MemoryBank
-from .params import Interval, OneOf, Params, registered, setting
-from .sampling import greedy_coreset, two_round_coreset
+from .params import Params, registered
 from .store import ArrayFile, FeatureStore, ImageSubset
 from .tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler, TailInputs
 from .timing import StageTimer
-from .views import view_transforms
 
 
 @dataclass
@@ -93,164 +91,6 @@ def _gather(sources: list[tuple[FeatureStore | ImageSubset, np.ndarray]], timer:
                 memory[start + block] = store.gather(rows[block])
             start += len(rows)
         return memory
-
-
-@registered
-@dataclass(frozen=True)
-class Coreset(Params):
-    """Greedy k-center coreset keeping ``ratio`` of the rows it is given (at least one).
-
-    exact_rows: None (the paper), one exact greedy run over every row, quadratic
-    in the rows; a number: over more rows than that, the composable coreset
-    (sampling.two_round_coreset) over shards of ``exact_rows`` consecutive rows
-    (blocks of images), so no greedy run sees more than ``exact_rows`` rows and
-    the time grows linearly; its shards may run in parallel (engine.py).
-    """
-
-    ratio: float = setting(0.1, "share of patches in memory")
-    exact_rows: int | None = setting(None, "a coreset over more rows is composable (greedy runs over shards of this "
-                                     "many rows; linear time); none = always exact, the paper",
-                                     option="--exact-coreset-rows")
-
-    constraints: ClassVar[dict] = {"ratio": Interval(float, 0.0, 1.0, "right"),
-                                   "exact_rows": Interval(int, 2, none_ok=True)}
-
-    def count(self, n_rows: int) -> int:
-        return max(1, int(n_rows * self.ratio))
-
-    def select(self, rows: np.ndarray | ArrayFile, rng: np.random.Generator, timer: StageTimer,
-               progress: bool = False, engine=None, subset: np.ndarray | None = None) -> np.ndarray:
-        """Indices into rows (N, d) float32 (about ``count`` of the ``subset`` rows, int64 indices; all
-        rows when None), from random starts; none for no rows.
-
-        The exact coreset reads all its rows into RAM; the composable one reads
-        each shard's rows on its own, so ``rows`` may be an ArrayFile of any size.
-        """
-        n = len(rows) if subset is None else len(subset)
-        if n == 0:
-            return np.empty(0, dtype=np.int64)
-        with timer.stage("coreset"):
-            if self.exact_rows is None or n <= self.exact_rows:
-                chosen = rows[:] if subset is None else rows[subset]
-                picks = greedy_coreset(chosen, self.count(n), start=int(rng.integers(n)), progress=progress)
-                return picks if subset is None else subset[picks]
-            positions = np.arange(n) if subset is None else np.asarray(subset, dtype=np.int64)
-            shards = [positions[start : start + self.exact_rows] for start in range(0, n, self.exact_rows)]
-            return two_round_coreset(rows, shards, self.ratio, rng, block_rows=self.exact_rows, progress=progress,
-                                     engine=engine)
-
-
-LOF_SCALES = ("global", "image", "product")
-LOF_SHARES = ("fixed", "fence")
-
-
-@registered
-@dataclass(frozen=True)
-class LOFFilter(Params):
-    """Patch-wise LOF over ``k`` neighbours; the ``drop`` share of patches with the top scores is dropped.
-
-    scale "global" (the paper): the top scores of all patches; "image": the top
-    scores relative to each image's median score (lof.image_relative), so an
-    image unlike the others everywhere (an unfound tail product, a varied
-    head class) keeps its patches while a defect's region is still dropped;
-    "product": the top ``drop`` share of each product's patches (the products
-    the model found, products.py), so no product loses more than that share,
-    however varied it is or however unlike the others (a missed tail product).
-
-    share "fixed" (the paper): exactly the ``drop`` share of each scope;
-    "fence": the scores above the scope's upper Tukey fence (lof.fence_inlier_mask),
-    at most the ``drop`` share, so a scope with few outliers drops only those.
-    """
-
-    k: int = setting(6, "LOF neighbours")
-    drop: float = setting(0.15, "share of patches dropped by LOF")
-    scale: str = setting("global", "which LOF scores are dropped: global (the paper), image (relative to each "
-                         "image's median: spares images unlike the others everywhere) or product (the top share "
-                         "of each product the model found)")
-    share: str = setting("fixed", "how much LOF drops: fixed (exactly the drop share, the paper) or fence "
-                         "(scores above the upper Tukey fence, at most the drop share)")
-
-    constraints: ClassVar[dict] = {"k": Interval(int, 1), "drop": Interval(float, 0.0, 1.0, "left"),
-                                   "scale": OneOf(LOF_SCALES), "share": OneOf(LOF_SHARES)}
-
-    def apply(self, projected: np.ndarray, timer: StageTimer, progress: bool = False, engine=None,
-              products: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """projected (n, P, d) -> LOF scores (n, P) and inlier mask (n, P) bool; products: (n,) int64 product
-        of each image (needed by scale "product")."""
-        if self.scale == "product" and (products is None or len(products) != len(projected)):
-            raise ValueError("LOFFilter.scale='product' needs the product of every image")
-        mask = fence_inlier_mask if self.share == "fence" else inlier_mask
-        with timer.stage("lof"):
-            scores = patchwise_lof_scores(projected, self.k, progress, engine)
-            if self.scale != "product":
-                return scores, mask(image_relative(scores) if self.scale == "image" else scores, self.drop)
-            keep = np.empty(scores.shape, dtype=bool)
-            for product in np.unique(products):
-                keep[products == product] = mask(scores[products == product], self.drop)
-            return scores, keep
-
-
-@registered
-@dataclass(frozen=True)
-class Views(Params):
-    """Rotations every ``step_degrees`` in [0, 360), each also flipped when ``flip``, the original left out."""
-
-    step_degrees: float = setting(15.0, "rotation step of tail views in degrees", option="--view-step")
-    flip: bool = setting(True, "each view also flipped", option=None)
-
-    constraints: ClassVar[dict] = {"step_degrees": Interval(float, 0.0, 360.0, "right"),
-                                   "flip": OneOf((True, False))}
-
-    def transforms(self) -> list[tuple[float, bool]]:
-        return view_transforms(self.step_degrees, self.flip)
-
-
-TAIL_CORESETS = ("joint", "per-image", "two-round")
-
-
-@registered
-@dataclass(frozen=True)
-class TailCoreset(Params):
-    """How the tail rows (tail images and their views) are coreset.
-
-    scope "joint": one coreset over every row (the paper); "per-image": one per
-    tail image over its own patches and views; "two-round": per-image coresets
-    (oversampled), then coresets over the union of blocks of images
-    (sampling.two_round_coreset). Both grow linearly with the tail instead of
-    quadratically. A joint coreset over more than ``max_rows`` rows runs
-    two-round instead (None: no limit, the paper).
-    """
-
-    scope: str = setting("joint", "tail coreset scope: joint (the paper), per-image or two-round",
-                         option="--tail-coreset")
-    max_rows: int | None = setting(None, "a joint tail coreset over more patch rows (with views) runs two-round",
-                                   option="--max-tail-rows")
-
-    constraints: ClassVar[dict] = {"scope": OneOf(TAIL_CORESETS), "max_rows": Interval(int, 1, none_ok=True)}
-
-    def scope_for(self, n_rows: int) -> str:
-        return "two-round" if self.scope == "joint" and self.max_rows is not None and n_rows > self.max_rows \
-            else self.scope
-
-    def select(self, tail_rows: np.ndarray, n_images: int, rows_per_image: int, views_per_image: int,
-               coreset: Coreset, rng: np.random.Generator, timer: StageTimer, progress: bool) -> np.ndarray:
-        """Coreset picks (row indices) of the tail rows: the images' own patches, then all their views.
-
-        tail_rows: (n_images * rows_per_image * (1 + views_per_image), d), own
-        patches of image j at [j * R, (j + 1) * R), its views at
-        n_images * R + [j * V * R, (j + 1) * V * R).
-        """
-        scope = self.scope_for(len(tail_rows))
-        if scope == "joint":
-            return coreset.select(tail_rows, rng, timer, progress)
-        own_start, view_rows = n_images * rows_per_image, views_per_image * rows_per_image
-        images = [np.concatenate([np.arange(image * rows_per_image, (image + 1) * rows_per_image),
-                                  own_start + np.arange(image * view_rows, (image + 1) * view_rows)])
-                  for image in range(n_images)]
-        if scope == "two-round":
-            with timer.stage("coreset"):
-                return two_round_coreset(tail_rows, images, coreset.ratio, rng, progress=progress)
-        return np.concatenate([rows[coreset.select(tail_rows[rows], rng, timer)] for rows in images])
 
 
 @dataclass(frozen=True)
