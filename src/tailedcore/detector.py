@@ -11,10 +11,8 @@ policy. Model files: model_file.py.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,9 +21,8 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
-from ._io import remove_stale_work_folders, work_folder
 from .data import as_paths
-from .engine import LocalEngine, RayEngine, make_engine, thread_limits
+from .engine import LocalEngine, RayEngine, in_run_threads, make_engine
 from .features import PRECISIONS, FeatureExtractor
 from .inference import check_sizes, predict_decoded, predict_files
 from .model_file import save
@@ -38,21 +35,11 @@ from .sampling import random_projection
 from .scoring import PatchScorer, anomaly_maps
 from .settings import Calibration, Configurable, Features, Run, Search
 from .store import FeatureCache
-from .thresholds import Thresholds, calibrate_scoped, search_mismatch
+from .thresholds import Thresholds, calibrate_scoped
 from .timing import StageTimer
-from .training import TrainingRun, build_memory
+from .training import build_memory, open_run
 
 log = logging.getLogger(__name__)
-
-
-def _in_threads(method):
-    """Run a Detector method within its ``run.threads`` (engine.thread_limits)."""
-    @functools.wraps(method)
-    def run(self, *args, **kwargs):
-        with thread_limits(self.run.threads):
-            return method(self, *args, **kwargs)
-
-    return run
 
 
 class Detector(Configurable):
@@ -127,7 +114,7 @@ class Detector(Configurable):
                 self._extractor.graph = GraphFeatures(self.export_folder_, runtime, f.precision)
         return self._extractor
 
-    @_in_threads
+    @in_run_threads
     def fit(self, images, cache_dir: str | os.PathLike | None = None, strict: bool = False) -> Detector:
         """Fit on training images: a list of files/folders, or a dataset root (all train/good merged).
 
@@ -150,14 +137,9 @@ class Detector(Configurable):
         cache = FeatureCache(Path(cache_dir) / "features") if cache_dir is not None else None
         self.stage_times_ = StageTimer()
         projection = random_projection(self.features.feature_dim, self.features.projection_dim, self.seed)
-        removed, freed = remove_stale_work_folders(cache_dir)
-        if removed:
-            log.info("removed %d folder(s) of killed runs from %s, freeing %.1f MiB", removed,
-                     cache_dir or tempfile.gettempdir(), freed / 2**20)
-        with (work_folder(cache_dir) as work,
-              TrainingRun(self.extractor, work, projection, self.engine_, self.features.store_dtype) as run):
-            log.info("temporary feature files: %s, about %.2f GiB for %d images (removed at the end)", work,
-                     self.temp_bytes_estimate(len(paths)) / 2**30, len(paths))
+        rows = len(paths) * int(np.prod(self.extractor.grid_shape))
+        with open_run(cache_dir, self.extractor, projection, self.engine_, self.features.store_dtype, len(paths),
+                      self.features.temp_bytes(rows)) as run:
             fitted = build_memory(run, paths, None if strict else skip, cache, self.policy, self.calibration.share,
                                   self.calibration.min_class, self.seed, self.run.progress, self.stage_times_)
             if self.skipped_:
@@ -170,11 +152,9 @@ class Detector(Configurable):
                     self._calibrate_held_out(fitted, run.locations)
         self.training_summary_ = {"memory_info": self.memory_.info, "training_images": len(self.training_paths_),
                                   "calibration_images": len(self.calibration_paths_)}
-        products = self.products_
-        log.info("%s: memory bank of %d features from %d images%s; %d products found, %d of them tail (%d images)",
-                 self.method, len(self.memory_), len(self.training_paths_),
-                 f"; {len(self.calibration_paths_)} images set aside for thresholds" if self.calibration_paths_
-                 else "", len(products), products.tail.sum(), products.sizes[products.tail].sum())
+        log.info("%s: memory bank of %d features from %d images, %d set aside for thresholds; %d products found, "
+                 "%d of them tail", self.method, len(self.memory_), len(self.training_paths_),
+                 len(self.calibration_paths_), len(self.products_), self.products_.tail.sum())
         return self
 
     def _calibrate_held_out(self, fitted, locations: int) -> None:
@@ -185,13 +165,6 @@ class Detector(Configurable):
         self._set_thresholds(scores.reshape(len(scores), -1).max(axis=1),
                              anomaly_maps(scores, self.features.crop, self.search.blur_sigma),
                              self.products_.labels[fitted.held_out], "held-out training images")
-
-    def temp_bytes_estimate(self, images: int) -> int:
-        """Bytes of the temporary files of a fit on ``images`` images: patch features and projections
-        (tail views add their own, which grow with the tail)."""
-        rows = images * self.extractor.grid_shape[0] * self.extractor.grid_shape[1]
-        f = self.features
-        return rows * (f.feature_dim * np.dtype(f.store_dtype).itemsize + f.projection_dim * 4)
 
     # -- thresholds -----------------------------------------------------------
     def calibrate(self, normal_images) -> Thresholds:
@@ -225,10 +198,6 @@ class Detector(Configurable):
         """``thresholds`` with the search they were calibrated with (this detector's)."""
         return replace(thresholds, search=self.search_setting)
 
-    def threshold_search_mismatch(self) -> str | None:
-        """Why the thresholds may not fit the scores: they were calibrated with another search (or None)."""
-        return search_mismatch(self.thresholds_, self.search_setting)
-
     # -- predict --------------------------------------------------------------
     def _check_fitted(self) -> None:
         if not hasattr(self, "memory_"):
@@ -242,7 +211,7 @@ class Detector(Configurable):
             if self.search.scope == "product" and self.products_ is None:
                 raise ValueError("search_scope='product': the model has no products (written before models kept "
                                  "them); use search_scope='global'")
-            self._scorer = make_scorer(self.memory_.features, self.memory_.weights, *self.scorer_args(),
+            self._scorer = make_scorer(self.memory_.features, self.memory_.weights, *self.search.scorer_args,
                                        self.routing(), self.engine_)
         return self._scorer
 
@@ -251,16 +220,11 @@ class Detector(Configurable):
         if isinstance(self.scorer, RoutedScorer):
             self.scorer.build()
 
-    def scorer_args(self) -> tuple:
-        """routing.make_scorer's (num_neighbors, squared, search, search options)."""
-        s = self.search
-        return s.num_neighbors, s.squared_distance, s.kind, s.options or {}
-
     def routing(self) -> tuple[Products, float | None] | None:
         """routing.make_scorer's routing: (products, unknown factor) with search scope "product", else None."""
         return (self.products_, self.calibration.unknown_factor) if self.search.scope == "product" else None
 
-    @_in_threads
+    @in_run_threads
     def predict(self, images, strict: bool = False) -> Predictions:
         """Score image files: a list of files/folders (or one; folders with their sub-folders) -> Predictions.
 
@@ -269,7 +233,7 @@ class Detector(Configurable):
         """
         return predict_files(self, images, strict)
 
-    @_in_threads
+    @in_run_threads
     def predict_images(self, images: Sequence[Image.Image], names: Sequence[str] | None = None) -> Predictions:
         """Score decoded images (any size and mode) -> Predictions named by ``names``."""
         return predict_decoded(self, images, names)

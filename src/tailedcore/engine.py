@@ -10,6 +10,7 @@ same result.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -146,3 +147,13 @@ def make_engine(name: str, address: str | None = None) -> LocalEngine | RayEngin
     if name == "ray":
         return RayEngine(address)
     raise ValueError(f"engine='{name}': choose from {', '.join(ENGINES)}")
+
+
+def in_run_threads(method):
+    """Decorator: run a method of an object with ``run`` settings (settings.Run) within ``run.threads``."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with thread_limits(self.run.threads):
+            return method(self, *args, **kwargs)
+
+    return run

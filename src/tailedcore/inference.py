@@ -140,7 +140,7 @@ def predict_shards(detector, paths: list[Path], strict: bool) -> Predictions:
     graph = (detector.export_folder_, runtime, detector.features.precision) if runtime != "torch" else None
     memory = engine.put(detector.memory_.features)
     weights = engine.put(detector.memory_.weights) if detector.memory_.weights is not None else None
-    scorer_args, routing = detector.scorer_args(), detector.routing()
+    scorer_args, routing = detector.search.scorer_args, detector.routing()
     with detector.stage_times_.stage("test shards"):
         results = engine.map(score_shard, [(detector.extractor.init_args, graph, memory, weights, scorer_args, routing,
                                             paths[start : start + per_shard]) for start in starts])

@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+
 from .backbones import BACKBONES, DEFAULT_STAGES, STAGE_STRIDES
 from .engine import ENGINES
 from .features import PRECISIONS
@@ -64,6 +66,11 @@ class Features(Params):
     def __post_init__(self):
         object.__setattr__(self, "stages", tuple(self.stages))  # a model file gives a list
 
+    def temp_bytes(self, rows: int) -> int:
+        """Bytes of a fit's temporary files for ``rows`` patch rows: patch features and projections (tail
+        views add their own, which grow with the tail)."""
+        return rows * (self.feature_dim * np.dtype(self.store_dtype).itemsize + self.projection_dim * 4)
+
 
 @registered
 @dataclass(frozen=True)
@@ -86,6 +93,11 @@ class Search(Params):
         "kind": OneOf(tuple(SEARCHES)), "scope": OneOf(SEARCH_SCOPES), "num_neighbors": Interval(int, 1),
         "squared_distance": OneOf((True, False)), "blur_sigma": Interval(float, 0.0),
     }
+
+    @property
+    def scorer_args(self) -> tuple:
+        """routing.make_scorer's (num_neighbors, squared, search, search options)."""
+        return self.num_neighbors, self.squared_distance, self.kind, self.options or {}
 
     @property
     def setting_dict(self) -> dict:

@@ -12,14 +12,18 @@ Tail views' projections stay in RAM: they grow with the tail, not the set.
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from ._io import remove_stale_work_folders, work_folder
 from .data import ImageLoadError, load_image
 from .engine import LocalEngine, RayEngine
 from .features import FeatureExtractor
@@ -31,6 +35,8 @@ from .tail import LinkageTailSampler, TailInputs
 from .thresholds import held_out_images
 from .timing import StageTimer, trim_heap
 from .views import augmented_views
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -212,6 +218,22 @@ class TrainingRun(ExitStack):
             return FeatureSet(StoreChain(stores), np.concatenate(projected))
 
         return views
+
+
+@contextmanager
+def open_run(cache_dir: str | os.PathLike | None, extractor: FeatureExtractor, projection: np.ndarray,
+             engine: LocalEngine | RayEngine, store_dtype: str, images: int, temp_bytes: int) -> Iterator[TrainingRun]:
+    """A TrainingRun in a new work folder under ``cache_dir`` (None: the system's temporary folder), after
+    removing the work folders of killed runs there; ``temp_bytes``: the expected size of the files of the
+    ``images`` training images, logged."""
+    removed, freed = remove_stale_work_folders(cache_dir)
+    if removed:
+        log.info("removed %d folder(s) of killed runs from %s, freeing %.1f MiB", removed,
+                 cache_dir or tempfile.gettempdir(), freed / 2**20)
+    with work_folder(cache_dir) as work, TrainingRun(extractor, work, projection, engine, store_dtype) as run:
+        log.info("temporary feature files: %s, about %.2f GiB for %d images (removed at the end)", work,
+                 temp_bytes / 2**30, images)
+        yield run
 
 
 @dataclass

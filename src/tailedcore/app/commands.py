@@ -15,7 +15,7 @@ from ..evaluation import calibrate_on_validation, evaluate
 from ..methods import METHODS, load
 from ..report.writers import stage_table, write_evaluation, write_predictions
 from ..scoring import SERVING_SEARCH
-from ..thresholds import MIN_IMAGES, describe_search
+from ..thresholds import MIN_IMAGES, describe_search, search_mismatch
 from .options import SETTING_OPTIONS, given, policy_params
 
 log = logging.getLogger("tailedcore")
@@ -183,7 +183,7 @@ def _warn_about_thresholds(detector, model: str) -> None:
     """Warn when the thresholds rest on few images or on scores of another search."""
     if detector.thresholds_ is not None and detector.thresholds_.few_images:
         log.warning("%s: %s", model, detector.thresholds_.few_images_warning())
-    mismatch = detector.threshold_search_mismatch()
+    mismatch = search_mismatch(detector.thresholds_, detector.search_setting)
     if mismatch:
         log.warning("%s: %s", model, mismatch)
 
