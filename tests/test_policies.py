@@ -6,7 +6,7 @@ import pytest
 from tailedcore import policies
 from tailedcore.policies import Coreset, TailCoreset
 from tailedcore.sampling import greedy_coreset, two_round_coreset
-from tailedcore.store import ArrayFile, FeatureStore
+from tailedcore.store import ArrayFile
 from tailedcore.timing import StageTimer
 
 
@@ -82,7 +82,7 @@ def test_coreset_of_a_subset_of_rows_on_disk_is_that_of_the_subset_in_ram(tmp_pa
 def test_memory_gathered_in_blocks_of_sorted_rows_keeps_the_pick_order(tmp_path, monkeypatch):
     rows = np.random.default_rng(6).standard_normal((40, 5)).astype(np.float32)
     monkeypatch.setattr(policies, "_GATHER_ROWS", 3)
-    with FeatureStore(tmp_path / "a.f32", 5) as first, FeatureStore(tmp_path / "b.f32", 5) as second:
+    with ArrayFile(tmp_path / "a.f32", (5,)) as first, ArrayFile(tmp_path / "b.f32", (5,)) as second:
         first.append(rows)
         second.append(rows[::-1])
         picks_a, picks_b = np.array([17, 2, 39, 2, 8, 30, 0]), np.array([5, 1])

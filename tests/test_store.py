@@ -3,22 +3,39 @@ import pickle
 import numpy as np
 import pytest
 
-from tailedcore.store import ArrayFile, FeatureCache, FeatureStore
+from tailedcore import store as store_module
+from tailedcore.store import ArrayFile, FeatureCache, ImageSubset, StoreChain
 
 
-def test_append_read_gather(tmp_path):
+@pytest.mark.parametrize("gap_bytes", [0, 48 * 5, 2**20])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_patch_rows_read_back_whatever_the_gap_merged_into_one_read(tmp_path, monkeypatch, gap_bytes, dtype):
+    """Rows as a patch store holds them: appended in batches, read back as float32 by slices and by indices
+    (sorted or not, repeated), with spans cut at gaps and at blocks."""
+    monkeypatch.setattr(store_module, "GAP_BYTES", gap_bytes)
+    monkeypatch.setattr(store_module, "DEFAULT_BLOCK_BYTES", 48 * 50)  # blocks of 50 float32 rows
     rng = np.random.default_rng(0)
     rows = rng.standard_normal((1000, 12)).astype(np.float32)
-    store = FeatureStore(tmp_path / "rows.f32", 12)
+    expected = rows.astype(dtype).astype(np.float32)
+    store = ArrayFile(tmp_path / "rows.f32", (12,), dtype=dtype)
     for start in range(0, 1000, 300):
         store.append(rows[start : start + 300])
     assert store.shape == (1000, 12)
-    np.testing.assert_array_equal(store.read(990, 2000), rows[990:])
-    np.testing.assert_array_equal(np.concatenate([store.read(s, s + 128) for s in range(0, 1000, 128)]), rows)
-    picks = rng.integers(0, 1000, 500)
-    np.testing.assert_array_equal(store.gather(picks), rows[picks])
-    assert store.gather(np.empty(0, np.int64)).shape == (0, 12)
+    np.testing.assert_array_equal(store[990:2000], expected[990:])
+    picks = np.concatenate([rng.integers(0, 1000, 500), np.arange(100, 400), [999, 0, 0]])
+    got = store[picks]
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected[picks])
+    assert store[np.empty(0, np.int64)].shape == (0, 12)
+    chain = StoreChain([store, store])
+    np.testing.assert_array_equal(chain[np.array([1999, 3, 1000])], expected[[999, 3, 0]])
+    np.testing.assert_array_equal(chain[995:1005], np.concatenate([expected[995:], expected[:5]]))
+    subset = ImageSubset(store, np.array([9, 2]), rows_per_image=100)
+    np.testing.assert_array_equal(subset[np.array([0, 199])], expected[[900, 299]])
     store.close()
+    assert (tmp_path / "rows.f32").stat().st_size == rows.astype(dtype).nbytes
+    with pytest.raises(ValueError, match="store dtype='int8'"):
+        ArrayFile(tmp_path / "bad.f32", (12,), dtype="int8")
 
 
 def test_cache_keeps_named_arrays_and_drops_a_damaged_entry(tmp_path):
@@ -68,16 +85,19 @@ def test_array_file_refuses_what_it_cannot_read(tmp_path):
             stored[:, ::2]
 
 
-def test_a_float16_store_holds_half_the_bytes_and_reads_float32(tmp_path):
-    rows = np.random.default_rng(2).standard_normal((50, 8)).astype(np.float32)
-    with FeatureStore(tmp_path / "half.f16", 8, dtype="float16") as store:
-        store.append(rows)
-        got = store.gather(np.array([49, 3, 3]))
-        assert got.dtype == np.float32
-        np.testing.assert_array_equal(got, rows[[49, 3, 3]].astype(np.float16).astype(np.float32))
+def test_a_float16_file_keeps_its_dtype_through_copies_views_and_tasks(tmp_path):
+    items = np.random.default_rng(2).standard_normal((50, 4, 2)).astype(np.float32)
+    half = items.astype(np.float16).astype(np.float32)
+    with ArrayFile(tmp_path / "half.f16", (4, 2), dtype="float16") as store:
+        store.append(items)
+        np.testing.assert_array_equal(store[:, 1:3], half[:, 1:3])
+        np.testing.assert_array_equal(store.reshape(-1, 2)[np.array([7, 0])], half.reshape(-1, 2)[[7, 0]])
+        copied = store.take(np.array([49, 3, 3]), tmp_path / "taken.f16")
+        np.testing.assert_array_equal(copied[:], half[[49, 3, 3]])
+        assert (tmp_path / "taken.f16").stat().st_size == 3 * 8 * 2
+        copied.close()
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(store))[49], half[49])
     assert (tmp_path / "half.f16").stat().st_size == 50 * 8 * 2
-    with pytest.raises(ValueError, match="store dtype='int8'"):
-        FeatureStore(tmp_path / "x", 8, dtype="int8")
 
 
 def test_array_file_reports_a_file_cut_short(tmp_path):
@@ -89,3 +109,13 @@ def test_array_file_reports_a_file_cut_short(tmp_path):
         np.testing.assert_array_equal(stored[:7], np.ones((7, 4)))
         with pytest.raises(OSError, match="a.f32: file ends before item 10"):
             stored[5:10]
+
+
+def test_the_read_benchmark_writes_a_store_and_times_its_reads(tmp_path):
+    from .conftest import benchmark_module
+
+    with benchmark_module("array_reads") as harness:
+        store = harness.write_store(tmp_path / "s.f32", 1000, 8, 0)
+        assert store.shape == (1000, 8)
+        assert harness.timed_reads(store, [np.array([3, 500, 501]), np.arange(10)], repeats=2) > 0
+        store.close()

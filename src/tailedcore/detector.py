@@ -160,7 +160,7 @@ class Detector(Configurable):
     def _calibrate_held_out(self, fitted, locations: int) -> None:
         """Thresholds from the held-out training images, read from the fit's patch store."""
         patches = fitted.features.patches
-        scores = np.concatenate([self.scorer.score(patches.read(i * locations, (i + 1) * locations)[None])
+        scores = np.concatenate([self.scorer.score(patches[i * locations : (i + 1) * locations][None])
                                  for i in fitted.held_out]).reshape(-1, *self.extractor.grid_shape)
         self._set_thresholds(scores.reshape(len(scores), -1).max(axis=1),
                              anomaly_maps(scores, self.features.crop, self.search.blur_sigma),

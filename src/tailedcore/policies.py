@@ -20,7 +20,7 @@ from .blocks import Coreset, LOFFilter, TailCoreset, Views
 from .engine import LocalEngine, RayEngine
 from .memory import MemoryBank
 from .params import Params, registered
-from .store import ArrayFile, FeatureStore, ImageSubset
+from .store import ArrayFile, ImageSubset, StoreChain
 from .tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler, TailInputs
 from .timing import StageTimer
 
@@ -29,14 +29,14 @@ from .timing import StageTimer
 class FeatureSet:
     """Patch features of a set of images.
 
-    patches: (n_images * P, D) rows on disk (a FeatureStore or an ImageSubset of
+    patches: (n_images * P, D) rows on disk (an ArrayFile, StoreChain or ImageSubset of
     one; only ``gather`` is used), image i at rows [i*P, (i+1)*P);
     projected: (n_images, P, d) float32, the same rows through the fixed
     random projection (used for LOF and the coreset), on disk (an ArrayFile,
     read in pieces) or in RAM.
     """
 
-    patches: FeatureStore | ImageSubset
+    patches: ArrayFile | StoreChain | ImageSubset
     projected: ArrayFile | np.ndarray
 
 
@@ -75,20 +75,20 @@ class PolicyResult:
 _GATHER_ROWS = 4096
 
 
-def _gather(sources: list[tuple[FeatureStore | ImageSubset, np.ndarray]], timer: StageTimer) -> np.ndarray:
+def _gather(sources: list[tuple[ArrayFile | StoreChain | ImageSubset, np.ndarray]], timer: StageTimer) -> np.ndarray:
     """The memory bank: the rows of each (store, row indices) source, in that order, as one (k, D) array.
 
     Filled in place, a block of sorted rows at a time, so the memory bank is the
     only large array made (no concatenation of its parts).
     """
     with timer.stage("memory gather"):
-        memory = np.empty((sum(len(rows) for _, rows in sources), sources[0][0].dim), dtype=np.float32)
+        memory = np.empty((sum(len(rows) for _, rows in sources), *sources[0][0].item_shape), dtype=np.float32)
         start = 0
         for store, rows in sources:
             order = np.argsort(rows, kind="stable")
             for first in range(0, len(order), _GATHER_ROWS):
                 block = order[first : first + _GATHER_ROWS]
-                memory[start + block] = store.gather(rows[block])
+                memory[start + block] = store[rows[block]]
             start += len(rows)
         return memory
 

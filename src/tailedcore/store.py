@@ -1,9 +1,11 @@
-"""On-disk arrays, written and read in blocks: patch-feature stores and (n, ...) float32 arrays.
+"""On-disk arrays, written and read in pieces: patch features, projections, the feature cache.
 
 Patch features of a training set do not fit in RAM on ordinary machines
-(1,670 images x 784 patches x 1024 dims is 5.4 GB). The store keeps them in a
-file and hands out row blocks with plain reads (no memory map), so resident
-memory stays bounded by the block size whatever the training set size.
+(1,670 images x 784 patches x 1024 dims is 5.4 GB). ``ArrayFile`` keeps an
+array in a file and hands out the pieces asked for with plain reads (no
+memory map), so resident memory stays bounded by what is read, whatever the
+training set size. The patch store is an ArrayFile of (D,) items, float32 or
+float16 on disk; the projections one of (P, d) items.
 """
 
 from __future__ import annotations
@@ -21,103 +23,41 @@ import numpy as np
 from ._io import atomic_write_bytes
 
 DEFAULT_BLOCK_BYTES = 64 * 2**20
+# Indexed reads: wanted items closer than this are read with what lies between them in one call
+# (benchmarks/array_reads.py measures the choice).
+GAP_BYTES = 64 * 2**10
 
 
 STORE_DTYPES = ("float32", "float16")
 
 
-class FeatureStore:
-    """Append-only rows of width ``dim`` in the file ``path``, read back as float32.
+class ArrayFile:
+    """An array (n, *item_shape) in a raw file: appended items, read in pieces by plain reads, as float32.
 
     ``dtype`` is what the file holds: float32 (exact) or float16 (half the
-    disk; rows are rounded to 11 significant bits when written).
+    disk; items are rounded to 11 significant bits when written). Indexing
+    reads only what is asked for and returns a new float32 array:
+    ``a[start:stop]`` (items), ``a[i]``, ``a[indices]`` (int64 item indices,
+    any order, repeats allowed; items closer than GAP_BYTES are read in one
+    call) and ``a[:, lo:hi]`` (the sub-range lo..hi-1 of the first item axis
+    of every item, e.g. a block of grid locations of every image). No memory
+    map: the pages of a mapping would count as the process's resident memory.
+    Picklable (path, shape, dtype), so engine tasks read their own pieces.
     """
 
-    def __init__(self, path: str | os.PathLike, dim: int, existing: bool = False, dtype: str = "float32"):
-        """A new, empty file at ``path``; ``existing``: open the rows another process wrote there."""
+    def __init__(self, path: str | os.PathLike, item_shape: tuple[int, ...], existing: bool = False,
+                 dtype: str = "float32"):
+        """A new, empty file at ``path``; ``existing``: the items another process wrote there."""
         if dtype not in STORE_DTYPES:
             raise ValueError(f"store dtype='{dtype}': choose from {', '.join(STORE_DTYPES)}")
-        self.path = Path(path)
-        self.dim, self.dtype = dim, np.dtype(dtype)
-        self._row_bytes = dim * self.dtype.itemsize
-        self._file = open(self.path, "r+b" if existing else "w+b")
-        self._rows = self.path.stat().st_size // self._row_bytes if existing else 0
-
-    def __len__(self) -> int:
-        return self._rows
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self._rows, self.dim
-
-    def append(self, rows: np.ndarray) -> None:
-        """rows: (k, dim) float32."""
-        rows = np.ascontiguousarray(rows, dtype=self.dtype).reshape(-1, self.dim)
-        self._file.seek(self._rows * self._row_bytes)
-        self._file.write(rows.tobytes())
-        self._rows += len(rows)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) as a new (stop - start, dim) float32 array."""
-        start, stop = max(0, start), min(stop, self._rows)
-        out = np.empty((max(0, stop - start), self.dim), dtype=self.dtype)
-        if out.size:
-            self._file.flush()
-            self._file.seek(start * self._row_bytes)
-            self._file.readinto(memoryview(out).cast("B"))
-        return out.astype(np.float32, copy=False)
-
-    def block_rows(self, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
-        return max(1, block_bytes // self._row_bytes)
-
-    def gather(self, indices: np.ndarray) -> np.ndarray:
-        """Rows at ``indices`` (any order, repeats allowed) as a (len(indices), dim) array."""
-        indices = np.asarray(indices, dtype=np.int64)
-        if indices.size and (indices.min() < 0 or indices.max() >= self._rows):
-            raise IndexError(f"{self.path}: row index out of range 0..{self._rows - 1}")
-        out = np.empty((len(indices), self.dim), dtype=np.float32)
-        order = np.argsort(indices, kind="stable")
-        sorted_rows = indices[order]
-        step = self.block_rows()
-        position = 0
-        while position < len(sorted_rows):
-            start = int(sorted_rows[position])
-            end = int(np.searchsorted(sorted_rows, start + step, side="left"))
-            block = self.read(start, min(start + step, self._rows))
-            out[order[position:end]] = block[sorted_rows[position:end] - start]
-            position = end
-        return out
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> FeatureStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class ArrayFile:
-    """A float32 array (n, *item_shape) in a raw file: appended items, read in pieces by plain reads.
-
-    Indexing reads only what is asked for and returns a new array:
-    ``a[start:stop]`` (items), ``a[i]``, ``a[indices]`` (int64 item indices,
-    any order, repeats allowed) and ``a[:, lo:hi]`` (the sub-range lo..hi-1 of the first
-    item axis of every item, e.g. a block of grid locations of every image).
-    No memory map: the pages of a mapping would count as the process's resident
-    memory. Picklable (path and shape), so engine tasks read their own pieces.
-    """
-
-    def __init__(self, path: str | os.PathLike, item_shape: tuple[int, ...], existing: bool = False):
-        """A new, empty file at ``path``; ``existing``: the items another process wrote there."""
         self.path, self.item_shape = Path(path), tuple(int(size) for size in item_shape)
+        self.dtype = np.dtype(dtype)
         self._file = open(self.path, "r+b" if existing else "w+b")
         self._items = self.path.stat().st_size // self._item_bytes if existing else 0
 
     @property
     def _item_bytes(self) -> int:
-        return 4 * int(np.prod(self.item_shape))
+        return self.dtype.itemsize * int(np.prod(self.item_shape))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -132,7 +72,7 @@ class ArrayFile:
 
     def append(self, items: np.ndarray) -> None:
         """items: (k, *item_shape)."""
-        items = np.ascontiguousarray(items, dtype=np.float32).reshape(-1, *self.item_shape)
+        items = np.ascontiguousarray(items, dtype=self.dtype).reshape(-1, *self.item_shape)
         self._file.seek(self._items * self._item_bytes)
         self._file.write(items.tobytes())
         self._items += len(items)
@@ -160,10 +100,17 @@ class ArrayFile:
                         raise OSError(f"{self.path}: file ends before item {start + count}")
                     position, offset = position + read, offset + read
 
+    def _empty(self, count: int, item_shape: tuple[int, ...] | None = None) -> np.ndarray:
+        return np.empty((count, *(self.item_shape if item_shape is None else item_shape)), dtype=self.dtype)
+
     def __getitem__(self, key) -> np.ndarray:
+        return self._read(key).astype(np.float32, copy=False)
+
+    def _read(self, key) -> np.ndarray:
+        """``self[key]`` in the file's dtype."""
         if isinstance(key, slice) and key.step in (None, 1):
             start, stop, _ = key.indices(self._items)
-            out = np.empty((max(0, stop - start), *self.item_shape), dtype=np.float32)
+            out = self._empty(max(0, stop - start))
             if len(out):
                 self._read_runs(np.array([start]), np.array([len(out)]), 0, out)
             return out
@@ -172,7 +119,7 @@ class ArrayFile:
             lo, hi, step = key[1].indices(self.item_shape[0])
             if step != 1:
                 raise IndexError(f"{self.path}: a part of each item needs a step of 1, got {key[1]}")
-            out = np.empty((self._items, max(0, hi - lo), *self.item_shape[1:]), dtype=np.float32)
+            out = self._empty(self._items, (max(0, hi - lo), *self.item_shape[1:]))
             if out.size:
                 per_part = self._item_bytes // self.item_shape[0]
                 self._read_runs(np.arange(self._items), np.ones(self._items, np.int64), lo * per_part, out)
@@ -181,21 +128,36 @@ class ArrayFile:
         if indices.dtype.kind not in "iu" or indices.ndim > 1:
             raise IndexError(f"{self.path}: index with a slice, [:, lo:hi] or integer indices, got {key!r}")
         if indices.ndim == 0:
-            return self[indices.reshape(1)][0]
+            return self._read(indices.reshape(1))[0]
         if indices.size and (indices.min() < 0 or indices.max() >= self._items):
             raise IndexError(f"{self.path}: item index out of range 0..{self._items - 1}")
         unique, inverse = np.unique(indices, return_inverse=True)
-        out = np.empty((len(unique), *self.item_shape), dtype=np.float32)
-        if len(unique):
-            run_starts = np.flatnonzero(np.diff(unique, prepend=-2) != 1)
-            counts = np.diff(np.append(run_starts, len(unique)))
-            self._read_runs(unique[run_starts], counts, 0, out)
-        return out[inverse.reshape(-1)]
+        return self._gather_sorted(unique)[inverse.reshape(-1)]
+
+    def _gather_sorted(self, unique: np.ndarray) -> np.ndarray:
+        """Items at increasing indices ``unique``: spans of wanted items less than GAP_BYTES apart (each
+        at most a block) are read in one call each, the items between them dropped."""
+        out = self._empty(len(unique))
+        if not len(unique):
+            return out
+        gap_items, block = GAP_BYTES // self._item_bytes, self._block_items()
+        new_span = np.diff(unique, prepend=-(gap_items + 2)) > gap_items + 1
+        span = np.cumsum(new_span) - 1
+        first = unique[new_span][span]
+        new_span[1:] |= np.diff((unique - first) // block) != 0  # a span longer than a block is cut
+        starts = np.flatnonzero(new_span)
+        ends = np.append(starts[1:], len(unique))
+        for start, end in zip(starts.tolist(), ends.tolist()):
+            low = int(unique[start])
+            buffer = self._empty(int(unique[end - 1]) - low + 1)
+            self._read_runs(np.array([low]), np.array([len(buffer)]), 0, buffer)
+            out[start:end] = buffer[unique[start:end] - low]
+        return out
 
     def reshape(self, *shape: int) -> ArrayFile:
         """The same file read as (-1, *shape[1:]) items, e.g. (n, P, d) -> (n * P, d) rows."""
         view = ArrayFile.__new__(ArrayFile)
-        view.path, view.item_shape, view._file = self.path, tuple(shape[1:]), self._file
+        view.path, view.item_shape, view._file, view.dtype = self.path, tuple(shape[1:]), self._file, self.dtype
         view._items = self._items * self._item_bytes // view._item_bytes
         return view
 
@@ -204,17 +166,17 @@ class ArrayFile:
 
     def take(self, items: np.ndarray, path: str | os.PathLike) -> ArrayFile:
         """A new file at ``path`` holding the given items (int64 indices, in that order), copied in blocks."""
-        out = ArrayFile(path, self.item_shape)
+        out = ArrayFile(path, self.item_shape, dtype=self.dtype.name)
         step = self._block_items()
         for start in range(0, len(items), step):
-            out.append(self[np.asarray(items[start : start + step])])
+            out.append(self._read(np.asarray(items[start : start + step])))
         return out
 
     def extend(self, other: ArrayFile) -> None:
         """Append all items of ``other`` (same item shape), copied in blocks."""
         step = other._block_items()
         for start in range(0, len(other), step):
-            self.append(other[start : start + step])
+            self.append(other._read(slice(start, start + step)))
 
     def close(self) -> None:
         if self._file is not None:
@@ -223,7 +185,8 @@ class ArrayFile:
     def __getstate__(self) -> dict:
         if self._file is not None and not self._file.closed:
             self._file.flush()  # a task in another process reads what was written so far
-        return {"path": self.path, "item_shape": self.item_shape, "_items": self._items, "_file": None}
+        return {"path": self.path, "item_shape": self.item_shape, "dtype": self.dtype, "_items": self._items,
+                "_file": None}
 
     def __enter__(self) -> ArrayFile:
         return self
@@ -233,52 +196,48 @@ class ArrayFile:
 
 
 class StoreChain:
-    """Several stores read as one: rows of store j follow those of store j - 1 (e.g. image shards)."""
+    """Several ArrayFiles of one item shape read as one: items of file j follow those of file j - 1 (e.g.
+    image shards). Indexed like an ArrayFile, by a slice or item indices."""
 
-    def __init__(self, stores: list[FeatureStore]):
-        self.stores = stores
-        self.offsets = np.cumsum([0] + [len(store) for store in stores])
-        self.dim = stores[0].dim
+    def __init__(self, files: list[ArrayFile]):
+        self.files = files
+        self.offsets = np.cumsum([0] + [len(file) for file in files])
+        self.item_shape = files[0].item_shape
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def gather(self, indices: np.ndarray) -> np.ndarray:
-        indices = np.asarray(indices, dtype=np.int64)
+    def __getitem__(self, key) -> np.ndarray:
+        indices = np.arange(*key.indices(len(self))) if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
         if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
-            raise IndexError(f"row index out of range 0..{len(self) - 1}")
-        out = np.empty((len(indices), self.dim), dtype=np.float32)
+            raise IndexError(f"item index out of range 0..{len(self) - 1}")
+        out = np.empty((len(indices), *self.item_shape), dtype=np.float32)
         owner = np.searchsorted(self.offsets, indices, side="right") - 1
         for j in np.unique(owner):
             here = owner == j
-            out[here] = self.stores[j].gather(indices[here] - self.offsets[j])
+            out[here] = self.files[j][indices[here] - self.offsets[j]]
         return out
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return self.gather(np.arange(max(0, start), min(stop, len(self))))
 
 
 class ImageSubset:
     """The rows of some images of a store, renumbered: image j of the subset is image ``images[j]``.
 
-    Each image owns ``rows_per_image`` consecutive rows; ``gather`` takes
-    subset row numbers.
+    Each image owns ``rows_per_image`` consecutive rows; indexing takes subset row numbers.
     """
 
-    def __init__(self, store: FeatureStore | StoreChain, images: np.ndarray, rows_per_image: int):
+    def __init__(self, store: ArrayFile | StoreChain, images: np.ndarray, rows_per_image: int):
         self.store, self.images, self.rows_per_image = store, np.asarray(images, dtype=np.int64), rows_per_image
 
     def __len__(self) -> int:
         return len(self.images) * self.rows_per_image
 
     @property
-    def dim(self) -> int:
-        return self.store.dim
+    def item_shape(self) -> tuple[int, ...]:
+        return self.store.item_shape
 
-    def gather(self, indices: np.ndarray) -> np.ndarray:
-        indices = np.asarray(indices, dtype=np.int64)
-        image, offset = np.divmod(indices, self.rows_per_image)
-        return self.store.gather(self.images[image] * self.rows_per_image + offset)
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        image, offset = np.divmod(np.asarray(indices, dtype=np.int64), self.rows_per_image)
+        return self.store[self.images[image] * self.rows_per_image + offset]
 
 
 def file_identity(path: Path) -> list:

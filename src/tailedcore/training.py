@@ -30,7 +30,7 @@ from .features import FeatureExtractor
 from .memory import MemoryBank
 from .policies import FeatureSet, Policy, TrainingFeatures
 from .products import Products, find_products
-from .store import ArrayFile, FeatureCache, FeatureStore, ImageSubset, StoreChain
+from .store import ArrayFile, FeatureCache, ImageSubset, StoreChain
 from .tail import LinkageTailSampler, TailInputs
 from .thresholds import held_out_images
 from .timing import StageTimer, trim_heap
@@ -49,12 +49,12 @@ class ExtractedFeatures:
     readable: np.ndarray
 
 
-def _stream(extractor: FeatureExtractor, paths: list[Path], store: FeatureStore, projection: np.ndarray, on_error,
+def _stream(extractor: FeatureExtractor, paths: list[Path], store: ArrayFile, projection: np.ndarray, on_error,
             cache: FeatureCache | None) -> Iterator[tuple[list[int], np.ndarray, np.ndarray, np.ndarray]]:
     """Batch by batch: append the patch features to ``store``; yield (readable positions in ``paths``,
     projections (b, P, d), embeddings (b, E), mean patch features (b, D))."""
     for positions, batch in extractor.iter_batches(paths, True, "features", on_error, cache):
-        store.append(batch.patches.reshape(-1, store.dim))
+        store.append(batch.patches.reshape(-1, *store.item_shape))
         yield positions, batch.patches @ projection, batch.embeddings, batch.patches.mean(axis=1)
         trim_heap()
 
@@ -74,7 +74,7 @@ def _extract_shard(init_args: tuple, paths: list[Path], out: Path, store_dtype: 
         errors.append((index[path], reason))
 
     rows, cols = extractor.grid_shape
-    with (FeatureStore(out, extractor.feature_dim, dtype=store_dtype) as store,
+    with (ArrayFile(out, (extractor.feature_dim,), dtype=store_dtype) as store,
           ArrayFile(projected_out, (rows * cols, projection.shape[1])) as projected):
         for batch_positions, batch_projected, batch_embeddings, batch_means in _stream(
                 extractor, paths, store, projection, on_error, cache):
@@ -88,7 +88,7 @@ def _extract_shard(init_args: tuple, paths: list[Path], out: Path, store_dtype: 
 
 
 def _views(extractor: FeatureExtractor, paths: list[Path], transforms: list[tuple[float, bool]], batch_size: int,
-           store: FeatureStore, projection: np.ndarray, progress: bool) -> np.ndarray:
+           store: ArrayFile, projection: np.ndarray, progress: bool) -> np.ndarray:
     """Rotated/flipped views of some images: their patch features appended to ``store`` (views of image j
     at rows [j * V * P, (j + 1) * V * P)); returns their projections (len(paths) * V, P, d)."""
     projected = []
@@ -97,7 +97,7 @@ def _views(extractor: FeatureExtractor, paths: list[Path], transforms: list[tupl
         all_views = augmented_views(image, transforms)
         for start in range(0, len(all_views), batch_size):
             batch = extractor.features(all_views[start : start + batch_size])
-            store.append(batch.patches.reshape(-1, store.dim))
+            store.append(batch.patches.reshape(-1, *store.item_shape))
             projected.append(batch.patches @ projection)
     rows, cols = extractor.grid_shape
     return np.concatenate(projected) if projected else np.empty((0, rows * cols, projection.shape[1]), np.float32)
@@ -107,7 +107,7 @@ def _view_shard(init_args: tuple, paths: list[Path], transforms: list[tuple[floa
                 out: Path, store_dtype: str, projection: np.ndarray) -> np.ndarray:
     """``_views`` of a shard of images as an engine task, its patch features written to ``out``."""
     extractor = FeatureExtractor(*init_args)
-    with FeatureStore(out, extractor.feature_dim, dtype=store_dtype) as store:
+    with ArrayFile(out, (extractor.feature_dim,), dtype=store_dtype) as store:
         return _views(extractor, paths, transforms, batch_size, store, projection, False)
 
 
@@ -127,8 +127,10 @@ class TrainingRun(ExitStack):
         self.extractor, self.folder, self.projection = extractor, folder, projection
         self.engine, self.store_dtype = engine or LocalEngine(), store_dtype
 
-    def _store(self, name: str) -> FeatureStore:
-        return self.enter_context(FeatureStore(self.folder / name, self.extractor.feature_dim, dtype=self.store_dtype))
+    def _store(self, name: str, existing: bool = False) -> ArrayFile:
+        """The patch store ``name`` of this run: (D,) items in the run's store dtype."""
+        return self.enter_context(ArrayFile(self.folder / name, (self.extractor.feature_dim,), existing,
+                                            self.store_dtype))
 
     def _projections(self, name: str) -> ArrayFile:
         """A new (n, P, d) file of projections."""
@@ -181,9 +183,7 @@ class TrainingRun(ExitStack):
                     raise ImageLoadError(reason)
                 on_error(paths[start + position], reason)
             if positions:
-                path = self.folder / f"patches-{n}.f32"
-                stores.append(self.enter_context(FeatureStore(path, self.extractor.feature_dim, existing=True,
-                                                              dtype=self.store_dtype)))
+                stores.append(self._store(f"patches-{n}.f32", existing=True))
                 with ArrayFile(self.folder / f"projections-{n}.f32", projected.item_shape, existing=True) as shard:
                     projected.extend(shard)
                 (self.folder / f"projections-{n}.f32").unlink()
@@ -213,8 +213,7 @@ class TrainingRun(ExitStack):
                       self.folder / f"views-{n}.f32", self.store_dtype, self.projection)
                      for n, shard in enumerate(shards)]
             projected = self.engine.map(_view_shard, tasks)
-            stores = [self.enter_context(FeatureStore(task[4], self.extractor.feature_dim, existing=True,
-                                                      dtype=self.store_dtype)) for task in tasks]
+            stores = [self._store(task[4].name, existing=True) for task in tasks]
             return FeatureSet(StoreChain(stores), np.concatenate(projected))
 
         return views
