@@ -113,3 +113,11 @@ def test_every_setting_and_policy_option_comes_from_a_parameter_class():
         detector = TailedCore().set_params(**params).set_params(**policy)
         assert option.target in detector.get_params(), option.flag
         assert detector.get_params()[option.target] is not None or value == "none", option.flag
+
+
+def test_the_demo_takes_its_reduced_sizes_unless_given(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr("tailedcore.bench.demo.run_demo", lambda *args, **kwargs: calls.append(kwargs) or "table")
+    assert main(["--quiet", "demo", "--out", str(tmp_path)]) == 0
+    assert main(["--quiet", "demo", "--out", str(tmp_path), "--crop", "128"]) == 0
+    assert [(call["resize"], call["crop"]) for call in calls] == [(160, 144), (160, 128)]

@@ -22,6 +22,7 @@ from ..runtimes import EXPORT_FORMATS
 from ..scoring import SERVING_SEARCH
 from ..thresholds import describe_search
 from .commands import (
+    DEMO_SIZES,
     SERVING_MAX_BATCH,
     UsageError,
     cmd_benchmark,
@@ -211,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="fit all three methods on a small noisy long-tail set")
     demo.add_argument("--data", help="MVTec-layout root (default: generated textures)")
     demo.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
-    demo.add_argument("--resize", type=int, default=160, help="reduced for speed (default 160)")
-    demo.add_argument("--crop", type=int, default=144, help="reduced for speed (default 144)")
+    for option in SETTING_OPTIONS:
+        if option.target in DEMO_SIZES:
+            option.add_to(demo, default_text=f"{DEMO_SIZES[option.target]}, reduced for speed")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=cmd_demo)
     for command in commands.choices.values():
