@@ -121,3 +121,17 @@ def test_the_demo_takes_its_reduced_sizes_unless_given(monkeypatch, tmp_path):
     assert main(["--quiet", "demo", "--out", str(tmp_path)]) == 0
     assert main(["--quiet", "demo", "--out", str(tmp_path), "--crop", "128"]) == 0
     assert [(call["resize"], call["crop"]) for call in calls] == [(160, 144), (160, 128)]
+
+
+def test_a_boolean_field_becomes_an_option_of_true_or_false():
+    import argparse
+
+    from tailedcore.app.options import Option
+
+    flip = next(field for field in dataclasses.fields(Views) if field.name == "flip")
+    parser = argparse.ArgumentParser()
+    Option("--view-flip", "policy__views__flip", Views, flip).add_to(parser)
+    assert parser.parse_args(["--view-flip", "False"]).view_flip is False
+    assert "view_flip" not in vars(parser.parse_args([]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--view-flip", "maybe"])

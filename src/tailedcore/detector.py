@@ -199,14 +199,15 @@ class Detector(Configurable):
         return replace(thresholds, search=self.search_setting)
 
     # -- predict --------------------------------------------------------------
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
+        """RuntimeError unless fitted (or loaded)."""
         if not hasattr(self, "memory_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() or load a model")
 
     @property
     def scorer(self) -> PatchScorer | RoutedScorer:
         """What scores patches: (B, P, D) -> (B, P); over the whole memory, or routed by product."""
-        self._check_fitted()
+        self.check_fitted()
         if self._scorer is None:
             if self.search.scope == "product" and self.products_ is None:
                 raise ValueError("search_scope='product': the model has no products (written before models kept "

@@ -49,7 +49,7 @@ def check_sizes(paths: list[Path], resize: int, strict: bool) -> None:
 def predict_files(detector, images, strict: bool) -> Predictions:
     """Detector.predict: image files (a list of files/folders, or one) -> Predictions."""
     paths = collect_images([images] if isinstance(images, (str, os.PathLike)) else list(images), recursive=True)
-    detector._check_fitted()  # before any image is read
+    detector.check_fitted()  # before any image is read
     sharded = detector.engine_.workers > 1
     if not sharded:
         detector.build_index()  # the shard tasks build their own

@@ -55,7 +55,9 @@ class Option:
         on a fitted model, whose own value is the default; ``default_text``: the default to state instead."""
         constraint = self.owner.constraints.get(self.field.name)
         kwargs: dict = {"default": argparse.SUPPRESS}
-        if isinstance(self.default, tuple):
+        if isinstance(self.default, bool):
+            kwargs.update(type=_boolean, metavar="{true,false}")
+        elif isinstance(self.default, tuple):  # of integers (the backbone's stages)
             kwargs.update(type=int, nargs="+", metavar="VALUE")
         elif self.is_mapping:
             kwargs.update(action="append", metavar="KEY=VALUE", type=_key_value)
@@ -68,6 +70,12 @@ class Option:
                                    self.default)
         text = self.field.metadata["help"].replace("%", "%%") + self.applies
         parser.add_argument(self.flag, help=text if "default" in text else f"{text}; default {default}", **kwargs)
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+    return text.lower() == "true"
 
 
 def _or_none(kind: type):
