@@ -93,10 +93,10 @@ class Detector(Configurable):
         super().check_params()
         name, runtime, precision = type(self).__name__, self.run.runtime, self.features.precision
         if runtime != "torch" and precision not in GRAPH_PRECISIONS[runtime]:
-            raise ValueError(f"{name}.precision='{precision}': runtime {runtime} offers "
+            raise ValueError(f"{name}.features.precision='{precision}': runtime {runtime} offers "
                              f"{' or '.join(GRAPH_PRECISIONS[runtime])}")
         if runtime == "torch" and precision not in PRECISIONS:
-            raise ValueError(f"{name}.precision='{precision}': the torch runtime offers "
+            raise ValueError(f"{name}.features.precision='{precision}': the torch runtime offers "
                              f"{' or '.join(PRECISIONS)} (int8 runs an export's int8 graph: runtime onnx)")
 
     # -- fit ----------------------------------------------------------------
