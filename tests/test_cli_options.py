@@ -135,3 +135,15 @@ def test_a_boolean_field_becomes_an_option_of_true_or_false():
     assert "view_flip" not in vars(parser.parse_args([]))
     with pytest.raises(SystemExit):
         parser.parse_args(["--view-flip", "maybe"])
+
+
+def test_the_benchmark_has_no_option_it_would_ignore_and_run_settings_state_their_own_defaults(capsys):
+    for option, value in (("--runtime", "onnx"), ("--false-alarm-rate", "0.05"), ("--calibration-scope", "global")):
+        with pytest.raises(SystemExit) as info:
+            build_parser().parse_args(["benchmark", "data", "--out", "o", option, value])
+        assert info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "same result; needs pip install 'tailedcore[ray]'); default local" in text
+    assert "images per backbone batch; default the model's" in text

@@ -7,7 +7,7 @@ from tailedcore import PatchCore, SoftPatch, TailedCore, load
 from tailedcore.memory import ModelFileError, write_model
 from tailedcore.params import Interval, Params
 from tailedcore.policies import Coreset, LOFFilter, SoftPatchPolicy, TailCoreset, TailedCorePolicy
-from tailedcore.settings import Calibration, Features, Search
+from tailedcore.settings import Calibration, Features, Run, Search
 from tailedcore.tail import LinkageTailSampler, PaperTailSampler
 
 
@@ -128,3 +128,43 @@ def test_flat_keyword_arguments_are_a_shorthand_for_the_parameter_objects():
         PatchCore(colour="blue")
     with pytest.raises(AttributeError, match="has no attribute 'colour'"):
         _ = detector.colour
+
+
+def test_search_options_that_the_search_does_not_take_are_refused_before_the_fit(tmp_path):
+    with pytest.raises(ValueError, match=r"PatchCore.search.options: 'nprobe' does not apply to search 'exact' "
+                                         r"\(it takes memory_block, query_block\)"):
+        PatchCore(search="exact", search_options={"nprobe": 16}).fit(tmp_path / "missing")
+    PatchCore(search="ivf-batched", search_options={"nprobe": 16, "rerank": 2}).check_params()
+
+
+def test_none_for_a_settings_object_is_its_default_in_set_params_as_in_the_constructor():
+    detector = PatchCore(crop=192, search="ivf").set_params(search=None, features=None)
+    assert detector.search == Search() and detector.features == Features()
+
+
+def _saved_config(tmp_path, edit) -> str:
+    """A model file whose parameters ``edit`` changed, written with a valid checksum."""
+    path = tmp_path / "edited.safetensors"
+    config = {"method": "patchcore", "params": PatchCore().params_config()}
+    config["params"].pop("run")
+    edit(config["params"])
+    write_model(path, {"memory": np.ones((4, 8), np.float32)}, config)
+    return path
+
+
+def test_a_format_4_file_names_only_the_saved_objects_each_of_its_kind(tmp_path):
+    assert load(_saved_config(tmp_path, lambda params: None)).features == Features()
+    with pytest.raises(ModelFileError, match=r"edited.safetensors: unknown parameters \['run'\]"):
+        load(_saved_config(tmp_path, lambda params: params.update(run=Run().to_config())))
+    with pytest.raises(ModelFileError, match="edited.safetensors: features is a Search, not a Features"):
+        load(_saved_config(tmp_path, lambda params: params.update(features=Search().to_config())))
+    with pytest.raises(ModelFileError, match="invalid parameters"):
+        load(_saved_config(tmp_path, lambda params: params["search"]["params"].update(colour="blue")))
+
+
+def test_load_takes_run_time_settings_by_name_not_whole_objects(tmp_path):
+    path = _saved_config(tmp_path, lambda params: params["features"]["params"].update(crop=192))
+    assert load(path, batch_size=4, features__precision="bfloat16").features == Features(
+        crop=192, batch_size=4, precision="bfloat16")
+    with pytest.raises(ValueError, match="load: give the parameters of features by name"):
+        load(path, features=Features(batch_size=4))

@@ -122,3 +122,15 @@ def test_unknown_factor_none_answers_every_image_with_a_decision(model, syntheti
     assert predict(model, synthetic_root / "checker" / "test", out=out, extra=["--unknown-factor", "none"]) == 0
     records = json.loads((out / "scores.json").read_text())
     assert {r["decision"] for r in records} <= {"ok", "defect"} and not any(r["unknown_product"] for r in records)
+
+
+def test_no_images_on_an_engine_of_several_workers_give_empty_predictions(cli_model, tmp_path):
+    """The shard plan divided by zero images (range step 0); the empty answer needs no task."""
+    from types import SimpleNamespace
+
+    detector = load(cli_model, progress=False)
+    detector._engine = SimpleNamespace(workers=2, map=lambda *args: pytest.fail("no task for no images"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    predictions = detector.predict([empty])
+    assert predictions.paths == [] and predictions.image_scores.shape == (0,)

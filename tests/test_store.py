@@ -119,3 +119,12 @@ def test_the_read_benchmark_writes_a_store_and_times_its_reads(tmp_path):
         assert store.shape == (1000, 8)
         assert harness.timed_reads(store, [np.array([3, 500, 501]), np.arange(10)], repeats=2) > 0
         store.close()
+
+
+def test_indices_of_a_small_integer_type_read_like_int64_ones(tmp_path):
+    rows = np.arange(300 * 4, dtype=np.float32).reshape(300, 4)
+    with ArrayFile(tmp_path / "a.f32", (4,)) as stored:
+        stored.append(rows)
+        for dtype in (np.uint8, np.int8, np.int16):
+            picks = np.array([120, 3, 3, 0, 127], dtype=dtype)
+            np.testing.assert_array_equal(stored[picks], rows[picks.astype(np.int64)])

@@ -32,7 +32,7 @@ from .products import Products
 from .routing import RoutedScorer, make_scorer
 from .runtimes import GRAPH_PRECISIONS, GraphFeatures
 from .sampling import random_projection
-from .scoring import PatchScorer, anomaly_maps
+from .scoring import PatchScorer, anomaly_maps, search_option_names
 from .settings import Calibration, Configurable, Features, Run, Search
 from .store import FeatureCache
 from .thresholds import Thresholds, calibrate_scoped
@@ -49,7 +49,8 @@ class Detector(Configurable):
     run=Run(...), seed=0)``; None: the defaults (the policy: the class's). Flat keyword arguments are a
     shorthand for the settings' fields (settings.FLAT_NAMES): ``crop=224`` sets ``features.crop``,
     ``search="ivf"`` ``search.kind``. ``seed`` seeds the projection, the coreset start and the
-    calibration draw. Read a setting as ``detector.features.crop`` (or the shorthand ``detector.crop``).
+    calibration draw. Read a setting as ``detector.features.crop`` (or the shorthand ``detector.crop``;
+    ``detector.search`` is the Search object, its kind is ``detector.search.kind``).
     """
 
     default_policy: ClassVar[type[Policy]] = TailedCorePolicy
@@ -92,6 +93,11 @@ class Detector(Configurable):
         """Raise ValueError naming the first parameter out of range, before any image is read."""
         super().check_params()
         name, runtime, precision = type(self).__name__, self.run.runtime, self.features.precision
+        accepted = search_option_names(self.search.kind)
+        for option in self.search.options or {}:
+            if option not in accepted:
+                raise ValueError(f"{name}.search.options: '{option}' does not apply to search '{self.search.kind}' "
+                                 f"(it takes {', '.join(accepted)})")
         if runtime != "torch" and precision not in GRAPH_PRECISIONS[runtime]:
             raise ValueError(f"{name}.features.precision='{precision}': runtime {runtime} offers "
                              f"{' or '.join(GRAPH_PRECISIONS[runtime])}")

@@ -54,7 +54,7 @@ def predict_files(detector, images, strict: bool) -> Predictions:
     if not sharded:
         detector.build_index()  # the shard tasks build their own
     check_sizes(paths, detector.features.resize, strict)
-    if sharded:
+    if sharded and paths:
         return predict_shards(detector, paths, strict)
     failures: list[tuple[Path, str]] = []
     scored: list[Path] = []

@@ -39,7 +39,12 @@ METHODS: dict[str, type[Detector]] = {cls.default_policy.method: cls for cls in 
 
 def load(path: str | os.PathLike, **overrides) -> Detector:
     """Load a saved model, or an export folder (its graph then computes the test-time features, unless
-    ``runtime="torch"``); ``overrides`` replace run-time parameters (e.g. search, batch_size)."""
+    ``runtime="torch"``); ``overrides`` replace run-time parameters by name, flat or nested (e.g.
+    ``search="ivf"``, ``batch_size=4``, ``run__engine="ray"``), never whole parameter objects."""
+    objects = sorted(set(overrides) & set(Detector.GROUPS))
+    if any(not isinstance(overrides[name], str) for name in objects):
+        raise ValueError(f"load: give the parameters of {', '.join(objects)} by name (e.g. features__batch_size=4), "
+                         "not as whole objects: a fitted model keeps its own")
     if is_export(path):
         info = verify_export(path)
         # The graph runs in float32 unless asked otherwise, whatever arithmetic the fit used.

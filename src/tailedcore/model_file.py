@@ -17,7 +17,7 @@ import torch
 
 from .memory import MemoryBank, ModelFileError, read_model, write_model
 from .params import Params
-from .policies import POLICIES, policy_from_flat_params
+from .policies import POLICIES, Policy, policy_from_flat_params
 from .products import Products
 from .settings import FLAT_NAMES, SETTINGS
 from .thresholds import Thresholds
@@ -62,10 +62,9 @@ class StoredModel:
 def _params(path, method: str, stored: dict) -> dict:
     """The detector's keyword arguments from a file's parameters, of this format (objects) or an earlier one."""
     stored = dict(stored)
+    if "features" in stored:
+        return _objects(path, stored)
     try:
-        if "features" in stored:
-            return {name: Params.from_config(value) if name in ("policy", *SETTINGS) else value
-                    for name, value in stored.items()}
         policy = (Params.from_config(stored.pop("policy")) if "policy" in stored
                   else policy_from_flat_params(method, stored))
     except (TypeError, ValueError, KeyError) as error:
@@ -74,6 +73,22 @@ def _params(path, method: str, stored: dict) -> dict:
     if unknown:
         raise ModelFileError(f"{path}: unknown parameters {sorted(unknown)}")
     return {"policy": policy, **stored}
+
+
+def _objects(path, stored: dict) -> dict:
+    """The parameter objects and seed of a format-4 file, each checked to be of its kind."""
+    unknown = set(stored) - {"policy", "features", "search", "calibration", "seed"}
+    if unknown:
+        raise ModelFileError(f"{path}: unknown parameters {sorted(unknown)}")
+    try:
+        params = {name: Params.from_config(value) for name, value in stored.items() if name != "seed"}
+    except (TypeError, ValueError, KeyError) as error:
+        raise ModelFileError(f"{path}: invalid parameters ({error})") from error
+    for name, value in params.items():
+        kind = SETTINGS.get(name, Policy)
+        if not isinstance(value, kind):
+            raise ModelFileError(f"{path}: {name} is a {type(value).__name__}, not a {kind.__name__}")
+    return {**params, "seed": stored.get("seed", 0)}
 
 
 def read_stored(path: str | os.PathLike) -> StoredModel:

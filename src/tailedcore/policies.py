@@ -30,7 +30,7 @@ class FeatureSet:
     """Patch features of a set of images.
 
     patches: (n_images * P, D) rows on disk (an ArrayFile, StoreChain or ImageSubset of
-    one; only ``gather`` is used), image i at rows [i*P, (i+1)*P);
+    one; read by row indices, ``patches[rows]``), image i at rows [i*P, (i+1)*P);
     projected: (n_images, P, d) float32, the same rows through the fixed
     random projection (used for LOF and the coreset), on disk (an ArrayFile,
     read in pieces) or in RAM.

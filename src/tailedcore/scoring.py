@@ -12,6 +12,7 @@ Search backends (``SEARCHES``):
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable
 
@@ -280,6 +281,12 @@ SEARCHES: dict[str, Callable[..., ExactSearch | FaissSearch | BatchedIVFSearch]]
     "hnsw": lambda memory, **kw: FaissSearch(memory, "hnsw", **kw),
     "ivf-batched": BatchedIVFSearch,
 }
+
+
+def search_option_names(search: str) -> tuple[str, ...]:
+    """The options a search takes (its class's keyword parameters besides the memory and the faiss kind)."""
+    cls = {"exact": ExactSearch, "ivf-batched": BatchedIVFSearch}.get(search, FaissSearch)
+    return tuple(name for name in inspect.signature(cls).parameters if name not in ("memory", "kind"))
 
 
 def build_search(memory: np.ndarray, search: str = "exact", **options) -> ExactSearch | FaissSearch | BatchedIVFSearch:

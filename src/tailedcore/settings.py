@@ -212,6 +212,8 @@ class Configurable:
             else:
                 raise ValueError(f"unknown parameter: {key}")
         for name, value in direct.items():
+            if value is None and name in SETTINGS:
+                value = SETTINGS[name]()  # as in the constructor: None is the default
             setattr(self, name, value)
         search = nested.get("search", {})
         if "kind" in search and "options" not in search and search["kind"] != self.search.kind:

@@ -127,6 +127,7 @@ class ArrayFile:
         indices = np.asarray(key)
         if indices.dtype.kind not in "iu" or indices.ndim > 1:
             raise IndexError(f"{self.path}: index with a slice, [:, lo:hi] or integer indices, got {key!r}")
+        indices = indices.astype(np.int64, copy=False)  # the span arithmetic overflows small integer types
         if indices.ndim == 0:
             return self._read(indices.reshape(1))[0]
         if indices.size and (indices.min() < 0 or indices.max() >= self._items):

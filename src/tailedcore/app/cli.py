@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --seeds, reuse seed-N/results.json when it holds every requested method")
     bench.add_argument("--stage-times", action="store_true",
                        help="print wall time and peak RSS of every stage of each method")
-    add_setting_options(bench.add_argument_group("settings"), skip=("--calibration-share",),
+    add_setting_options(bench.add_argument_group("settings"),
+                        skip=("--calibration-share", "--false-alarm-rate", "--calibration-scope", "--runtime"),
                         defaults={"--search": "exact, the benchmark protocol"})
     add_policy_options(bench.add_argument_group("method"))
     bench.set_defaults(run=cmd_benchmark)

@@ -152,10 +152,12 @@ def add_policy_options(parser) -> None:
 def add_setting_options(parser, at: tuple[str, ...] = ("fit", "run"), model_default: bool = False,
                         skip: tuple[str, ...] = (), defaults: dict[str, str] | None = None) -> None:
     """The settings' options fixed ``at`` fit or run time (but those in ``skip``); ``defaults``: the default
-    to state of some options (by flag), where a command has its own."""
+    to state of some options (by flag), where a command has its own. The run settings are never the model's:
+    they keep their own defaults."""
     for option in SETTING_OPTIONS:
         if option.at in at and option.flag not in skip:
-            option.add_to(parser, model_default, (defaults or {}).get(option.flag))
+            option.add_to(parser, model_default and not option.target.startswith("run__"),
+                          (defaults or {}).get(option.flag))
 
 
 def given(args: argparse.Namespace, options: list[Option]) -> dict[str, object]:
