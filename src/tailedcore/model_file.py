@@ -59,16 +59,21 @@ class StoredModel:
     products: Products | None
 
 
+def _parsed(path, parse):
+    """``parse()``, its errors as one ModelFileError naming the file."""
+    try:
+        return parse()
+    except (TypeError, ValueError, KeyError) as error:
+        raise ModelFileError(f"{path}: invalid parameters ({error})") from error
+
+
 def _params(path, method: str, stored: dict) -> dict:
     """The detector's keyword arguments from a file's parameters, of this format (objects) or an earlier one."""
     stored = dict(stored)
     if "features" in stored:
         return _objects(path, stored)
-    try:
-        policy = (Params.from_config(stored.pop("policy")) if "policy" in stored
-                  else policy_from_flat_params(method, stored))
-    except (TypeError, ValueError, KeyError) as error:
-        raise ModelFileError(f"{path}: invalid parameters ({error})") from error
+    policy = _parsed(path, lambda: Params.from_config(stored.pop("policy")) if "policy" in stored
+                     else policy_from_flat_params(method, stored))
     unknown = set(stored) - set(FLAT_NAMES) - {"seed"}
     if unknown:
         raise ModelFileError(f"{path}: unknown parameters {sorted(unknown)}")
@@ -80,10 +85,8 @@ def _objects(path, stored: dict) -> dict:
     unknown = set(stored) - {"policy", "features", "search", "calibration", "seed"}
     if unknown:
         raise ModelFileError(f"{path}: unknown parameters {sorted(unknown)}")
-    try:
-        params = {name: Params.from_config(value) for name, value in stored.items() if name != "seed"}
-    except (TypeError, ValueError, KeyError) as error:
-        raise ModelFileError(f"{path}: invalid parameters ({error})") from error
+    params = _parsed(path, lambda: {name: Params.from_config(value) for name, value in stored.items()
+                                    if name != "seed"})
     for name, value in params.items():
         kind = SETTINGS.get(name, Policy)
         if not isinstance(value, kind):
