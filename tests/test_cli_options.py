@@ -11,7 +11,7 @@ from tailedcore.app.commands import detector_params
 from tailedcore.app.options import POLICY_OPTIONS, SETTING_OPTIONS
 from tailedcore.memory import MemoryBank, read_model
 from tailedcore.policies import Coreset, LOFFilter, TailCoreset, TailedCorePolicy, Views
-from tailedcore.settings import SETTINGS
+from tailedcore.settings import SETTINGS, TopLevel
 from tailedcore.tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler
 
 
@@ -19,14 +19,16 @@ def _parse(*argv):
     return build_parser().parse_args(["fit", "data", "--out", "m.safetensors", *argv])
 
 
-def test_help_shows_the_defaults_of_the_signatures(capsys):
+def test_help_shows_the_defaults_of_the_signatures(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # no line breaks inside an option's name
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"LOF neighbours (softpatch, tailedcore); default {LOFFilter().k}" in text
-    assert f"trim share (tailedcore, paper estimator); default {PaperTailSampler().keep}" in text
-    assert f"cuts linkage clusters (tailedcore, linkage estimator); default {LinkageTailSampler().distance}" in text
-    assert f"default {TailedCorePolicy().tail.name}" in text
+    assert f"trim share (tailedcore, with --tail-estimator paper); default {PaperTailSampler().keep}" in text
+    assert (f"cuts linkage clusters (tailedcore, with --tail-estimator linkage); default "
+            f"{LinkageTailSampler().distance}") in text
+    assert f"(the published TailSampler) (tailedcore); default {TailedCorePolicy().tail.name}" in text
 
 
 def test_options_become_nested_policy_parameters():
@@ -89,15 +91,19 @@ def _parser_options(command: str) -> set[str]:
 
 def test_every_setting_and_policy_option_comes_from_a_parameter_class():
     """The parser's parameter options are exactly the fields that carry an option, and each reaches its
-    field: a new field with an option is a new option, with no other line to write."""
-    owners = {**SETTINGS, **{f"policy__{block}": cls for block, cls in POLICY_BLOCKS.items()}}
+    field: a new field with an option is a new option, with no other line to write. The seed, the tail
+    estimator's class and the process-wide --threads are fields like the others."""
+    owners = {"": TopLevel, **SETTINGS, "policy": TailedCorePolicy,
+              **{f"policy__{block}": cls for block, cls in POLICY_BLOCKS.items()}}
     owners.update({f"policy__tail {name}": cls for name, cls in TAIL_ESTIMATORS.items()})
-    targets = {f"{owner.split()[0]}__{field.name}" for owner, cls in owners.items() for field in dataclasses.fields(cls)
+    targets = {f"{owner.partition(' ')[0]}__{field.name}".lstrip("_") for owner, cls in owners.items()
+               for field in dataclasses.fields(cls)
                if field.metadata.get("help") and field.metadata["option"] is not None}
+    assert {"seed", "policy__tail", "run__threads"} <= targets
     options = SETTING_OPTIONS + POLICY_OPTIONS
     assert sorted(option.target for option in options) == sorted(targets)
     general = {"-h", "--help", "--method", "--out", "--cache", "--overwrite", "--strict", "--stage-times",
-               "--calibration", "--seed", "--debug", "--quiet", "--threads", "--tail-estimator"}
+               "--calibration", "--debug", "--quiet"}
     assert _parser_options("fit") - general == {option.flag for option in options}
     run_options = {option.flag for option in SETTING_OPTIONS if option.at == "run"}
     assert run_options <= _parser_options("predict") and "--crop" not in _parser_options("predict")
@@ -105,7 +111,8 @@ def test_every_setting_and_policy_option_comes_from_a_parameter_class():
         value = {"--stages": ["8"], "--search-option": "nprobe=4"}.get(option.flag)
         constraint = option.owner.constraints.get(option.field.name)
         if value is None:
-            value = (constraint.options[-1] if hasattr(constraint, "options") else
+            value = (list(option.choices)[-1] if option.choices else
+                     constraint.options[-1] if hasattr(constraint, "options") else
                      "1" if getattr(constraint, "kind", None) is int else "0.5" if constraint else "x")
         estimator = ["--tail-estimator", "paper"] if option.owner is PaperTailSampler else []
         args = _parse(*estimator, option.flag, *([value] if isinstance(value, str) else value))

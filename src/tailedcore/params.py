@@ -63,14 +63,19 @@ def check_values(owner: str, values: dict[str, Any], constraints: dict) -> None:
             raise ValueError(f"{owner}.{name}={values[name]!r}: {problem}")
 
 
-def setting(default, help: str, *, option: str | None = "", flat: str | None = None, at: str = "fit"):
+def setting(default, help: str, *, option: str | None = "", flat: str | None = None, at: str = "fit",
+            choices: dict[str, type[Params]] | None = None):
     """A parameter field with its command-line help (app/options.py makes the options from these).
 
     option: the option's name ("": ``--`` and the flat name with dashes; None:
     no option); flat: its flat keyword name when it differs from the field's;
-    at: "fit" (the fit fixes it) or "run" (a loaded model may change it).
+    at: "fit" (the fit fixes it), "run" (a loaded model may change it) or
+    "process" (a process-wide setting, given before or after any command);
+    choices: for a field that holds a parameter object, the classes it may be
+    by name (the option picks one, with its defaults).
     """
-    return dataclasses.field(default=default, metadata={"help": help, "option": option, "flat": flat, "at": at})
+    return dataclasses.field(default=default, metadata={"help": help, "option": option, "flat": flat, "at": at,
+                                                         "choices": choices})
 
 
 REGISTRY: dict[str, type[Params]] = {}

@@ -19,7 +19,7 @@ import numpy as np
 from .blocks import Coreset, LOFFilter, TailCoreset, Views
 from .engine import LocalEngine, RayEngine
 from .memory import MemoryBank
-from .params import Params, registered
+from .params import Params, registered, setting
 from .store import ArrayFile, ImageSubset, StoreChain
 from .tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler, TailInputs
 from .timing import StageTimer
@@ -165,7 +165,9 @@ class TailedCorePolicy(Policy):
 
     coreset: Coreset = Coreset()
     lof: LOFFilter = LOFFilter()
-    tail: PaperTailSampler | LinkageTailSampler = LinkageTailSampler()
+    tail: PaperTailSampler | LinkageTailSampler = setting(
+        LinkageTailSampler(), "how tail images are found: linkage or paper (the published TailSampler)",
+        option="--tail-estimator", choices=TAIL_ESTIMATORS)
     views: Views = Views()
     tail_coreset: TailCoreset = TailCoreset()
 

@@ -154,14 +154,25 @@ class Run(Params):
                                       "(default: start a local one)", at="run")
     runtime: str = setting("torch", "what computes test-time features: torch, or an export's graph run by onnx or "
                            "openvino (an export folder runs its own format)", at="run")
-    threads: int | None = setting(None, "CPU threads of torch, faiss and the BLAS pools (default: torch's count, "
-                                  "at most the cores this process may use)", option=None)
+    threads: int | None = setting(None, "CPU threads of torch, faiss and the BLAS / OpenMP pools (default: one per "
+                                  "core this process may use); fix it to make benchmark figures exactly repeatable",
+                                  option="--threads", at="process")
     progress: bool = setting(True, "show progress bars", option=None)
 
     constraints: ClassVar[dict] = {"engine": OneOf(ENGINES), "runtime": OneOf(RUNTIMES),
                                    "threads": Interval(int, 1, none_ok=True), "progress": OneOf((True, False))}
 
 
+@dataclass(frozen=True)
+class TopLevel(Params):
+    """The detector's own parameters beside its objects: ``Detector(seed=3)``, ``get_params()["seed"]``."""
+
+    seed: int = setting(0, "seeds the projection, the coreset start and the calibration hold-out draw")
+
+    constraints: ClassVar[dict] = {"seed": Interval(int, 0)}
+
+
+TOP_LEVEL = tuple(field.name for field in dataclasses.fields(TopLevel))
 SETTINGS: dict[str, type[Params]] = {"features": Features, "search": Search, "calibration": Calibration, "run": Run}
 # Flat keyword argument -> (settings object, its field): ``crop`` -> ("features", "crop").
 FLAT_NAMES: dict[str, tuple[str, str]] = {
@@ -171,7 +182,8 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
 
 
 class Configurable:
-    """Parameters as a composition: the ``policy`` (policies.py), one object per SETTINGS entry, and ``seed``.
+    """Parameters as a composition: the ``policy`` (policies.py), one object per SETTINGS entry, and the
+    fields of ``TopLevel`` (``seed``).
 
     scikit-learn style: ``get_params(deep=True)`` names every field
     (``features__crop``, ``policy__lof__k``); ``set_params`` changes objects,
@@ -190,7 +202,7 @@ class Configurable:
 
     def get_params(self, deep: bool = True) -> dict:
         """The parameter objects and ``seed`` by name; ``deep``: their fields too."""
-        params = {**{group: getattr(self, group) for group in self.GROUPS}, "seed": self.seed}
+        params = {**{group: getattr(self, group) for group in self.GROUPS}, **self._top_level()}
         if deep:
             for group in self.GROUPS:
                 params.update({f"{group}__{key}": value for key, value in params[group].get_params(deep=True).items()})
@@ -203,7 +215,7 @@ class Configurable:
         direct, nested = {}, {}
         for key, value in params.items():
             group, _, rest = key.partition("__")
-            if key == "seed" or (key in self.GROUPS and not isinstance(value, str)):
+            if key in TOP_LEVEL or (key in self.GROUPS and not isinstance(value, str)):
                 direct[key] = value
             elif rest and group in self.GROUPS:
                 nested.setdefault(group, {})[rest] = value
@@ -225,7 +237,7 @@ class Configurable:
     def check_params(self) -> None:
         """Raise ValueError naming the first parameter out of range."""
         name = type(self).__name__
-        check_values(name, {"seed": self.seed}, {"seed": Interval(int, 0)})
+        check_values(name, self._top_level(), TopLevel.constraints)
         for group in self.GROUPS:
             kind, value = SETTINGS.get(group, Policy), getattr(self, group)
             if not isinstance(value, kind):
@@ -237,7 +249,10 @@ class Configurable:
 
     def params_config(self) -> dict:
         """The parameters as JSON: each object as ``Params.to_config``, and the seed."""
-        return {**{group: getattr(self, group).to_config() for group in self.GROUPS}, "seed": self.seed}
+        return {**{group: getattr(self, group).to_config() for group in self.GROUPS}, **self._top_level()}
+
+    def _top_level(self) -> dict:
+        return {name: getattr(self, name) for name in TOP_LEVEL}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params(deep=False).items())})"

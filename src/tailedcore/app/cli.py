@@ -37,7 +37,7 @@ from .commands import (
     cmd_products,
     cmd_serve,
 )
-from .options import SETTING_OPTIONS, add_policy_options, add_setting_options
+from .options import PROCESS_OPTIONS, SETTING_OPTIONS, add_policy_options, add_setting_options
 
 
 class Terminated(KeyboardInterrupt):
@@ -72,14 +72,13 @@ EPILOG = "Global options go before or after the command. 'tailedcore COMMAND --h
 
 
 def _add_global_options(parser, suppress: bool) -> None:
-    """--debug, --quiet, --threads. Commands take them too, with defaults suppressed so that a value
-    given before the command is kept."""
+    """--debug, --quiet and the process-wide settings (--threads). Commands take them too, with defaults
+    suppressed so that a value given before the command is kept."""
     default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
     parser.add_argument("--debug", action="store_true", default=default(False), help="show tracebacks on errors")
     parser.add_argument("--quiet", action="store_true", default=default(False), help="no progress bars")
-    parser.add_argument("--threads", type=int, default=default(None),
-                        help="CPU threads for torch, faiss and the BLAS / OpenMP pools (default: one per core "
-                             "this process may use); fix it to make benchmark figures exactly repeatable")
+    for option in PROCESS_OPTIONS:
+        option.add_to(parser, absent=suppress)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,8 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fail on the first unreadable training image or image upscaled more than 4x")
     fit.add_argument("--stage-times", action="store_true", help="print wall time and peak RSS of every stage")
     fit.add_argument("--calibration", nargs="+", help="normal images/folders to calibrate thresholds on")
-    fit.add_argument("--seed", type=int, default=0, help="seeds the projection, the coreset start and the "
-                                                         "calibration draw")
     add_setting_options(fit.add_argument_group("settings"),
                         defaults={"--search": f"{describe_search(SERVING_SEARCH)}, kept in the model"})
     add_policy_options(fit.add_argument_group("method"))
@@ -177,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--stage-times", action="store_true",
                        help="print wall time and peak RSS of every stage of each method")
     add_setting_options(bench.add_argument_group("settings"),
-                        skip=("--calibration-share", "--false-alarm-rate", "--calibration-scope", "--runtime"),
+                        skip=("--seed", "--calibration-share", "--false-alarm-rate", "--calibration-scope",
+                              "--runtime"),
                         defaults={"--search": "exact, the benchmark protocol"})
     add_policy_options(bench.add_argument_group("method"))
     bench.set_defaults(run=cmd_benchmark)
@@ -228,9 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for option in PROCESS_OPTIONS:
+        problem = option.problem(getattr(args, option.dest))
+        if problem:
+            parser.error(f"{option.flag} {getattr(args, option.dest)}: {problem}")
     if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be at least 1, got {args.threads}")
         set_threads(args.threads)
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)

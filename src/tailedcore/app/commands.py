@@ -23,7 +23,7 @@ log = logging.getLogger("tailedcore")
 
 def detector_params(args: argparse.Namespace) -> tuple[dict, dict]:
     """(settings parameters, nested policy parameters) of ``fit``, as nested names (``features__crop``)."""
-    params = {**given(args, SETTING_OPTIONS), "run__progress": not args.quiet, "seed": args.seed}
+    params = {**given(args, SETTING_OPTIONS), "run__progress": not args.quiet}
     if "search__kind" not in params:  # the model keeps the serving search: every command then gives the same answer
         params["search__kind"] = SERVING_SEARCH["search"]
         params.setdefault("search__options", SERVING_SEARCH["search_options"])

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from ..methods import METHODS
 from ..params import Interval, OneOf, Params
 from ..policies import POLICIES
-from ..settings import SETTINGS
-from ..tail import TAIL_ESTIMATORS
+from ..settings import SETTINGS, TopLevel
 
 
 @dataclass(frozen=True)
@@ -50,12 +49,30 @@ class Option:
         """A dict field: given as repeated KEY=VALUE."""
         return "dict" in str(self.field.type)
 
-    def add_to(self, parser, model_default: bool = False, default_text: str | None = None) -> None:
-        """Add the option; its value is absent from the namespace unless given. ``model_default``: a command
-        on a fitted model, whose own value is the default; ``default_text``: the default to state instead."""
+    @property
+    def choices(self) -> dict[str, type[Params]] | None:
+        """For a field that holds a parameter object: its classes by name (the option names one)."""
+        return self.field.metadata.get("choices")
+
+    def problem(self, value) -> str | None:
+        """What the field's constraint says of ``value`` (None: acceptable)."""
         constraint = self.owner.constraints.get(self.field.name)
-        kwargs: dict = {"default": argparse.SUPPRESS}
-        if isinstance(self.default, bool):
+        return constraint.problem(value) if constraint else None
+
+    def value(self, given):
+        """The parameter's value of what was given on the command line."""
+        return dict(given) if self.is_mapping else self.choices[given]() if self.choices else given
+
+    def add_to(self, parser, model_default: bool = False, default_text: str | None = None,
+               absent: bool = True) -> None:
+        """Add the option; ``absent``: its value is absent from the namespace unless given (else the field's
+        default). ``model_default``: a command on a fitted model, whose own value is the default;
+        ``default_text``: the default to state instead."""
+        constraint = self.owner.constraints.get(self.field.name)
+        kwargs: dict = {"default": argparse.SUPPRESS if absent else self.default}
+        if self.choices:
+            kwargs["choices"] = tuple(self.choices)
+        elif isinstance(self.default, bool):
             kwargs.update(type=_boolean, metavar="{true,false}")
         elif isinstance(self.default, tuple):  # of integers (the backbone's stages)
             kwargs.update(type=int, nargs="+", metavar="VALUE")
@@ -67,7 +84,7 @@ class Option:
             kwargs["type"] = _or_none(constraint.kind) if constraint.none_ok else constraint.kind
         default = default_text or ("the model's" if model_default else "none" if self.default is None else
                                    " ".join(map(str, self.default)) if isinstance(self.default, tuple) else
-                                   self.default)
+                                   self.default.name if self.choices else self.default)
         text = self.field.metadata["help"].replace("%", "%%") + self.applies
         parser.add_argument(self.flag, help=text if "default" in text else f"{text}; default {default}", **kwargs)
 
@@ -107,21 +124,27 @@ def _flag(field: dataclasses.Field, stem: str) -> str:
 
 
 def setting_options() -> list[Option]:
-    """The options of the detector's settings, in the order of their classes' fields."""
-    return [Option(_flag(field, field.metadata["flat"] or field.name), f"{group}__{field.name}", cls, field)
-            for group, cls in SETTINGS.items() for field in dataclasses.fields(cls) if _has_option(field)]
+    """The options of the detector's own parameters (TopLevel) and settings, in the order of their fields."""
+    return [Option(_flag(field, field.metadata["flat"] or field.name),
+                   f"{group}__{field.name}" if group else field.name, cls, field)
+            for group, cls in {"": TopLevel, **SETTINGS}.items() for field in dataclasses.fields(cls)
+            if _has_option(field)]
 
 
 def policy_options() -> list[Option]:
-    """The options of the policies' building blocks (each tail estimator's fields under ``tail``); the help
-    says which methods, and which estimators when not all, have each."""
-    blocks: dict[str, list[str]] = {}
+    """The options of the policies' building blocks: a block that may be one of several classes (the tail
+    estimator) has an option that picks the class, then the fields of each class. The help says which
+    methods, and which classes when not all, have each."""
+    blocks: dict[str, tuple[type[Params], dataclasses.Field, list[str]]] = {}
     for method, policy in POLICIES.items():
         for field in dataclasses.fields(policy):
-            blocks.setdefault(field.name, []).append(method)
+            blocks.setdefault(field.name, (policy, field, []))[2].append(method)
     options: dict[str, Option] = {}
-    for block, methods in blocks.items():
-        classes = TAIL_ESTIMATORS if block == "tail" else {"": type(getattr(POLICIES[methods[0]](), block))}
+    for block, (policy, block_field, methods) in blocks.items():
+        classes = block_field.metadata.get("choices") or {"": type(block_field.default)}
+        picker = _flag(block_field, block) if _has_option(block_field) else ""
+        if picker:
+            options[picker] = Option(picker, f"policy__{block}", policy, block_field, f" ({', '.join(methods)})")
         for cls in classes.values():
             for field in filter(_has_option, dataclasses.fields(cls)):
                 flag = _flag(field, f"{block}_{field.name}")
@@ -129,22 +152,18 @@ def policy_options() -> list[Option]:
                     continue
                 owners = [name for name, other in classes.items()
                           if field.name in {f.name for f in dataclasses.fields(other)}]
-                estimators = f", {' or '.join(owners)} estimator" if block == "tail" and len(owners) < len(classes) \
-                    else ""
+                which = f", with {picker} {' or '.join(owners)}" if len(owners) < len(classes) else ""
                 options[flag] = Option(flag, f"policy__{block}__{field.name}", cls, field,
-                                       f" ({', '.join(methods)}{estimators})")
+                                       f" ({', '.join(methods)}{which})")
     return list(options.values())
 
 
 SETTING_OPTIONS = setting_options()
 POLICY_OPTIONS = policy_options()
-TAIL_ESTIMATOR_OPTION = "--tail-estimator"
+PROCESS_OPTIONS = [option for option in SETTING_OPTIONS if option.at == "process"]
 
 
 def add_policy_options(parser) -> None:
-    parser.add_argument(TAIL_ESTIMATOR_OPTION, choices=tuple(TAIL_ESTIMATORS), default=argparse.SUPPRESS,
-                        help="how tail images are found (tailedcore): linkage or paper (the published TailSampler); "
-                             f"default {POLICIES['tailedcore']().tail.name}")
     for option in POLICY_OPTIONS:
         option.add_to(parser)
 
@@ -165,8 +184,7 @@ def given(args: argparse.Namespace, options: list[Option]) -> dict[str, object]:
     values = {}
     for option in options:
         if option.dest in vars(args):
-            value = getattr(args, option.dest)
-            values[option.target] = dict(value) if option.is_mapping else value
+            values[option.target] = option.value(getattr(args, option.dest))
     return values
 
 
@@ -175,10 +193,8 @@ def policy_params(args: argparse.Namespace, method: str) -> tuple[dict, dict[str
     apply to it, each with the reason ``Params.with_params`` refuses its parameter (as in Python)."""
     policy = METHODS[method].default_policy()
     params, refused = {}, {}
-    candidates = [(TAIL_ESTIMATOR_OPTION, "policy__tail", TAIL_ESTIMATORS[args.tail_estimator]())] \
-        if "tail_estimator" in vars(args) else []
-    candidates += [(option.flag, option.target, getattr(args, option.dest))
-                   for option in POLICY_OPTIONS if option.dest in vars(args)]
+    candidates = [(option.flag, option.target, option.value(getattr(args, option.dest)))
+                  for option in POLICY_OPTIONS if option.dest in vars(args)]
     for flag, target, value in candidates:
         nested = {**params, target: value}
         try:
