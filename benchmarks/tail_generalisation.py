@@ -33,6 +33,8 @@ FAMILIES = {
     "linkage at 0.4 (fixed; the default before)": ["linkage:distance=0.4"],
     "linkage at 0.3 (fixed; the default)": ["linkage:distance=0.3"],
     "linkage, cut chosen": [f"linkage:distance={d}" for d in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)],
+    "linkage, core and cut chosen": [f"linkage:distance={d}" + (f",core={k}" if k > 1 else "")
+                                     for k in (1, 2, 3, 4) for d in (0.25, 0.3, 0.35, 0.4)],
 }
 TARGET_PRECISION, TARGET_INJECTED = 0.9, 0.02
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import pdist, squareform
 
 from tailedcore import tail
 from tailedcore.tail import (
@@ -154,7 +154,7 @@ def test_linkage_degenerate_inputs():
 
 @pytest.mark.parametrize("params, message", [
     ({"distance": 0.0}, "LinkageTailSampler.distance=0.0"), ({"features": "pixels"}, "features='pixels'"),
-    ({"max_tail_class": 0}, "max_tail_class=0"), ({"share": 1.5}, "share=1.5"),
+    ({"max_tail_class": 0}, "max_tail_class=0"), ({"share": 1.5}, "share=1.5"), ({"core": 0}, "core=0"),
 ])
 def test_linkage_parameters_are_checked(params, message):
     with pytest.raises(ValueError, match=message):
@@ -183,6 +183,35 @@ def test_linkage_clusters_in_row_blocks_are_single_linkage_cut_at_the_distance(m
     # The same partition: a label maps to exactly one label of the other.
     pairs = set(zip(found.tolist(), expected.tolist()))
     assert len(pairs) == len(set(found.tolist())) == len(set(expected.tolist())) > 3
+
+
+def test_linkage_core_keeps_an_image_with_one_close_neighbour_out_of_its_cluster():
+    # Directions in 2-D: a cluster of 11 images 0.05 rad apart, and one image 0.15 rad beyond its last
+    # (cosine distance 0.011, within the cut of 0.02), whose next nearest images are 0.2 rad or more away.
+    angles = np.r_[np.arange(11) * 0.05, 0.65]
+    x = np.c_[np.cos(angles), np.sin(angles)]
+    inputs = TailInputs(x, x)
+    assert LinkageTailSampler(distance=0.02).estimate(inputs).class_sizes.tolist() == [12] * 12
+    robust = LinkageTailSampler(distance=0.02, core=3).estimate(inputs)
+    assert robust.class_sizes.tolist() == [11] * 11 + [1] and robust.tail_indices.tolist() == [11]
+    two = TailInputs(x[:2], x[:2])  # fewer other images than core: the nearest one counts
+    assert LinkageTailSampler(distance=0.02, core=3).estimate(two).class_sizes.tolist() == [2, 2]
+
+
+def test_linkage_core_in_row_blocks_is_single_linkage_of_mutual_reachability(monkeypatch):
+    inputs, _, _ = planted_mix([60, 25, 7, 3, 1, 1], seed=4)
+    sampler = LinkageTailSampler(distance=0.05, core=3)
+    square = sum(squareform(pdist(unit, "sqeuclidean")) / 2.0 for unit in sampler._unit_rows(inputs)) / 2
+    core = np.sort(square + np.diag(np.full(len(square), np.inf)), axis=1)[:, 2]
+    reach = np.maximum(square, np.maximum(core[:, None], core[None, :]))
+    np.fill_diagonal(reach, 0.0)
+    expected = fcluster(linkage(squareform(reach, checks=False), method="single"), t=sampler.distance,
+                        criterion="distance")
+    monkeypatch.setattr(tail, "_BLOCK_BYTES", 8 * len(expected) * 7)  # blocks of 7 rows
+    found = sampler.clusters(inputs)
+    pairs = set(zip(found.tolist(), expected.tolist()))
+    assert len(pairs) == len(set(found.tolist())) == len(set(expected.tolist())) > 3
+    assert len(set(found.tolist())) > len(set(LinkageTailSampler(distance=0.05).clusters(inputs).tolist()))
 
 
 def test_class_sizes_in_blocks_of_rows_are_those_of_one_block(monkeypatch):

@@ -227,19 +227,25 @@ class LinkageTailSampler(Params):
     when it is close to any one of its images: a local defect moves an image
     a little, never as far as another product. Class size = cluster size;
     ``max_k`` = min(elbow, ``share`` rule, ``max_tail_class``) over the
-    cluster sizes (None: no cap, the paper's rule alone).
+    cluster sizes (None: no cap, the paper's rule alone). With ``core`` > 1 a
+    link counts as the longest of its length and its two ends' distances to
+    their ``core``-th nearest image (HDBSCAN's mutual reachability distance):
+    an image joins a cluster only when ``core`` images lie within the cut, so
+    one close image of another product no longer draws a tail image in.
     """
 
     distance: float = setting(0.3, "cosine distance that cuts linkage clusters")
     features: str = setting("both", "what the distance is made of: both, embedding or patches", option=None)
     share: float = setting(0.15, "15% rule of max K")
     max_tail_class: int | None = setting(19, "largest class size counted as tail", option="--max-tail-class")
+    core: int = setting(1, "a link counts as the longest of its length and its ends' distances to their core-th "
+                           "nearest image (1: plain single linkage)", option="--tail-core")
 
     name: ClassVar[str] = "linkage"
     constraints: ClassVar[dict] = {"distance": Interval(float, 0.0, 2.0, "neither"),
                                    "features": OneOf(LINKAGE_FEATURES),
                                    "share": Interval(float, 0.0, 1.0, "neither"),
-                                   "max_tail_class": Interval(int, 1, none_ok=True)}
+                                   "max_tail_class": Interval(int, 1, none_ok=True), "core": Interval(int, 1)}
 
     def _unit_rows(self, inputs: TailInputs) -> list[np.ndarray]:
         """The (n, ·) float64 unit-length rows of each feature used."""
@@ -279,14 +285,30 @@ class LinkageTailSampler(Params):
         units = self._unit_rows(inputs)
         n = len(units[0])
         step = max(1, _BLOCK_BYTES // (8 * n))
+        core = self.core_distances(units) if min(self.core, n - 1) > 1 else None
         first_of_part = np.arange(n)
         for lo in range(0, n, step):
-            rows, cols = np.nonzero(self.distances(units, lo, min(lo + step, n)) <= self.distance)
+            block = self.distances(units, lo, min(lo + step, n))
+            if core is not None:
+                block = np.maximum(block, np.maximum(core[lo : lo + step, None], core[None, :]))
+            rows, cols = np.nonzero(block <= self.distance)
             edges = (np.concatenate([np.arange(n), rows + lo]), np.concatenate([first_of_part, cols]))
             graph = coo_matrix((np.ones(len(edges[0]), dtype=np.int8), edges), shape=(n, n))
             _, part = connected_components(graph, directed=False)
             first_of_part = np.unique(part, return_index=True)[1][part]
         return np.unique(first_of_part, return_inverse=True)[1].astype(np.int64)
+
+    def core_distances(self, units: list[np.ndarray]) -> np.ndarray:
+        """(n,) float64: each image's distance to its ``core``-th nearest other image (at most the n - 1-th)."""
+        n = len(units[0])
+        rank = min(self.core, n - 1) - 1
+        step = max(1, _BLOCK_BYTES // (8 * n))
+        core = np.empty(n)
+        for lo in range(0, n, step):
+            block = self.distances(units, lo, min(lo + step, n))
+            block[np.arange(len(block)), lo + np.arange(len(block))] = np.inf  # not its own neighbour
+            core[lo : lo + len(block)] = np.partition(block, rank, axis=1)[:, rank]
+        return core
 
     def estimate(self, inputs: TailInputs) -> TailEstimate:
         self.check()
