@@ -1,9 +1,12 @@
 """Command-line options made from the parameter classes, so a new setting is one field in one place.
 
-Every field that carries an option (params.setting) of the detector's settings
-(settings.py) and of the policies' building blocks (policies.py, tail.py)
+Every field that carries an option (params.setting) of the detector's own
+parameters and settings (settings.py: the seed, features, search, calibration,
+run) and of the policies and their building blocks (policies.py, tail.py)
 becomes one option: its name, type, choices, default and help come from the
-field, its constraint and its class. Given values become nested parameters
+field, its constraint and its class. A field that holds one of several
+parameter classes (the tail estimator) is an option naming the class; a
+process-wide setting (--threads) is a global option. Given values become nested parameters
 (``features__crop``, ``policy__lof__k``), and an option that does not apply to
 a method or tail estimator is refused by the rule that refuses the parameter in
 Python (``Params.with_params``).
