@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +134,17 @@ def score(mix: Mix, class_sizes: np.ndarray, tail: np.ndarray) -> dict:
     }
 
 
+def errors_by_class(mix: Mix, tail: np.ndarray) -> dict[str, dict[str, int]]:
+    """Images an estimate gets wrong, counted per class: head images put in the tail (and of them, injected
+    defects), and tail images missed."""
+    predicted = np.zeros(len(mix.rows), bool)
+    predicted[tail] = True
+    true_tail = np.isin(mix.classes, sorted(mix.tail_classes))
+    groups = {"head_in_tail": predicted & ~true_tail, "injected_in_tail": predicted & mix.injected,
+              "tail_missed": ~predicted & true_tail}
+    return {name: dict(Counter(mix.classes[mask].tolist())) for name, mask in groups.items()}
+
+
 def parse_estimator(spec: str) -> tuple[object, bool]:
     """NAME[:KEY=VALUE,...] -> (estimator, centre the embeddings first)."""
     name, _, options = spec.partition(":")
@@ -174,7 +186,8 @@ def main() -> None:
             seconds = time.perf_counter() - started
             figures = score(mix, estimate.class_sizes, estimate.tail_indices)
             results.setdefault(name, []).append({"mix": mix.name, **figures, "max_k": estimate.max_k,
-                                                 "tail_images": len(estimate.tail_indices), "seconds": seconds})
+                                                 "tail_images": len(estimate.tail_indices), "seconds": seconds,
+                                                 "errors": errors_by_class(mix, estimate.tail_indices)})
     keys = ["recall", "precision", "injected_in_tail", "class_size_error"]
     if args.per_mix:
         print_table(["estimator", "mix", *keys, "max_k", "tail", "s"],
@@ -192,6 +205,13 @@ def main() -> None:
         print_table(["estimator", *keys], [
             [name, *(f"{np.mean([r[k] for r in rows if r['mix'].startswith(profile + ' ')]):.3f}" for k in keys)]
             for name, rows in results.items()])
+    print("\nimages wrong over all mixes, by class")
+    groups = ["head_in_tail", "injected_in_tail", "tail_missed"]
+    totals = {name: {group: sum((Counter(r["errors"][group]) for r in rows), Counter()) for group in groups}
+              for name, rows in results.items()}
+    print_table(["estimator", *(f"{group} (total: per class)" for group in groups)], [
+        [name, *(f"{sum(counts[g].values())}: " + ", ".join(f"{c} {n}" for c, n in sorted(counts[g].items()))
+                 for g in groups)] for name, counts in totals.items()])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"estimators": means, "mixes": results}, indent=1) + "\n", encoding="utf-8")
