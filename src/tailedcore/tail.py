@@ -32,6 +32,11 @@ from .params import Interval, OneOf, Params, registered, setting
 _BLOCK_BYTES = 64 * 2**20
 
 
+def _rows_per_block(n: int) -> int:
+    """Rows of an (rows, n) float64 block of distances or similarities that fit in _BLOCK_BYTES."""
+    return max(1, _BLOCK_BYTES // (8 * n))
+
+
 def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if embeddings.ndim != 2 or len(embeddings) == 0:
@@ -83,7 +88,7 @@ def estimate_class_sizes(embeddings: np.ndarray, keep: float = 0.85, quantize: b
     """
     unit = _unit_rows(_check_embeddings(embeddings))
     n = len(unit)
-    step = max(1, _BLOCK_BYTES // (8 * n))
+    step = _rows_per_block(n)
     blocks = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
     thresholds, counts = np.empty(n), np.empty(n, dtype=np.int64)
     for lo, hi in blocks:  # rows i: t_i and c_i
@@ -284,7 +289,7 @@ class LinkageTailSampler(Params):
         """
         units = self._unit_rows(inputs)
         n = len(units[0])
-        step = max(1, _BLOCK_BYTES // (8 * n))
+        step = _rows_per_block(n)
         core = self.core_distances(units) if min(self.core, n - 1) > 1 else None
         first_of_part = np.arange(n)
         for lo in range(0, n, step):
@@ -302,7 +307,7 @@ class LinkageTailSampler(Params):
         """(n,) float64: each image's distance to its ``core``-th nearest other image (at most the n - 1-th)."""
         n = len(units[0])
         rank = min(self.core, n - 1) - 1
-        step = max(1, _BLOCK_BYTES // (8 * n))
+        step = _rows_per_block(n)
         core = np.empty(n)
         for lo in range(0, n, step):
             block = self.distances(units, lo, min(lo + step, n))
