@@ -19,7 +19,7 @@ from .memory import MemoryBank, ModelFileError, read_model, write_model
 from .params import Params
 from .policies import POLICIES, Policy, policy_from_flat_params
 from .products import Products
-from .settings import FLAT_NAMES, SETTINGS
+from .settings import FLAT_NAMES, SETTINGS, TOP_LEVEL, TopLevel
 from .thresholds import Thresholds
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _params(path, method: str, stored: dict) -> dict:
         return _objects(path, stored)
     policy = _parsed(path, lambda: Params.from_config(stored.pop("policy")) if "policy" in stored
                      else policy_from_flat_params(method, stored))
-    unknown = set(stored) - set(FLAT_NAMES) - {"seed"}
+    unknown = set(stored) - set(FLAT_NAMES) - set(TOP_LEVEL)
     if unknown:
         raise ModelFileError(f"{path}: unknown parameters {sorted(unknown)}")
     return {"policy": policy, **stored}
@@ -82,16 +82,16 @@ def _params(path, method: str, stored: dict) -> dict:
 
 def _objects(path, stored: dict) -> dict:
     """The parameter objects and seed of a format-4 file, each checked to be of its kind."""
-    unknown = set(stored) - {"policy", "features", "search", "calibration", "seed"}
+    unknown = set(stored) - {"policy", "features", "search", "calibration", *TOP_LEVEL}
     if unknown:
         raise ModelFileError(f"{path}: unknown parameters {sorted(unknown)}")
     params = _parsed(path, lambda: {name: Params.from_config(value) for name, value in stored.items()
-                                    if name != "seed"})
+                                    if name not in TOP_LEVEL})
     for name, value in params.items():
         kind = SETTINGS.get(name, Policy)
         if not isinstance(value, kind):
             raise ModelFileError(f"{path}: {name} is a {type(value).__name__}, not a {kind.__name__}")
-    return {**params, "seed": stored.get("seed", 0)}
+    return {**params, **{name: stored.get(name, getattr(TopLevel(), name)) for name in TOP_LEVEL}}
 
 
 def read_stored(path: str | os.PathLike) -> StoredModel:
