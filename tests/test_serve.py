@@ -250,3 +250,15 @@ def test_answers_carry_the_product_and_its_threshold(client, synthetic_root):
     assert answer["threshold_of"] in ("product", "global") and answer["threshold"] > 0
     assert answer["score"] == pytest.approx(answer["raw_score"] / answer["threshold"]
                                             / (1 + answer["raw_score"] / answer["threshold"]))
+
+
+def test_model_gives_every_product_the_threshold_its_answers_use(client, synthetic_root):
+    payload = {"file": ("x.png", png(synthetic_root / "stripes" / "test" / "good" / "000.png"), "image/png")}
+    answer = client.post("/predict", files=payload).json()
+    model = client.get("/model").json()
+    entry = next(p for p in model["products"] if p["product"] == answer["product"])
+    assert (entry["threshold"], entry["threshold_of"]) == (answer["threshold"], answer["threshold_of"])
+    for product in model["products"]:
+        assert product["threshold_of"] in ("product", "global")
+        if product["threshold_of"] == "global":
+            assert product["threshold"] == model["thresholds"]["image"]

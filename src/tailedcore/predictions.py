@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .thresholds import Thresholds, defect_masks, normalise
+from .thresholds import Thresholds, defect_masks, normalise, thresholds_of_product
 
 UNKNOWN = "unknown product"
 
@@ -50,9 +50,11 @@ class Predictions:
 
     def thresholds_of(self, index: int) -> Thresholds | None:
         """The thresholds image ``index`` is decided by: its product's own, else the global ones (or None)."""
-        if self.products is not None and int(self.products[index]) in self.product_thresholds:
-            return self.product_thresholds[int(self.products[index])]
-        return self.thresholds
+        return self._thresholds_and_owner(index)[0]
+
+    def _thresholds_and_owner(self, index: int) -> tuple[Thresholds | None, str | None]:
+        product = None if self.products is None else int(self.products[index])
+        return thresholds_of_product(product, self.thresholds, self.product_thresholds)
 
     def _per_image(self, which: str) -> np.ndarray:
         self._require_thresholds()
@@ -94,12 +96,11 @@ class Predictions:
         record = {"raw_score": float(self.image_scores[index])}
         if self.products is not None:
             record.update(product=int(self.products[index]), unknown_product=bool(self.unknown[index]))
-        thresholds = self.thresholds_of(index)
+        thresholds, owner = self._thresholds_and_owner(index)
         if thresholds is not None:
-            own = self.products is not None and int(self.products[index]) in self.product_thresholds
             record.update(score=float(normalise(self.image_scores[index], thresholds.image)),
                           decision=self._verdict(index, thresholds),
-                          threshold=float(thresholds.image), threshold_of="product" if own else "global")
+                          threshold=float(thresholds.image), threshold_of=owner)
         return record
 
     def select(self, index: int) -> Predictions:

@@ -138,6 +138,15 @@ def calibrate_per_product(image_scores: np.ndarray, maps: np.ndarray, products: 
             for product, count in zip(*np.unique(products, return_counts=True)) if count >= MIN_IMAGES}
 
 
+def thresholds_of_product(product: int | None, thresholds: Thresholds | None,
+                          product_thresholds: dict[int, Thresholds]) -> tuple[Thresholds | None, str | None]:
+    """The thresholds a product's images are decided by and whose they are: its own ("product"), else the
+    global ones ("global"), or (None, None) without thresholds. ``product`` None: no product known."""
+    if product is not None and int(product) in product_thresholds:
+        return product_thresholds[int(product)], "product"
+    return (thresholds, "global") if thresholds is not None else (None, None)
+
+
 def calibrate_scoped(image_scores: np.ndarray, maps: np.ndarray, products: np.ndarray | None, false_alarm_rate: float,
                      scope: str, what: str) -> tuple[Thresholds, dict[int, Thresholds]]:
     """Global thresholds of all the normal images, and with ``scope`` "product" those of each product with

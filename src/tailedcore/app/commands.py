@@ -307,7 +307,7 @@ def cmd_products(args: argparse.Namespace) -> None:
     if products is None:
         print(f"{args.model}: no products (written before models kept them)")
         return
-    rows = product_rows(products, detector.product_thresholds_, detector.thresholds_ is not None)
+    rows = product_rows(products, detector.thresholds_, detector.product_thresholds_)
     print(markdown_table(HEADER, rows, percent=False))
     if args.out:
         out = Path(args.out)

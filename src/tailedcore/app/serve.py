@@ -6,7 +6,8 @@
   when unknown), ``unknown_product``, its ``threshold`` (raw) and ``threshold_of``
   ("product" or "global"), and the overlay and defect mask as base64 PNG.
 - ``GET /health``, ``GET /model`` (method, backbone, thresholds with the number of
-  images they rest on and ``few_images``, training summary, products with their thresholds).
+  images they rest on and ``few_images``, training summary, and per product the
+  ``threshold`` and ``threshold_of`` its answers carry).
 - ``GET /``: a page where a person drops images and sees decision, product, score, overlay.
 
 Uploads are limited in size, pixel count and content type (clear 4xx
@@ -31,6 +32,7 @@ from ..data import preprocess
 from ..detector import Detector
 from ..predictions import Predictions
 from ..report.render import prediction_images
+from ..thresholds import thresholds_of_product
 from ..timing import trim_heap
 
 ACCEPTED_TYPES = {"image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp"}
@@ -51,11 +53,16 @@ def model_summary(detector: Detector) -> dict:
         "training": detector.training_summary_,
         "products": (None if detector.products_ is None else
                      [{"product": product, "images": images, "role": role, "memory_rows": rows,
-                       "threshold": (detector.product_thresholds_[product].image
-                                     if product in detector.product_thresholds_ else None)}
+                       **_threshold_fields(detector, product)}
                       for product, images, role, rows in detector.products_.rows()]),
         "params": params,
     }
+
+
+def _threshold_fields(detector: Detector, product: int) -> dict:
+    """A product's image threshold (raw) and ``threshold_of``, as its answers carry them (None: not calibrated)."""
+    thresholds, owner = thresholds_of_product(product, detector.thresholds_, detector.product_thresholds_)
+    return {"threshold": None if thresholds is None else float(thresholds.image), "threshold_of": owner}
 
 
 def _b64png(array) -> str:
@@ -210,7 +217,7 @@ const drop = document.getElementById("drop"), input = document.getElementById("f
 const results = document.getElementById("results");
 fetch("/model").then(r => r.json()).then(m => {
   const t = m.thresholds ? "calibrated: " + m.thresholds.source : "not calibrated: scores only";
-  const own = m.products ? m.products.filter(p => p.threshold !== null).length : 0;
+  const own = m.products ? m.products.filter(p => p.threshold_of === "product").length : 0;
   const p = m.products ? `; ${m.products.length} products, ${own} with their own threshold` : "";
   document.getElementById("model").textContent =
     `${m.method} on ${m.backbone}, ${m.memory_size} memory features; ${t}${p}`;

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from ..products import Products
-from ..thresholds import Thresholds
+from ..thresholds import Thresholds, thresholds_of_product
 from .html import escape, image_grid, page, table
 
 HEADER = ["product", "images", "role", "memory rows", "image threshold"]
 
 
-def product_rows(products: Products, product_thresholds: dict[int, Thresholds], calibrated: bool) -> list[list]:
-    """HEADER's rows: Products.rows and each product's image threshold (raw; "global" when it uses the global
-    one, "none" for a model without thresholds)."""
+def product_rows(products: Products, thresholds: Thresholds | None,
+                 product_thresholds: dict[int, Thresholds]) -> list[list]:
+    """HEADER's rows: Products.rows and each product's image threshold (raw when its own; "global" when it
+    uses the global one, "none" for a model without thresholds)."""
     def threshold(product: int) -> str:
-        if product in product_thresholds:
-            return f"{product_thresholds[product].image:.4g}"
-        return "global" if calibrated else "none"
+        found, owner = thresholds_of_product(product, thresholds, product_thresholds)
+        return f"{found.image:.4g}" if owner == "product" else owner or "none"
     return [row + [threshold(row[0])] for row in products.rows()]
 
 
