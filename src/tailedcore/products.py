@@ -80,9 +80,13 @@ class Products:
     def assign(self, mean_patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(m, D) mean patch features of new images -> (m,) int64 product of the nearest member, (m,) float64
         cosine distance to it."""
-        distances = self.member_distances(mean_patches)
-        nearest = distances.argmin(axis=1).astype(np.int64)
-        return nearest, distances[np.arange(len(nearest)), nearest]
+        return self.nearest(self.member_distances(mean_patches))
+
+    @staticmethod
+    def nearest(member_distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(m, p) ``member_distances`` -> (m,) int64 nearest product of each image, (m,) float64 distance to it."""
+        nearest = member_distances.argmin(axis=1).astype(np.int64)
+        return nearest, member_distances[np.arange(len(nearest)), nearest]
 
     def spreads(self) -> np.ndarray:
         """(p,) float64: per product the largest distance from a member to its nearest other member (mean patch

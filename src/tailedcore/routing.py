@@ -77,8 +77,7 @@ class RoutedScorer:
         """(B, D) mean patch features of images -> per image the products searched, nearest first;
         () for an image of an unknown product (the whole memory)."""
         distances = self.products.member_distances(mean_patches)  # (B, p)
-        nearest = distances.argmin(axis=1)
-        own = distances[np.arange(len(nearest)), nearest]
+        nearest, own = self.products.nearest(distances)
         unknown = self.products.is_unknown(nearest, own, self.unknown_factor)
         routes = []
         for row, product, distance, other in zip(distances, nearest, own, unknown):
