@@ -12,8 +12,11 @@ true tail images), so the cost of a missed tail image is measured, not guessed.
 Variants: PatchCore; TailedCore with the paper's head step (LOF scale "global"),
 with LOF scores relative to each image's median ("image") and with the top
 share of each product's patches dropped ("product"), or only those above
-each product's upper Tukey fence ("product-fence"); each TailedCore also
-forced to miss the tail. Feature batches are cached in --cache-dir and
+each product's upper Tukey fence ("product-fence"), or those only in each
+product's outlying images and far-out ones anywhere ("product-gated"; "-only"
+without the far-out ones); each TailedCore also forced to miss the tail; and
+TailedCore with no head step at all ("no-lof": what the rest of TailedCore
+costs or gains a head class). Feature batches are cached in --cache-dir and
 shared by the variants.
 """
 
@@ -47,17 +50,21 @@ class MissedTail(LinkageTailSampler):
         return replace(found, tail_indices=np.setdiff1d(found.tail_indices, np.asarray(self.missed, dtype=np.int64)))
 
 
-# name -> (method, LOF scale and share of the head step, forced miss)
+# name -> (method, the head step's LOFFilter (None: PatchCore), forced miss)
 VARIANTS = {
     "patchcore": ("patchcore", None, False),
-    "tailedcore": ("tailedcore", ("global", "fixed"), False),
-    "tailedcore-image-lof": ("tailedcore", ("image", "fixed"), False),
-    "forced-miss": ("tailedcore", ("global", "fixed"), True),
-    "forced-miss-image-lof": ("tailedcore", ("image", "fixed"), True),
-    "tailedcore-product-lof": ("tailedcore", ("product", "fixed"), False),
-    "forced-miss-product-lof": ("tailedcore", ("product", "fixed"), True),
-    "tailedcore-product-fence": ("tailedcore", ("product", "fence"), False),
-    "forced-miss-product-fence": ("tailedcore", ("product", "fence"), True),
+    "tailedcore": ("tailedcore", LOFFilter(), False),
+    "tailedcore-image-lof": ("tailedcore", LOFFilter(scale="image"), False),
+    "forced-miss": ("tailedcore", LOFFilter(), True),
+    "forced-miss-image-lof": ("tailedcore", LOFFilter(scale="image"), True),
+    "tailedcore-product-lof": ("tailedcore", LOFFilter(scale="product"), False),
+    "forced-miss-product-lof": ("tailedcore", LOFFilter(scale="product"), True),
+    "tailedcore-product-fence": ("tailedcore", LOFFilter(scale="product", share="fence"), False),
+    "forced-miss-product-fence": ("tailedcore", LOFFilter(scale="product", share="fence"), True),
+    "tailedcore-product-gated": ("tailedcore", LOFFilter(scale="product", share="gated"), False),
+    "forced-miss-product-gated": ("tailedcore", LOFFilter(scale="product", share="gated"), True),
+    "tailedcore-product-gated-only": ("tailedcore", LOFFilter(scale="product", share="gated-only"), False),
+    "tailedcore-no-lof": ("tailedcore", LOFFilter(drop=0.0), False),
 }
 
 
@@ -99,8 +106,7 @@ def run_variant(name: str, data: Path, info: dict, cache_dir: Path, search_optio
                                threads=threads)
     if method == "tailedcore":
         missed = true_tail_indices(data, info) if forced_miss else ()
-        detector.set_params(policy=TailedCorePolicy(lof=LOFFilter(scale=lof[0], share=lof[1]),
-                                                    tail=MissedTail(missed=missed)))
+        detector.set_params(policy=TailedCorePolicy(lof=lof, tail=MissedTail(missed=missed)))
     started = time.perf_counter()
     detector.fit(data, cache_dir=cache_dir)
     fit_seconds = time.perf_counter() - started

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tailedcore import lof
-from tailedcore.lof import fence_inlier_mask, image_relative, inlier_mask, patchwise_lof_scores
+from tailedcore.lof import fence_inlier_mask, gated_inlier_mask, image_relative, inlier_mask, patchwise_lof_scores
 from tailedcore.policies import LOFFilter
 from tailedcore.store import ArrayFile
 from tailedcore.timing import StageTimer
@@ -98,3 +98,60 @@ def test_fence_share_drops_only_the_outliers_of_a_plain_product_and_at_most_the_
     assert fence_inlier_mask(heavy_tail, drop=0.0).all()
     with pytest.raises(ValueError, match="drop=1.0"):
         fence_inlier_mask(heavy_tail, drop=1.0)
+
+
+def _scattered_scores(seed: int = 4) -> np.ndarray:
+    """LOF-like scores of 40 images x 16 locations: plain (1.0-1.1), each image with 0-2 rare normal patches
+    (1.18: above the inner fence, below the far-out one), image 5 with a defect over 6 locations (3.0) and
+    image 30 with one far-out patch (4.0) at location 15."""
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(1.0, 1.1, (40, 16))
+    for image in range(40):
+        scores[image, rng.choice(15, size=rng.integers(0, 3), replace=False)] = 1.18
+    scores[5, :6] = 3.0
+    scores[30, 15] = 4.0
+    return scores
+
+
+def test_gated_share_drops_a_defect_region_but_spares_scattered_rare_patches_of_clean_images():
+    scores = _scattered_scores()
+    rare = scores == 1.18
+    rare[5] = False
+    gated = gated_inlier_mask(scores, drop=0.15)
+    assert not gated[5, :6].any()
+    assert gated[rare].all()
+    assert not gated[30, 15]  # far out: dropped wherever it is
+    without_far_out = gated_inlier_mask(scores, drop=0.15, far_out=False)
+    assert without_far_out[30, 15] and not without_far_out[5, :6].any()
+    assert not fence_inlier_mask(scores, drop=0.15)[rare].any()  # the fence alone drops them with the defect
+
+
+def test_gated_share_never_drops_more_than_the_drop_share_and_checks_its_input():
+    heavy_tail = np.concatenate([np.linspace(1.0, 1.1, 80), np.linspace(5.0, 50.0, 20)]).reshape(10, 10)
+    assert 1.0 - gated_inlier_mask(heavy_tail, drop=0.15).mean() <= 0.15 + 1e-9
+    assert gated_inlier_mask(heavy_tail, drop=0.0).all()
+    with pytest.raises(ValueError, match="n_images, n_locations"):
+        gated_inlier_mask(heavy_tail.ravel())
+    with pytest.raises(ValueError, match="drop=1.0"):
+        gated_inlier_mask(heavy_tail, drop=1.0)
+
+
+def test_lof_filter_with_the_gated_share_drops_a_planted_defect_per_product():
+    rng = np.random.default_rng(5)
+    features = rng.standard_normal((40, 16, 8)).astype(np.float32)
+    features[5, :6] += 12.0
+    products = np.repeat([0, 1], 20)
+    keep = LOFFilter(drop=0.15, scale="product", share="gated").apply(features, StageTimer(), products=products)[1]
+    assert not keep[5, :6].any()
+    assert 1.0 - keep[products == 1].mean() < 0.05
+
+
+def test_lof_filter_shares_gated_and_gated_only_differ_by_the_far_out_patches_alone():
+    rng = np.random.default_rng(6)
+    features = rng.standard_normal((30, 16, 8)).astype(np.float32)
+    features[7, 4] += 12.0  # one far-out patch in an otherwise plain image
+    products = np.zeros(30, dtype=np.int64)
+    scores, gated = LOFFilter(scale="product", share="gated").apply(features, StageTimer(), products=products)
+    only = LOFFilter(scale="product", share="gated-only").apply(features, StageTimer(), products=products)[1]
+    np.testing.assert_array_equal(only, gated_inlier_mask(scores, far_out=False))
+    assert not gated[7, 4] and only[7, 4]

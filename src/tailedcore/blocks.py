@@ -8,12 +8,13 @@ estimators, the fifth kind of block, are in tail.py.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from .lof import fence_inlier_mask, image_relative, inlier_mask, patchwise_lof_scores
+from .lof import fence_inlier_mask, gated_inlier_mask, image_relative, inlier_mask, patchwise_lof_scores
 from .params import Interval, OneOf, Params, registered, setting
 from .sampling import greedy_coreset, two_round_coreset
 from .store import ArrayFile
@@ -67,7 +68,7 @@ class Coreset(Params):
 
 
 LOF_SCALES = ("global", "image", "product")
-LOF_SHARES = ("fixed", "fence")
+LOF_SHARES = ("fixed", "fence", "gated", "gated-only")
 
 
 @registered
@@ -85,7 +86,12 @@ class LOFFilter(Params):
 
     share "fixed" (the paper): exactly the ``drop`` share of each scope;
     "fence": the scores above the scope's upper Tukey fence (lof.fence_inlier_mask),
-    at most the ``drop`` share, so a scope with few outliers drops only those.
+    at most the ``drop`` share, so a scope with few outliers drops only those;
+    "gated": those scores only in the scope's outlying images (many of their
+    patches above the fence: a defect's region), and far-out scores anywhere
+    (lof.gated_inlier_mask), so a clean image keeps its rare normal patches;
+    "gated-only": the same without the far-out scores, so only outlying images
+    lose patches.
     """
 
     k: int = setting(6, "LOF neighbours")
@@ -93,8 +99,10 @@ class LOFFilter(Params):
     scale: str = setting("global", "which LOF scores are dropped: global (the paper), image (relative to each "
                          "image's median: spares images unlike the others everywhere) or product (the top share "
                          "of each product the model found)")
-    share: str = setting("fixed", "how much LOF drops: fixed (exactly the drop share, the paper) or fence "
-                         "(scores above the upper Tukey fence, at most the drop share)")
+    share: str = setting("fixed", "how much LOF drops: fixed (exactly the drop share, the paper), fence "
+                         "(scores above the upper Tukey fence, at most the drop share), gated (those only in "
+                         "images with many of them, and far-out scores anywhere) or gated-only (without the "
+                         "far-out ones)")
 
     constraints: ClassVar[dict] = {"k": Interval(int, 1), "drop": Interval(float, 0.0, 1.0, "left"),
                                    "scale": OneOf(LOF_SCALES), "share": OneOf(LOF_SHARES)}
@@ -105,7 +113,8 @@ class LOFFilter(Params):
         of each image (needed by scale "product")."""
         if self.scale == "product" and (products is None or len(products) != len(projected)):
             raise ValueError("LOFFilter.scale='product' needs the product of every image")
-        mask = fence_inlier_mask if self.share == "fence" else inlier_mask
+        mask = {"fixed": inlier_mask, "fence": fence_inlier_mask, "gated": gated_inlier_mask,
+                "gated-only": functools.partial(gated_inlier_mask, far_out=False)}[self.share]
         with timer.stage("lof"):
             scores = patchwise_lof_scores(projected, self.k, progress, engine)
             if self.scale != "product":

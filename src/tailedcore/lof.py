@@ -110,3 +110,34 @@ def fence_inlier_mask(scores: np.ndarray, drop: float = 0.15) -> np.ndarray:
         return np.ones(scores.shape, dtype=bool)
     lower, upper = np.quantile(scores, [0.25, 0.75])
     return scores <= max(upper + 1.5 * (upper - lower), np.quantile(scores, 1.0 - drop))
+
+
+def _tukey_fence(values: np.ndarray, factor: float) -> float:
+    lower, upper = np.quantile(values, [0.25, 0.75])
+    return float(upper + factor * (upper - lower))
+
+
+def gated_inlier_mask(scores: np.ndarray, drop: float = 0.15, far_out: bool = True) -> np.ndarray:
+    """Drop a patch above the upper Tukey fence (Q3 + 1.5 IQR) only in an outlying image, one whose share of
+    such patches is itself above the upper fence of the images' shares; with ``far_out``, also any patch above
+    the far-out fence (Q3 + 3 IQR). Never more than the ``drop`` share.
+
+    scores: (n_images, P) -> bool keep mask (n_images, P). A defective image has many patches above the fence
+    in its defect's region; a clean image of a varied product has a few scattered ones, rare normal patches
+    that the fence alone would drop with the noise.
+    """
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores: expected (n_images, n_locations), got shape {scores.shape}")
+    if not 0.0 <= drop < 1.0:
+        raise ValueError(f"drop={drop}: must be in [0, 1)")
+    if drop == 0.0:
+        return np.ones(scores.shape, dtype=bool)
+    inner = max(_tukey_fence(scores, 1.5), float(np.quantile(scores, 1.0 - drop)))
+    above = scores > inner
+    share = above.mean(axis=1)
+    outlying = share > _tukey_fence(share, 1.5)
+    dropped = above & outlying[:, None]
+    if far_out:
+        dropped |= scores > max(_tukey_fence(scores, 3.0), inner)
+    return ~dropped
