@@ -95,6 +95,12 @@ def inlier_mask(scores: np.ndarray, drop: float = 0.15) -> np.ndarray:
     return keep if keep.any() else scores <= threshold
 
 
+def _tukey_fence(values: np.ndarray, factor: float) -> float:
+    """Q3 + factor x IQR of ``values`` (1.5: Tukey's upper fence; 3: his far-out one)."""
+    lower, upper = np.quantile(values, [0.25, 0.75])
+    return float(upper + factor * (upper - lower))
+
+
 def fence_inlier_mask(scores: np.ndarray, drop: float = 0.15) -> np.ndarray:
     """Keep patches whose score is at most the upper Tukey fence of the scores (Q3 + 1.5 IQR), dropping at
     most the ``drop`` share.
@@ -108,13 +114,7 @@ def fence_inlier_mask(scores: np.ndarray, drop: float = 0.15) -> np.ndarray:
         raise ValueError(f"drop={drop}: must be in [0, 1)")
     if drop == 0.0:
         return np.ones(scores.shape, dtype=bool)
-    lower, upper = np.quantile(scores, [0.25, 0.75])
-    return scores <= max(upper + 1.5 * (upper - lower), np.quantile(scores, 1.0 - drop))
-
-
-def _tukey_fence(values: np.ndarray, factor: float) -> float:
-    lower, upper = np.quantile(values, [0.25, 0.75])
-    return float(upper + factor * (upper - lower))
+    return scores <= max(_tukey_fence(scores, 1.5), np.quantile(scores, 1.0 - drop))
 
 
 def gated_inlier_mask(scores: np.ndarray, drop: float = 0.15, far_out: bool = True) -> np.ndarray:
