@@ -1,9 +1,10 @@
 """Markdown tables for docs/results.md from the benchmark runs (runs/<profile>*/seed-N/results.json).
 
 The methods of one seed may come from several folders run side by side: runs/<profile> and
-runs/<profile>-tailedcore hold methods under their own names; runs/<profile>-paper-tail (TailedCore
-with the paper's TailSampler) and runs/<profile>-two-round (TailedCore with the two-round tail
-coreset) join as rows of their own, the latter compared seed by seed with the joint tail coreset.
+runs/<profile>-tailedcore hold methods under their own names; runs/<profile>-paper-head (TailedCore
+with the paper's head step), runs/<profile>-paper-tail (with the paper's TailSampler; in the eight-class
+grid, with its head step too) and runs/<profile>-two-round (TailedCore with the two-round tail
+coreset) join as rows of their own, the last compared seed by seed with the joint tail coreset.
 
     python scripts/results_tables.py runs > /tmp/tables.md
 """
@@ -19,8 +20,8 @@ import numpy as np
 METHODS = ("patchcore", "softpatch", "tailedcore")
 PROFILES = ("step-k1", "step-k4", "pareto")
 # Folder suffix -> the row name of the TailedCore run it holds (None: methods under their own names).
-FOLDERS = {"": None, "-tailedcore": None, "-paper-tail": "tailedcore (paper TailSampler)",
-           "-two-round": "tailedcore two-round"}
+FOLDERS = {"": None, "-tailedcore": None, "-paper-head": "tailedcore (paper head step)",
+           "-paper-tail": "tailedcore (paper TailSampler)", "-two-round": "tailedcore two-round"}
 VARIANT = FOLDERS["-two-round"]
 
 

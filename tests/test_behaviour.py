@@ -8,7 +8,9 @@ of the patch scores. Measured on one machine, its default kernels against
 ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2, these values moved by at most 2.4e-6
 (relative); a real change moves them far more: another coreset start seed moved the mean row norm by
 1.6e-3 and an image score by 14%, LOF k 4 instead of 3 an image score by 62%. Bitwise checks stay where
-both sides run on one machine in one test (engines, runtimes, determinism).
+both sides run on one machine in one test (engines, runtimes, determinism). TailedCore's default head
+step became the gated drop per product later: its values were recorded then, and the paper's head step
+("tailedcore-paper-head") keeps the values TailedCore had before.
 """
 
 import json
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 
 from tailedcore import PatchCore, SoftPatch, TailedCore
-from tailedcore.policies import TailedCorePolicy
+from tailedcore.policies import LOFFilter, TailedCorePolicy
 from tailedcore.tail import PaperTailSampler
 
 from .conftest import SMALL, real_subset
@@ -33,7 +35,8 @@ METHODS = {
     "patchcore": (PatchCore, {}),
     "softpatch": (SoftPatch, {}),
     "tailedcore": (TailedCore, {}),
-    "tailedcore-paper": (TailedCore, {"policy": TailedCorePolicy(tail=PaperTailSampler())}),
+    "tailedcore-paper-head": (TailedCore, {"policy": TailedCorePolicy(lof=LOFFilter())}),
+    "tailedcore-paper": (TailedCore, {"policy": TailedCorePolicy(tail=PaperTailSampler(), lof=LOFFilter())}),
 }
 
 # Recorded with the default float kernels of an x86 machine (its AVX2 kernels still gave the older

@@ -10,7 +10,7 @@ from tailedcore.app.cli import build_parser, main
 from tailedcore.app.commands import detector_params
 from tailedcore.app.options import POLICY_OPTIONS, SETTING_OPTIONS
 from tailedcore.memory import MemoryBank, read_model
-from tailedcore.policies import Coreset, LOFFilter, TailCoreset, TailedCorePolicy, Views
+from tailedcore.policies import Coreset, LOFFilter, SoftPatchPolicy, TailCoreset, TailedCorePolicy, Views
 from tailedcore.settings import SETTINGS, TopLevel
 from tailedcore.tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler
 
@@ -29,6 +29,16 @@ def test_help_shows_the_defaults_of_the_signatures(capsys, monkeypatch):
     assert (f"cuts linkage clusters (tailedcore, with --tail-estimator linkage); default "
             f"{LinkageTailSampler().distance}") in text
     assert f"(the published TailSampler) (tailedcore); default {TailedCorePolicy().tail.name}" in text
+    # one option, two methods whose default blocks differ: each method's default is stated
+    assert "(softpatch, tailedcore); default global (softpatch), product (tailedcore)" in text
+    assert "(softpatch, tailedcore); default fixed (softpatch), gated (tailedcore)" in text
+
+
+def test_tailedcore_heads_with_the_gated_drop_and_keeps_the_papers_step_by_name():
+    assert TailedCorePolicy().lof == LOFFilter(scale="product", share="gated")
+    assert SoftPatchPolicy().lof == LOFFilter()  # SoftPatch's own step is the paper's
+    _, policy = detector_params(_parse("--lof-scale", "global", "--lof-share", "fixed"))
+    assert TailedCore().set_params(**policy).policy.lof == LOFFilter()
 
 
 def test_options_become_nested_policy_parameters():

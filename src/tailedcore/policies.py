@@ -159,12 +159,15 @@ class TailedCorePolicy(Policy):
     """Memory = coreset(tail images + their views) followed by coreset(LOF inliers of all images).
 
     ``tail`` picks the tail images: LinkageTailSampler (default) or
-    PaperTailSampler (the published TailSampler); ``views``: what is made of
-    each tail image; ``tail_coreset``: how the tail rows are coreset.
+    PaperTailSampler (the published TailSampler); ``lof``: the head step,
+    by default the gated drop within each product (LOFFilter scale "product",
+    share "gated"; the paper's step is ``LOFFilter()``, as SoftPatch's);
+    ``views``: what is made of each tail image; ``tail_coreset``: how the
+    tail rows are coreset.
     """
 
     coreset: Coreset = Coreset()
-    lof: LOFFilter = LOFFilter()
+    lof: LOFFilter = LOFFilter(scale="product", share="gated")
     tail: PaperTailSampler | LinkageTailSampler = setting(
         LinkageTailSampler(), "how tail images are found: linkage or paper (the published TailSampler)",
         option="--tail-estimator", choices=TAIL_ESTIMATORS)

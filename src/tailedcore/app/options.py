@@ -33,6 +33,7 @@ class Option:
     owner: type[Params]
     field: dataclasses.Field
     applies: str = ""  # which methods / estimators have it, for the help
+    stated_default: str | None = None  # the default to state when it is not the field's (one per method)
 
     @property
     def dest(self) -> str:
@@ -85,9 +86,10 @@ class Option:
             kwargs.update(choices=constraint.options)
         elif isinstance(constraint, Interval):
             kwargs["type"] = _or_none(constraint.kind) if constraint.none_ok else constraint.kind
-        default = default_text or ("the model's" if model_default else "none" if self.default is None else
-                                   " ".join(map(str, self.default)) if isinstance(self.default, tuple) else
-                                   self.default.name if self.choices else self.default)
+        default = default_text or self.stated_default or (
+            "the model's" if model_default else "none" if self.default is None else
+            " ".join(map(str, self.default)) if isinstance(self.default, tuple) else
+            self.default.name if self.choices else self.default)
         text = self.field.metadata["help"].replace("%", "%%") + self.applies
         parser.add_argument(self.flag, help=text if "default" in text else f"{text}; default {default}", **kwargs)
 
@@ -139,9 +141,11 @@ def policy_options() -> list[Option]:
     estimator) has an option that picks the class, then the fields of each class. The help says which
     methods, and which classes when not all, have each."""
     blocks: dict[str, tuple[type[Params], dataclasses.Field, list[str]]] = {}
+    block_defaults: dict[str, dict[str, Params]] = {}  # block -> method -> the policy's default block
     for method, policy in POLICIES.items():
         for field in dataclasses.fields(policy):
             blocks.setdefault(field.name, (policy, field, []))[2].append(method)
+            block_defaults.setdefault(field.name, {})[method] = field.default
     options: dict[str, Option] = {}
     for block, (policy, block_field, methods) in blocks.items():
         classes = block_field.metadata.get("choices") or {"": type(block_field.default)}
@@ -157,8 +161,18 @@ def policy_options() -> list[Option]:
                           if field.name in {f.name for f in dataclasses.fields(other)}]
                 which = f", with {picker} {' or '.join(owners)}" if len(owners) < len(classes) else ""
                 options[flag] = Option(flag, f"policy__{block}__{field.name}", cls, field,
-                                       f" ({', '.join(methods)}{which})")
+                                       f" ({', '.join(methods)}{which})",
+                                       _per_method_default(block_defaults[block], field.name))
     return list(options.values())
+
+
+def _per_method_default(defaults: dict[str, Params], name: str) -> str | None:
+    """"global (softpatch), product (tailedcore)" when the methods' default blocks differ in field ``name``;
+    None when they agree (the field's own default is stated)."""
+    values = {method: getattr(block, name) for method, block in defaults.items() if hasattr(block, name)}
+    if len(set(values.values())) < 2:
+        return None
+    return ", ".join(f"{value} ({method})" for method, value in values.items())
 
 
 SETTING_OPTIONS = setting_options()
