@@ -33,6 +33,7 @@ from sklearn.metrics import roc_auc_score
 
 from tailedcore import TailedCore
 from tailedcore.data import load_mvtec
+from tailedcore.lof import tukey_fence
 from tailedcore.thresholds import normalise
 
 MIN_TRAINING = 20  # classes with at least this many training images are judged by the targets
@@ -80,7 +81,7 @@ def run_set(data: Path, exact_rows: int | None, seed: int, threads: int | None) 
         }
     judged = [name for name, figures in per_class.items() if figures["training_images"] >= MIN_TRAINING]
     return {
-        "data": str(data), "fit_seconds": fit_seconds,
+        "data": str(data), "policy": detector.policy.to_config(), "fit_seconds": fit_seconds,
         "calibration_images": len(detector.calibration_paths_),
         "products": len(detector.products_),
         "product_thresholds": {str(p): t.to_dict() for p, t in detector.product_thresholds_.items()},
@@ -118,8 +119,9 @@ def report(name: str, result: dict) -> None:
 def threshold_rules(result: dict, rate: float = 0.01) -> list[list]:
     """Per product with its own thresholds, three image thresholds from its held-out training images and
     what they give on its test images: the (1 - rate) quantile (what fit does), the same with the images
-    make-nlt injected as defects removed (an oracle: a user cannot know them), and a log-normal fit to the
-    median and MAD of the log scores (robust to a few defective images)."""
+    make-nlt injected as defects removed (an oracle: a user cannot know them), a log-normal fit to the
+    median and MAD of the log scores (robust to a few defective images), and the quantile of the scores
+    within Tukey's upper fence (Q3 + 1.5 IQR) of the scores and of the log scores."""
     held_out, images = result["calibration"], result["images"]
     rows = []
     for product in sorted(int(p) for p in result["product_thresholds"]):
@@ -128,7 +130,9 @@ def threshold_rules(result: dict, rate: float = 0.01) -> list[list]:
         logs = np.log(scores)
         spread = 1.4826 * np.median(np.abs(logs - np.median(logs)))
         rules = {"quantile": np.quantile(scores, 1 - rate), "quantile without injected": np.quantile(clean, 1 - rate),
-                 "log-normal fit": float(np.exp(np.median(logs) + norm.ppf(1 - rate) * spread))}
+                 "log-normal fit": float(np.exp(np.median(logs) + norm.ppf(1 - rate) * spread)),
+                 "quantile within the fence": np.quantile(scores[scores <= tukey_fence(scores, 1.5)], 1 - rate),
+                 "quantile within the fence of logs": np.quantile(scores[logs <= tukey_fence(logs, 1.5)], 1 - rate)}
         mine = [x for x in images if x["product"] == product]
         good = np.array([x["raw"] for x in mine if x["label"] == 0])
         defect = np.array([x["raw"] for x in mine if x["label"] == 1])

@@ -5,7 +5,7 @@ import pytest
 
 from tailedcore import PatchCore, SoftPatch, TailedCore, load
 from tailedcore.memory import ModelFileError, write_model
-from tailedcore.params import Interval, Params
+from tailedcore.params import Interval, OneOf, Params
 from tailedcore.policies import Coreset, LOFFilter, SoftPatchPolicy, TailCoreset, TailedCorePolicy
 from tailedcore.settings import Calibration, Features, Run, Search
 from tailedcore.tail import LinkageTailSampler, PaperTailSampler
@@ -70,6 +70,17 @@ def test_interval_text():
     assert Interval(int, 1, none_ok=True).problem(None) is None
 
 
+def test_a_switch_takes_true_or_false_only():
+    """1 == True and 0 == False in Python: a switch must still refuse numbers, or Search(squared_distance=1)
+    would pass and be written into the model's config."""
+    switch = OneOf((True, False))
+    assert switch.problem(True) is None and switch.problem(np.bool_(False)) is None
+    assert switch.problem(1) == "must be True or False" and switch.problem(0.0) == "must be True or False"
+    with pytest.raises(ValueError, match="squared_distance=1: must be True or False"):
+        Search(squared_distance=1).check()
+    assert OneOf(("exact", "ivf")).problem("hnsw") == "choose from exact, ivf"
+
+
 def test_detector_nested_parameters_reach_the_policy():
     detector = TailedCore().set_params(policy__lof__k=3, search="ivf")
     assert detector.policy.lof.k == 3 and detector.search.kind == "ivf"
@@ -114,6 +125,21 @@ def test_format_3_model_files_with_flat_settings_load_into_the_parameter_objects
     flat["colour"] = "blue"
     write_model(path, {"memory": np.ones((4, 8), np.float32)}, {"method": "tailedcore", "params": flat})
     with pytest.raises(ModelFileError, match=r"unknown parameters \['colour'\]"):
+        load(path)
+
+
+def test_a_model_file_with_invalid_thresholds_or_no_memory_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    write_model(path, {"memory": np.ones((4, 8), np.float32)},
+                {"method": "patchcore", "params": {}, "thresholds": {"pixel": 1.0}})
+    with pytest.raises(ModelFileError, match=r"broken\.safetensors: invalid thresholds"):
+        load(path)
+    write_model(path, {"memory": np.ones((4, 8), np.float32)},
+                {"method": "patchcore", "params": {}, "product_thresholds": {"0": {"image": 1.0}}})
+    with pytest.raises(ModelFileError, match=r"broken\.safetensors: invalid thresholds"):
+        load(path)
+    write_model(path, {"weights": np.ones(4, np.float32)}, {"method": "patchcore", "params": {}})
+    with pytest.raises(ModelFileError, match=r"broken\.safetensors: no memory array"):
         load(path)
 
 

@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from tailedcore.sampling import greedy_coreset, greedy_coreset_reference, random_projection, two_round_coreset
+from tailedcore.sampling import (
+    greedy_coreset,
+    greedy_coreset_reference,
+    project,
+    random_projection,
+    two_round_coreset,
+)
 
 
 def brute_force_k_center(x, n, start):
@@ -118,3 +124,13 @@ def test_two_round_coreset_parameters_are_checked():
     with pytest.raises(ValueError, match="oversample=0.5"):
         two_round_coreset(x, shards, 0.1, np.random.default_rng(0), oversample=0.5)
     assert len(two_round_coreset(x, [], 0.1, np.random.default_rng(0))) == 0
+
+
+def test_projection_keeps_the_leading_shape_and_matches_the_float64_product():
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((3, 49, 64)).astype(np.float32)
+    projection = random_projection(64, 16, seed=1)
+    projected = project(rows, projection)
+    assert projected.shape == (3, 49, 16) and projected.dtype == np.float32
+    np.testing.assert_allclose(projected, rows.astype(np.float64) @ projection.astype(np.float64), rtol=1e-4,
+                               atol=1e-5)

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
+from tailedcore.engine import fast_bfloat16
 from tailedcore.scoring import PatchScorer, anomaly_maps, build_search
 
 
@@ -92,15 +94,25 @@ def test_batched_ivf_misses_fall_back_to_exact_search():
     np.testing.assert_array_equal(i, faiss_i)
 
 
-def test_batched_ivf_bfloat16_ranking_rescores_its_candidates_in_float32():
+@pytest.mark.parametrize("bfloat16", [True, False])
+def test_batched_ivf_ranking_rescores_its_candidates_in_float32(bfloat16):
+    """bfloat16 ranking (CPUs with bfloat16 units) or float32 ranking (elsewhere), the same contract."""
     rng = np.random.default_rng(5)
     memory = rng.standard_normal((4000, 64)).astype(np.float32)
     queries = memory[:500] + 0.3 * rng.standard_normal((500, 64)).astype(np.float32)
     float32_d, float32_i = build_search(memory, "ivf-batched", nprobe=4).search(queries, 2)
-    d, i = build_search(memory, "ivf-batched", nprobe=4, rerank=3).search(queries, 2)
-    assert (i == float32_i).mean() > 0.97  # the same lists, nearly always the same rows
+    index = build_search(memory, "ivf-batched", nprobe=4, rerank=3, bfloat16=bfloat16)
+    assert index.ranking == (torch.bfloat16 if bfloat16 else torch.float32)
+    d, i = index.search(queries, 2)
+    assert (i == float32_i).mean() > (0.97 if bfloat16 else 0.999)  # the same lists, nearly always the same rows
     exact = ((memory[i] - queries[:, None, :]) ** 2).sum(axis=2)
     np.testing.assert_allclose(d, exact, rtol=1e-5)  # float32 distances to the rows returned
     assert (d[:, 0] <= d[:, 1]).all()
+
+
+def test_batched_ivf_ranks_in_bfloat16_only_where_the_cpu_multiplies_it():
+    memory = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    index = build_search(memory, "ivf-batched", nlist=8, rerank=2)
+    assert index.ranking == (torch.bfloat16 if fast_bfloat16() else torch.float32)
     with pytest.raises(ValueError, match="rerank=1: must be at least k=2"):
-        build_search(memory, "ivf-batched", rerank=1).search(queries, 2)
+        build_search(memory, "ivf-batched", nlist=8, rerank=1).search(memory, 2)

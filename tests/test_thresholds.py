@@ -126,6 +126,7 @@ def test_thresholds_on_few_images_warn_and_keep_the_count(caplog):
         maps = np.arange(4.0)[:, None, None] + np.zeros((4, 2, 2))
         f1 = calibrate_f1(np.array([0, 0, 1, 1]), np.arange(4.0), maps=maps)
     assert f1.images == 4 and f1.few_images and any("rest on 4 images" in r.getMessage() for r in caplog.records)
+    assert f1.source == "F1-max on 4 labeled validation images (pixel: the 0.99 quantile of the normal images' maps)"
     old = thresholds.to_dict()  # a model file written before the count was stored
     del old["images"], old["false_alarm_rate"]
     assert Thresholds.from_dict(old) == thresholds
@@ -151,7 +152,7 @@ def test_cli_warns_about_thresholds_on_few_images(tmp_path, caplog):
 def test_normalised_score_keeps_the_ranking_beyond_the_calibration_range():
     t = Thresholds(5.0, 2.0, (0.0, 10.0), (0.0, 4.0), "test")
     raw = np.array([0.0, 1.0, 4.9, 5.0, 5.1, 10.0, 15.0, 30.0, 100.0, 1e4])
-    scores = t.normalise_image(raw)
+    scores = normalise(raw, t.image)
     assert scores[3] == 0.5 and scores[0] == 0.0
     assert np.all(np.diff(scores) > 0) and np.all(scores < 1.0)  # no saturation at 1.0: ranking is kept
     np.testing.assert_allclose(scores, raw / (raw + 5.0))  # score / threshold = x -> x / (1 + x)

@@ -24,7 +24,7 @@ from PIL import Image
 from .data import as_paths
 from .engine import LocalEngine, RayEngine, in_run_threads, make_engine
 from .features import PRECISIONS, FeatureExtractor
-from .inference import check_sizes, predict_decoded, predict_files
+from .inference import check_sizes, image_scores_and_maps, predict_decoded, predict_files
 from .model_file import save
 from .policies import Policy, TailedCorePolicy
 from .predictions import Predictions
@@ -32,7 +32,7 @@ from .products import Products
 from .routing import RoutedScorer, make_scorer
 from .runtimes import GRAPH_PRECISIONS, GraphFeatures
 from .sampling import random_projection
-from .scoring import PatchScorer, anomaly_maps, search_option_names
+from .scoring import PatchScorer, search_option_names
 from .settings import Calibration, Configurable, Features, Run, Search
 from .store import FeatureCache
 from .thresholds import Thresholds, calibrate_scoped
@@ -168,8 +168,7 @@ class Detector(Configurable):
         patches = fitted.features.patches
         scores = np.concatenate([self.scorer.score(patches[i * locations : (i + 1) * locations][None])
                                  for i in fitted.held_out]).reshape(-1, *self.extractor.grid_shape)
-        self._set_thresholds(scores.reshape(len(scores), -1).max(axis=1),
-                             anomaly_maps(scores, self.features.crop, self.search.blur_sigma),
+        self._set_thresholds(*image_scores_and_maps(scores, self.features.crop, self.search.blur_sigma),
                              self.products_.labels[fitted.held_out], "held-out training images")
 
     # -- thresholds -----------------------------------------------------------

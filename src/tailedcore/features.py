@@ -6,6 +6,7 @@ with H = W = crop / 8 and D = ``feature_dim``, and one image embedding (E,).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from tqdm import tqdm
 
 from .backbones import DEFAULT_STAGES, Backbone, backbone_spec, build_backbone, check_stages
 from .data import ImageLoadError, load_image
+from .engine import fast_bfloat16
 from .store import FeatureCache, file_identity
+
+log = logging.getLogger(__name__)
 
 
 def pooling_matrix(in_size: int, out_size: int) -> torch.Tensor:
@@ -156,6 +160,8 @@ class FeatureExtractor:
         if precision not in PRECISIONS:
             raise ValueError(f"precision='{precision}': choose from {', '.join(PRECISIONS)}")
         self.precision = precision
+        if precision == "bfloat16" and not fast_bfloat16():
+            log.warning("this CPU has no bfloat16 units: bfloat16 features are emulated here, far slower than float32")
         self.progress = progress
         self.backbone_name = backbone
         self.stages = stages

@@ -159,22 +159,27 @@ def predict_shards(detector, paths: list[Path], strict: bool) -> Predictions:
     return predictions
 
 
+def image_scores_and_maps(patch_scores: np.ndarray, crop: int, blur: float) -> tuple[np.ndarray, np.ndarray]:
+    """(n, rows, cols) patch scores -> (n,) image scores (the largest patch score) and (n, crop, crop) anomaly
+    maps: the scores that predictions answer with and thresholds are calibrated on."""
+    return patch_scores.reshape(len(patch_scores), -1).max(axis=1), anomaly_maps(patch_scores, crop, blur)
+
+
 def assemble(detector, patch_scores: list[np.ndarray], means: list[np.ndarray], paths: list[Path]) -> Predictions:
     """Predictions of ``paths`` from their patch scores, a list of (b, rows, cols) batches, and their mean
     patch features, a list of (b, D) batches (to find each image's product)."""
     grid = detector.extractor.grid_shape
     crop, blur = detector.features.crop, detector.search.blur_sigma
     products_ = detector.products_
-    with detector.stage_times_.stage("test scoring"):
-        maps = [anomaly_maps(scores, crop, blur) for scores in patch_scores]
     if not patch_scores:
         no_maps = np.empty((0, crop, crop), np.float32)
         return Predictions([], np.empty(0, np.float32), np.empty((0, *grid), np.float32), no_maps,
                            detector.thresholds_, products=None if products_ is None else np.empty(0, np.int64),
                            product_thresholds=detector.product_thresholds_)
     patch_array = np.concatenate(patch_scores)
-    predictions = Predictions(paths, patch_array.reshape(len(paths), -1).max(axis=1), patch_array,
-                              np.concatenate(maps), detector.thresholds_,
+    with detector.stage_times_.stage("test scoring"):
+        image_scores, maps = image_scores_and_maps(patch_array, crop, blur)
+    predictions = Predictions(paths, image_scores, patch_array, maps, detector.thresholds_,
                               product_thresholds=detector.product_thresholds_)
     if products_ is not None:
         with detector.stage_times_.stage("products"):

@@ -86,19 +86,29 @@ def inlier_mask(scores: np.ndarray, drop: float = 0.15) -> np.ndarray:
     above the quantile are dropped.
     """
     scores = np.asarray(scores)
-    if not 0.0 <= drop < 1.0:
-        raise ValueError(f"drop={drop}: must be in [0, 1)")
-    if drop == 0.0:
+    if _drops_nothing(drop):
         return np.ones(scores.shape, dtype=bool)
     threshold = np.quantile(scores, 1.0 - drop)
     keep = scores < threshold
     return keep if keep.any() else scores <= threshold
 
 
-def _tukey_fence(values: np.ndarray, factor: float) -> float:
+def _drops_nothing(drop: float) -> bool:
+    """Check a drop share (in [0, 1)); True when it is 0."""
+    if not 0.0 <= drop < 1.0:
+        raise ValueError(f"drop={drop}: must be in [0, 1)")
+    return drop == 0.0
+
+
+def tukey_fence(values: np.ndarray, factor: float) -> float:
     """Q3 + factor x IQR of ``values`` (1.5: Tukey's upper fence; 3: his far-out one)."""
     lower, upper = np.quantile(values, [0.25, 0.75])
     return float(upper + factor * (upper - lower))
+
+
+def _inner_fence(scores: np.ndarray, drop: float) -> float:
+    """Tukey's upper fence of the scores, never below their (1 - drop) quantile (so at most ``drop`` is above)."""
+    return max(tukey_fence(scores, 1.5), float(np.quantile(scores, 1.0 - drop)))
 
 
 def fence_inlier_mask(scores: np.ndarray, drop: float = 0.15) -> np.ndarray:
@@ -110,11 +120,9 @@ def fence_inlier_mask(scores: np.ndarray, drop: float = 0.15) -> np.ndarray:
     few outliers drops only those; a varied group has a wide IQR and a high fence.
     """
     scores = np.asarray(scores)
-    if not 0.0 <= drop < 1.0:
-        raise ValueError(f"drop={drop}: must be in [0, 1)")
-    if drop == 0.0:
+    if _drops_nothing(drop):
         return np.ones(scores.shape, dtype=bool)
-    return scores <= max(_tukey_fence(scores, 1.5), np.quantile(scores, 1.0 - drop))
+    return scores <= _inner_fence(scores, drop)
 
 
 def gated_inlier_mask(scores: np.ndarray, drop: float = 0.15, far_out: bool = True) -> np.ndarray:
@@ -129,15 +137,13 @@ def gated_inlier_mask(scores: np.ndarray, drop: float = 0.15, far_out: bool = Tr
     scores = np.asarray(scores)
     if scores.ndim != 2:
         raise ValueError(f"scores: expected (n_images, n_locations), got shape {scores.shape}")
-    if not 0.0 <= drop < 1.0:
-        raise ValueError(f"drop={drop}: must be in [0, 1)")
-    if drop == 0.0:
+    if _drops_nothing(drop):
         return np.ones(scores.shape, dtype=bool)
-    inner = max(_tukey_fence(scores, 1.5), float(np.quantile(scores, 1.0 - drop)))
+    inner = _inner_fence(scores, drop)
     above = scores > inner
     share = above.mean(axis=1)
-    outlying = share > _tukey_fence(share, 1.5)
+    outlying = share > tukey_fence(share, 1.5)
     dropped = above & outlying[:, None]
     if far_out:
-        dropped |= scores > max(_tukey_fence(scores, 3.0), inner)
+        dropped |= scores > max(tukey_fence(scores, 3.0), inner)
     return ~dropped

@@ -112,8 +112,15 @@ def read_stored(path: str | os.PathLike) -> StoredModel:
     else:
         log.info("%s: written before models kept their products; one threshold and one search for all images",
                  path)
+    if "memory" not in arrays:
+        raise ModelFileError(f"{path}: no memory array")
+    try:
+        thresholds = Thresholds.from_dict(config["thresholds"]) if config.get("thresholds") else None
+        product_thresholds = {int(product): Thresholds.from_dict(stored)
+                              for product, stored in (config.get("product_thresholds") or {}).items()}
+    except (TypeError, ValueError, KeyError) as error:
+        raise ModelFileError(f"{path}: invalid thresholds ({error!r})") from error
     return StoredModel(
         method, params, MemoryBank(arrays["memory"], arrays.get("weights"), config.get("memory_info", {})),
-        Thresholds.from_dict(config["thresholds"]) if config.get("thresholds") else None,
-        {int(p): Thresholds.from_dict(t) for p, t in (config.get("product_thresholds") or {}).items()},
+        thresholds, product_thresholds,
         {k: config.get(k) for k in ("memory_info", "training_images", "calibration_images")}, products)

@@ -46,7 +46,7 @@ class TrainingFeatures(FeatureSet):
     (n_images, D) and a view maker.
 
     ``views(indices)`` returns the FeatureSet of all rotated/flipped views of
-    the given training images; ``timer`` times the policy's stages;
+    the given training images, ``views_per_image`` of each; ``timer`` times the policy's stages;
     ``engine`` runs their parallel parts (LOF blocks, coreset shards);
     ``products``: (n_images,) int64 product of each image (products.py), or None.
     """
@@ -54,7 +54,7 @@ class TrainingFeatures(FeatureSet):
     embeddings: np.ndarray
     mean_patches: np.ndarray
     views: Callable[[np.ndarray], FeatureSet]
-    views_per_image: int = 47
+    views_per_image: int
     timer: StageTimer = field(default_factory=StageTimer)
     engine: LocalEngine | RayEngine = field(default_factory=LocalEngine)
     products: np.ndarray | None = None

@@ -32,6 +32,12 @@ _ASSIGN = LinkageTailSampler(features="patches")  # the distance of assignment: 
 _BLOCK_ROWS = 2048
 
 
+def _mean_patch_distances(rows: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """(m, D) and (n, D) mean patch features -> (m, n) float64 cosine distances (``_ASSIGN`` reads no
+    embeddings, so the mean patch features stand in for them)."""
+    return _ASSIGN.distances_between(TailInputs(rows, rows), TailInputs(members, members))
+
+
 @dataclass
 class Products:
     """The products found among n training images.
@@ -73,7 +79,7 @@ class Products:
         blocks = [np.empty((0, len(self)))]
         for lo in range(0, len(mean_patches), _BLOCK_ROWS):
             block = np.asarray(mean_patches[lo : lo + _BLOCK_ROWS])
-            cross = _ASSIGN.distances_between(TailInputs(block, block), TailInputs(members, members))
+            cross = _mean_patch_distances(block, members)
             blocks.append(np.minimum.reduceat(cross, starts, axis=1))
         return np.concatenate(blocks)
 
@@ -97,7 +103,7 @@ class Products:
             nearest = []
             for lo in range(0, len(members), _BLOCK_ROWS):
                 block = members[lo : lo + _BLOCK_ROWS]
-                cross = _ASSIGN.distances_between(TailInputs(block, block), TailInputs(members, members))
+                cross = _mean_patch_distances(block, members)
                 cross[np.arange(len(block)), lo + np.arange(len(block))] = np.inf
                 nearest.append(cross.min(axis=1))
             spreads[product] = np.concatenate(nearest).max()
@@ -118,9 +124,6 @@ class Products:
         """(m,) bool: the images (``assign``'s products and distances) farther from their product than its
         limit (``unknown_limits(factor)``)."""
         return np.asarray(distances) > self.unknown_limits(factor)[np.asarray(products, dtype=np.int64)]
-
-    def members(self, product: int) -> list[str]:
-        return [self.paths[i] for i in np.flatnonzero(self.labels == product)]
 
     def tail_paths(self) -> list[str]:
         """The files of the tail products' images."""

@@ -7,7 +7,7 @@ only, each product with its own index of the detector's search kind; the
 nearest rows of the products searched are merged. Searched besides its own:
 every product about as near (its nearest member within ``margin`` times the
 distance to the own product's nearest member), and the next nearest product
-when the own product has fewer than ``min_rows`` memory rows. An image of an
+when the products chosen hold fewer than ``min_rows`` memory rows together. An image of an
 unknown product is searched in the whole memory. Products of fewer than
 EXACT_BELOW_ROWS rows are searched exactly.
 """
@@ -26,22 +26,27 @@ from .scoring import PatchScorer, build_search, finish_scores
 # A product with fewer memory rows is searched exactly: an approximate index over so few rows saves
 # nothing, and faiss cannot train IVF lists on them.
 EXACT_BELOW_ROWS = 1024
+# Routing defaults: a product about as near as the image's own (within ROUTE_MARGIN x its distance) is searched
+# too, as is the next nearest product while the products chosen hold fewer than ROUTE_MIN_ROWS rows (a one-image
+# tail product holds tens to hundreds).
+ROUTE_MARGIN = 2.0
+ROUTE_MIN_ROWS = 1024
 SEARCH_SCOPES = ("global", "product")
 
 
 class RoutedScorer:
     """Scores patches against the memory rows of their image's product (thread-safe).
 
-    memory: (M, D) float32; weights: (M,) float32 or None; memory_products: (M,)
-    int64 product of each row; ``global_scorer``: makes a PatchScorer over the
+    memory: (M, D) float32; weights: (M,) float32 or None; ``products.memory_products``:
+    (M,) int64 product of each row; ``global_scorer``: makes a PatchScorer over the
     whole memory (for images of unknown products); indexes are built on first
     use (``build`` builds them all now).
     """
 
     def __init__(self, memory: np.ndarray, weights: np.ndarray | None, products: Products,
                  global_scorer: Callable[[], PatchScorer], num_neighbors: int = 1, squared: bool = True,
-                 search: str = "exact", unknown_factor: float | None = None, margin: float = 2.0, min_rows: int = 1024,
-                 **search_options):
+                 search: str = "exact", unknown_factor: float | None = None, margin: float = ROUTE_MARGIN,
+                 min_rows: int = ROUTE_MIN_ROWS, **search_options):
         if products.memory_products is None or len(products.memory_products) != len(memory):
             raise ValueError("search_scope='product' needs the product of every memory row (a model with products)")
         self.memory, self.weights, self.products = memory, weights, products
@@ -77,11 +82,11 @@ class RoutedScorer:
         """(B, D) mean patch features of images -> per image the products searched, nearest first;
         () for an image of an unknown product (the whole memory)."""
         distances = self.products.member_distances(mean_patches)  # (B, p)
-        nearest, own = self.products.nearest(distances)
-        unknown = self.products.is_unknown(nearest, own, self.unknown_factor)
+        nearest, own_distances = self.products.nearest(distances)
+        unknown = self.products.is_unknown(nearest, own_distances, self.unknown_factor)
         routes = []
-        for row, product, distance, other in zip(distances, nearest, own, unknown):
-            if other:
+        for row, product, distance, is_unknown in zip(distances, nearest, own_distances, unknown):
+            if is_unknown:
                 routes.append(())
                 continue
             order = [int(p) for p in np.argsort(row, kind="stable") if len(self.rows[p])]
@@ -130,5 +135,5 @@ def make_scorer(memory: np.ndarray, weights: np.ndarray | None, num_neighbors: i
     if routing is None:
         return whole()
     products, unknown_factor = routing
-    return RoutedScorer(memory, weights, products, whole, num_neighbors, squared, search, unknown_factor,
-                        **search_options)
+    return RoutedScorer(memory, weights, products, whole, num_neighbors=num_neighbors, squared=squared, search=search,
+                        unknown_factor=unknown_factor, **search_options)

@@ -195,9 +195,14 @@ class GraphFeatures:
             self._run = lambda images: session.run(None, {"images": images})[0]
         elif runtime == "openvino":
             ov = _require("openvino", "openvino")
+            core = ov.Core()
+            capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            if precision == "bfloat16" and "BF16" not in capabilities:
+                log.warning("OpenVINO has no bfloat16 on this CPU (it offers %s): the graph runs in float32",
+                            ", ".join(capabilities))
             hint = {"float32": "f32", "bfloat16": "bf16"}[precision]
-            compiled = ov.Core().compile_model(str(graph), "CPU", {"INFERENCE_PRECISION_HINT": hint,
-                                                                   "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+            compiled = core.compile_model(str(graph), "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                              "INFERENCE_NUM_THREADS": torch.get_num_threads()})
             self._run = lambda images: compiled(images)[0]
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:

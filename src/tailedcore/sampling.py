@@ -32,6 +32,16 @@ def random_projection(in_dim: int, out_dim: int = 128, seed: int = 0) -> np.ndar
     return (rng.standard_normal((in_dim, out_dim)) / np.sqrt(out_dim)).astype(np.float32)
 
 
+def project(rows: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    """(..., in_dim) float32 rows through a (in_dim, out_dim) projection -> (..., out_dim) float32.
+
+    A torch product, as the coreset's: numpy's BLAS may give other low bits with another thread count (seen
+    with OpenBLAS on AMD EPYC), and the greedy coreset then picks other rows."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    flat = torch.from_numpy(rows.reshape(-1, rows.shape[-1])) @ torch.from_numpy(np.asarray(projection, np.float32))
+    return flat.numpy().reshape(*rows.shape[:-1], projection.shape[1])
+
+
 def squared_distances(rows: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Squared L2 distance of each row to one center (d,) or of row i to centers[i] (n, d): -> (n,) float32."""
     diff = rows - centers

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
+from .engine import fast_bfloat16
+
 SearchResult = tuple[np.ndarray, np.ndarray]  # squared distances (Q, k) float32, indices (Q, k) int64
 
 
@@ -152,7 +154,7 @@ class FaissSearch:
         return d, i
 
 
-_SHAPE_STEP = 32  # bfloat16 products: rows of lists and of queries padded to a multiple of this
+_SHAPE_STEP = 32  # ranking products: rows of lists and of queries padded to a multiple of this
 
 
 class BatchedIVFSearch:
@@ -165,17 +167,19 @@ class BatchedIVFSearch:
     by bfloat16 matrix products (about 3x faster than float32 on CPUs with bfloat16 units; inputs and
     products rounded to 8 significant bits), and
     the R best candidates of each query are scored again in float32: the distances returned are
-    float32 distances to the rows returned. Queries whose probed lists hold fewer than k rows are
-    answered by exact search.
+    float32 distances to the rows returned. ``bfloat16`` None: bfloat16 ranking where the CPU has
+    bfloat16 units (``engine.fast_bfloat16``), float32 ranking elsewhere, where bfloat16 is emulated
+    and far slower. Queries whose probed lists hold fewer than k rows are answered by exact search.
     """
 
     def __init__(self, memory: np.ndarray, nlist: int | None = None, nprobe: int = 8, rerank: int = 0,
-                 seed: int = 0):
+                 seed: int = 0, bfloat16: bool | None = None):
         memory = np.ascontiguousarray(memory, dtype=np.float32)
         if rerank < 0:
             raise ValueError(f"rerank={rerank}: must be 0 (float32) or a number of candidates")
         self.trained = trained_ivf(memory, nlist, seed)  # owns the quantizer
         self.quantizer, self.rerank = self.trained.quantizer, rerank
+        self.ranking = torch.bfloat16 if (fast_bfloat16() if bfloat16 is None else bfloat16) else torch.float32
         nlist = self.quantizer.ntotal
         self.nprobe = min(nprobe, nlist)
         _, assignment = self.quantizer.search(memory, 1)
@@ -186,13 +190,13 @@ class BatchedIVFSearch:
         if rerank:
             centroids = torch.from_numpy(self.quantizer.reconstruct_n(0, nlist))
             self.centroid_norms = (centroids * centroids).sum(dim=1)
-            self.centroids_bf16 = centroids.bfloat16()
-            rows = rows.bfloat16()
+            self.centroids_ranked = centroids.to(self.ranking)
+            rows = rows.to(self.ranking)
         self.lists = [rows[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
         self.list_norms = [(block.float() ** 2).sum(dim=1) for block in self.lists]
         self.list_ids = [torch.from_numpy(order[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
         if rerank:
-            # oneDNN builds a bfloat16 kernel per matrix shape: lists padded to few shapes
+            # oneDNN builds a kernel per matrix shape: lists padded to few shapes
             # (rows of distance +inf and id -1) keep them reused.
             padding = [-len(block) % _SHAPE_STEP for block in self.lists]
             self.lists = [F.pad(block, (0, 0, 0, pad)) for block, pad in zip(self.lists, padding)]
@@ -205,7 +209,7 @@ class BatchedIVFSearch:
         """(Q, nprobe) list numbers: the nearest centroids of each query."""
         if not self.rerank:
             return torch.from_numpy(self.quantizer.search(queries, self.nprobe)[1])
-        products = (queries_t @ self.centroids_bf16.T).float()
+        products = (queries_t @ self.centroids_ranked.T).float()
         return (self.centroid_norms - 2 * products).topk(self.nprobe, dim=1, largest=False).indices
 
     def _rescore(self, queries: torch.Tensor, candidates: torch.Tensor, k: int,
@@ -256,7 +260,7 @@ class BatchedIVFSearch:
         if not len(queries):
             return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
         exact_queries = torch.from_numpy(queries)
-        queries_t = exact_queries.bfloat16() if self.rerank else exact_queries
+        queries_t = exact_queries.to(self.ranking) if self.rerank else exact_queries
         keep = self.rerank or k  # candidates kept per (query, list) pair and per query
         pair_d, pair_i = self._scan(queries_t, self._probes(queries, queries_t).reshape(-1), keep)
         per_query_d = pair_d.view(len(queries), self.nprobe * keep)

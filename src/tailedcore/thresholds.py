@@ -36,7 +36,8 @@ CALIBRATION_SCOPES = ("product", "global")
 
 @dataclass
 class Thresholds:
-    """Image and pixel thresholds (raw score units) with the score ranges used to normalise.
+    """Image and pixel thresholds (raw score units) with the ranges of the scores they were set on (kept for
+    reports; ``normalise`` uses the thresholds alone).
 
     ``source`` says how they were found (e.g. "false-alarm rate 0.01 on 42 held-out training images");
     ``images``: how many images they rest on; ``false_alarm_rate``: the rate (None for F1-max);
@@ -88,9 +89,6 @@ class Thresholds:
         rate = f" at a false-alarm rate of {self.false_alarm_rate:g}" if self.false_alarm_rate is not None else ""
         return (f"thresholds rest on {self.images} images{rate}: at least {self.images_needed} are needed for "
                 "more than a rough guess; calibrate on more images (tailedcore calibrate MODEL --normal DIR)")
-
-    def normalise_image(self, raw: np.ndarray) -> np.ndarray:
-        return normalise(raw, self.image)
 
     def normalise_pixel(self, raw: np.ndarray) -> np.ndarray:
         return normalise(raw, self.pixel)
@@ -191,11 +189,13 @@ def _f1_max_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
 
 def calibrate_f1(labels: np.ndarray, image_scores: np.ndarray, masks: np.ndarray | None = None,
                  maps: np.ndarray | None = None) -> Thresholds:
-    """F1-max thresholds on a labeled validation set (pixel threshold from masks when given)."""
+    """F1-max thresholds on a labeled validation set: the pixel threshold F1-max on the masks when given, else
+    the 0.99 quantile of the normal images' maps (the source says which)."""
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
         raise ValueError("F1-max calibration needs normal and anomalous validation images")
     image = _f1_max_threshold(labels, image_scores)
+    source = f"F1-max on {labels.size} labeled validation images"
     if masks is not None and maps is not None and np.asarray(masks).any():
         pixel = _f1_max_threshold(np.asarray(masks).ravel(), np.asarray(maps).ravel())
         pixel_range = _range(maps)
@@ -204,8 +204,8 @@ def calibrate_f1(labels: np.ndarray, image_scores: np.ndarray, masks: np.ndarray
         if normal_maps is None or normal_maps.size == 0:
             raise ValueError("F1-max calibration needs pixel masks or normal images for the pixel threshold")
         pixel, pixel_range = float(np.quantile(normal_maps, 0.99)), _range(normal_maps)
-    return _warned(Thresholds(image, pixel, _range(image_scores), pixel_range,
-                              f"F1-max on {labels.size} labeled validation images", int(labels.size)))
+        source += " (pixel: the 0.99 quantile of the normal images' maps)"
+    return _warned(Thresholds(image, pixel, _range(image_scores), pixel_range, source, int(labels.size)))
 
 
 def held_out_images(products: np.ndarray, share: float, min_class: int, seed: int) -> np.ndarray:

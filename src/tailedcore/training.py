@@ -30,6 +30,7 @@ from .features import FeatureExtractor
 from .memory import MemoryBank
 from .policies import FeatureSet, Policy, TrainingFeatures
 from .products import Products, find_products
+from .sampling import project
 from .store import ArrayFile, FeatureCache, ImageSubset, StoreChain
 from .tail import LinkageTailSampler, TailInputs
 from .thresholds import held_out_images
@@ -55,7 +56,7 @@ def _stream(extractor: FeatureExtractor, paths: list[Path], store: ArrayFile, pr
     projections (b, P, d), embeddings (b, E), mean patch features (b, D))."""
     for positions, batch in extractor.iter_batches(paths, True, "features", on_error, cache):
         store.append(batch.patches.reshape(-1, *store.item_shape))
-        yield positions, batch.patches @ projection, batch.embeddings, batch.patches.mean(axis=1)
+        yield positions, project(batch.patches, projection), batch.embeddings, batch.patches.mean(axis=1)
         trim_heap()
 
 
@@ -98,7 +99,7 @@ def _views(extractor: FeatureExtractor, paths: list[Path], transforms: list[tupl
         for start in range(0, len(all_views), batch_size):
             batch = extractor.features(all_views[start : start + batch_size])
             store.append(batch.patches.reshape(-1, *store.item_shape))
-            projected.append(batch.patches @ projection)
+            projected.append(project(batch.patches, projection))
     rows, cols = extractor.grid_shape
     return np.concatenate(projected) if projected else np.empty((0, rows * cols, projection.shape[1]), np.float32)
 
