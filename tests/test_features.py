@@ -129,3 +129,17 @@ def test_bfloat16_precision_is_close_and_float32_out():
     assert np.linalg.norm(a.patches - b.patches) / np.linalg.norm(a.patches) < 0.05
     with pytest.raises(ValueError, match="precision"):
         _ = PatchCore(resize=64, crop=64, precision="int8").extractor
+
+
+@pytest.mark.parametrize("hardware", [True, False])
+def test_bfloat16_precision_warns_where_the_cpu_emulates_it(monkeypatch, caplog, hardware):
+    import logging
+
+    from tailedcore import PatchCore
+
+    monkeypatch.setattr("tailedcore.features.fast_bfloat16", lambda: hardware)
+    with caplog.at_level(logging.WARNING, logger="tailedcore"):
+        _ = PatchCore(resize=64, crop=64, progress=False, precision="bfloat16").extractor
+        _ = PatchCore(resize=64, crop=64, progress=False).extractor
+    warned = [r for r in caplog.records if "bfloat16 features are emulated" in r.getMessage()]
+    assert len(warned) == (0 if hardware else 1)
