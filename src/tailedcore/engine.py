@@ -67,7 +67,7 @@ def available_cores() -> int:
 
 @functools.cache
 def fast_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware, as oneDNN judges it (AVX-512 or AMX).
+    """Whether oneDNN has fast bfloat16 kernels on this CPU (AVX-512 or newer; native with AVX512-BF16 or AMX).
     Elsewhere torch emulates bfloat16 products: measured on an AVX2 CPU, 200x slower than float32."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
