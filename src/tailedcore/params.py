@@ -49,12 +49,12 @@ class Interval:
 
 @dataclass(frozen=True)
 class OneOf:
-    """One of ``options``; a switch (options True and False) takes booleans only, not 1 or 0."""
+    """One of ``options``; a switch (boolean options) takes booleans only, not 1 or 0."""
 
     options: tuple
 
     def problem(self, value) -> str | None:
-        if set(self.options) == {True, False} and all(isinstance(option, bool) for option in self.options):
+        if all(isinstance(option, bool) for option in self.options):
             return None if isinstance(value, (bool, np.bool_)) else "must be True or False"
         return None if value in self.options else f"choose from {', '.join(map(str, self.options))}"
 

@@ -196,10 +196,11 @@ class GraphFeatures:
         elif runtime == "openvino":
             ov = _require("openvino", "openvino")
             core = ov.Core()
-            capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-            if precision == "bfloat16" and "BF16" not in capabilities:
-                log.warning("OpenVINO has no bfloat16 on this CPU (it offers %s): the graph runs in float32",
-                            ", ".join(capabilities))
+            if precision == "bfloat16":
+                capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+                if "BF16" not in capabilities:
+                    log.warning("OpenVINO has no bfloat16 on this CPU (it offers %s): the graph runs in float32",
+                                ", ".join(capabilities))
             hint = {"float32": "f32", "bfloat16": "bf16"}[precision]
             compiled = core.compile_model(str(graph), "CPU", {"INFERENCE_PRECISION_HINT": hint,
                                                               "INFERENCE_NUM_THREADS": torch.get_num_threads()})
