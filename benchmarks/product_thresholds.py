@@ -8,7 +8,9 @@ test/good images above the threshold (false alarms) and the share of defective
 images above it (flagged), with the image's product threshold and with the
 global one; the share answered "unknown product"; image AUROC of the raw
 scores per class, and pooled over all classes of the normalised scores (one
-ranking across products: per product, and global).
+ranking across products: per product, and global), and the same pooled over
+scales no model has (each class's own test/good scores: a bound on what any
+per-product normalisation can reach).
 
     python benchmarks/product_thresholds.py runs/eight/step-k1/seed-0/data ... --json docs/product_thresholds.json
 
@@ -144,6 +146,36 @@ def threshold_rules(result: dict, rate: float = 0.01) -> list[list]:
     return rows
 
 
+def pooled_bounds(result: dict) -> dict[str, float]:
+    """Pooled image AUROC (all classes, one ranking) when each class's scores are put on a common scale by
+    its own test/good scores: an oracle no model has (it needs the test labels), so a bound on what any
+    per-product normalisation can reach. Scales: the share of the class's good scores below a score
+    (empirical CDF, strictly below), (log score - median) / IQR of the good log scores, and score / 99th percentile of
+    the good scores. Beside them the mean per-class AUROC, the model's per-product normalisation and
+    the raw scores."""
+    images = result["images"]
+    raw = np.array([x["raw"] for x in images], dtype=np.float64)
+    labels = np.array([x["label"] for x in images])
+    classes = np.array([x["class"] for x in images])
+    scaled = {name: np.zeros_like(raw) for name in ("good-score CDF", "robust z of logs", "99th percentile")}
+    per_class = []
+    for name in np.unique(classes):
+        mine = classes == name
+        good = np.sort(raw[mine & (labels == 0)])
+        logs = np.log(good)
+        # share strictly below, so only scores above every good one reach 1; ties broken by the raw score
+        scaled["good-score CDF"][mine] = np.searchsorted(good, raw[mine], side="left") / good.size \
+            + 1e-9 * raw[mine] / raw.max()
+        scaled["robust z of logs"][mine] = (np.log(raw[mine]) - np.median(logs)) / np.subtract(
+            *np.quantile(logs, [0.75, 0.25]))
+        scaled["99th percentile"][mine] = raw[mine] / np.quantile(good, 0.99)
+        per_class.append(auroc(labels[mine], raw[mine]))
+    thresholds = np.array([x["threshold"] for x in images], dtype=np.float64)
+    return {"mean per-class AUROC": float(np.mean(per_class)),
+            **{f"oracle: {name}": auroc(labels, values) for name, values in scaled.items()},
+            "per product (the model)": auroc(labels, normalise(raw, thresholds)), "raw": auroc(labels, raw)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sets", nargs="+", type=Path, help="NLT sets (make-nlt folders)")
@@ -162,6 +194,8 @@ def main() -> None:
         report(name, results[name])
         print_table(["product", "classes", "held-out images", "threshold rule", "image threshold",
                      "false alarms %", "defects flagged %"], threshold_rules(results[name]))
+        print_table(["pooled image AUROC, all classes", "%"],
+                    [[rule, f"{100 * value:.1f}"] for rule, value in pooled_bounds(results[name]).items()])
 
 
 if __name__ == "__main__":

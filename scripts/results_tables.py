@@ -76,11 +76,48 @@ def variant_rows(seeds: dict) -> list[list]:
     return rows
 
 
+def points(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def set_rows(seeds: dict) -> list[list]:
+    """Seed by seed, the targets of the tail issue: all-class and head image AUROC of every method, the
+    default TailedCore's lead over the best baseline, and its worst class against PatchCore."""
+    rows = []
+    for seed, result in sorted(seeds.items()):
+        methods = result["methods"]
+        row = [seed, ", ".join(result["dataset"]["head"])]
+        row += [points(methods[m]["mean"]["all"]["image_auroc"]) if m in methods else "-"
+                for m in (*METHODS, FOLDERS["-paper-head"], FOLDERS["-paper-tail"])]
+        baselines = [m for m in ("patchcore", "softpatch") if m in methods]
+        if "tailedcore" not in methods or not baselines:
+            rows.append(row + ["-"] * 3)
+            continue
+        ours = methods["tailedcore"]
+        for group in ("all", "head"):
+            best = max(methods[m]["mean"][group]["image_auroc"] for m in baselines)
+            row.append(f"{100 * (ours['mean'][group]['image_auroc'] - best):+.1f}")
+        if "patchcore" in methods:
+            gaps = {name: ours["classes"][name]["image_auroc"] - block["image_auroc"]
+                    for name, block in methods["patchcore"]["classes"].items()}
+            worst = min(gaps, key=gaps.get)
+            row.append(f"{worst} {100 * gaps[worst]:+.1f}")
+        else:
+            row.append("-")
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     runs = load(Path(sys.argv[1]))
     out = []
     for profile, seeds in runs.items():
         out.append(f"### {profile} (seeds {', '.join(map(str, sorted(seeds)))})\n")
+        out.append("Set by set (image AUROC, all classes; '-': not run). Lead: the default TailedCore against the best "
+                   "baseline, all classes and head classes; worst class: its largest loss to PatchCore:\n")
+        out.append(table(["seed", "head classes", "PatchCore", "SoftPatch", "TailedCore", "TailedCore, paper head step",
+                          "TailedCore, paper TailSampler", "lead all", "lead head", "worst class against PatchCore"],
+                         set_rows(seeds)))
         found = {m for r in seeds.values() for m in r["methods"]}
         methods = [m for m in [*METHODS, *(n for n in FOLDERS.values() if n)] if m in found]
         rows = []

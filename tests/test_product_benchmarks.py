@@ -48,3 +48,20 @@ def test_the_unknown_factor_is_chosen_on_the_other_classes(unknown_bench):
     # every factor but the first flags nothing known.
     assert unknown_bench.chosen_factor(results, "a") == factors[0]
     assert unknown_bench.chosen_factor(results, "b") == factors[1]
+
+
+def test_pooled_bounds_scale_each_class_by_its_own_good_scores(thresholds_bench):
+    # Two classes perfectly separated on their own, at scales 100x apart: pooled raw scores rank class b's
+    # good images above class a's defects; each oracle scale puts them back in one ranking.
+    rng = np.random.default_rng(0)
+    images = []
+    for name, scale in (("a", 1.0), ("b", 100.0)):
+        images += [{"class": name, "label": 0, "raw": float(s), "threshold": 1.0}
+                   for s in scale * rng.uniform(1.0, 2.0, 40)]
+        images += [{"class": name, "label": 1, "raw": float(s), "threshold": 1.0}
+                   for s in scale * rng.uniform(3.0, 4.0, 10)]
+    bounds = thresholds_bench.pooled_bounds({"images": images})
+    assert bounds["mean per-class AUROC"] == 1.0
+    assert bounds["raw"] == bounds["per product (the model)"] < 0.9  # one threshold for both: no rescaling
+    for name in ("good-score CDF", "robust z of logs", "99th percentile"):
+        assert bounds[f"oracle: {name}"] == 1.0
