@@ -36,3 +36,11 @@ def test_a_set_without_the_default_or_the_baselines_has_no_lead():
     }}}
     (row,) = _script().set_rows(seeds)
     assert row == [1, "a, b", "80.0", "-", "-", "84.0", "-", "-", "-", "-"]
+
+
+def test_class_gaps_carry_each_class_role():
+    seeds = {0: {"dataset": {"head": ["a"], "classes": {"a": {"role": "head"}, "b": {"role": "tail"}}}, "methods": {
+        "patchcore": method(0.80, 0.90, {"a": 0.90, "b": 0.70}),
+        "tailedcore": method(0.83, 0.91, {"a": 0.87, "b": 0.79}),
+    }}}
+    assert _script().class_gap_rows(seeds, ["a", "b", "c"]) == [[0, "h -3.0", "t +9.0", "-"]]
