@@ -149,10 +149,10 @@ def threshold_rules(result: dict, rate: float = 0.01) -> list[list]:
 def pooled_bounds(result: dict) -> dict[str, float]:
     """Pooled image AUROC (all classes, one ranking) when each class's scores are put on a common scale by
     its own test/good scores: an oracle no model has (it needs the test labels), so a bound on what any
-    per-product normalisation can reach. Scales: the share of the class's good scores below a score
-    (empirical CDF, strictly below), (log score - median) / IQR of the good log scores, and score / 99th percentile of
-    the good scores. Beside them the mean per-class AUROC, the model's per-product normalisation and
-    the raw scores."""
+    per-product normalisation can reach. Scales: the share of the class's good scores strictly below a
+    score (empirical CDF), (log score - median) / IQR of the good log scores, and score / 99th
+    percentile of the good scores. Beside them the mean per-class AUROC, the model's per-product
+    normalisation and the raw scores."""
     images = result["images"]
     raw = np.array([x["raw"] for x in images], dtype=np.float64)
     labels = np.array([x["label"] for x in images])

@@ -56,7 +56,7 @@ def memberships(transforms: list[tuple[float, bool]], distances: np.ndarray, cut
     """(v,) bool members of each memory; index 0 is the image, 1.. its views (``distances``: (v,) to the image)."""
     image = np.arange(len(transforms) + 1) == 0
     flipped = np.array([False] + [angle == 0 and flip for angle, flip in transforms])
-    return dict(zip(MEMORIES, (image, ~image | image, image | flipped, distances <= cut)))
+    return dict(zip(MEMORIES, (image, np.ones_like(image), image | flipped, distances <= cut)))
 
 
 def run_class(root: Path, name: str, images: int, per_label: int, seed: int) -> list[dict]:

@@ -80,6 +80,14 @@ def points(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def class_gaps(methods: dict) -> dict[str, float]:
+    """The default TailedCore's image AUROC minus PatchCore's on each class both scored ({} without both)."""
+    if "tailedcore" not in methods or "patchcore" not in methods:
+        return {}
+    ours, theirs = methods["tailedcore"]["classes"], methods["patchcore"]["classes"]
+    return {name: ours[name]["image_auroc"] - theirs[name]["image_auroc"] for name in theirs if name in ours}
+
+
 def set_rows(seeds: dict) -> list[list]:
     """Seed by seed, the targets of the tail issue: all-class and head image AUROC of every method, the
     default TailedCore's lead over the best baseline, and its worst class against PatchCore."""
@@ -97,9 +105,7 @@ def set_rows(seeds: dict) -> list[list]:
         for group in ("all", "head"):
             best = max(methods[m]["mean"][group]["image_auroc"] for m in baselines)
             row.append(f"{100 * (ours['mean'][group]['image_auroc'] - best):+.1f}")
-        if "patchcore" in methods:
-            gaps = {name: ours["classes"][name]["image_auroc"] - block["image_auroc"]
-                    for name, block in methods["patchcore"]["classes"].items()}
+        if gaps := class_gaps(methods):
             worst = min(gaps, key=gaps.get)
             row.append(f"{worst} {100 * gaps[worst]:+.1f}")
         else:
@@ -113,15 +119,10 @@ def class_gap_rows(seeds: dict, classes: list[str]) -> list[list]:
     class's role in the set (h: head, t: tail)."""
     rows = []
     for seed, result in sorted(seeds.items()):
-        methods = result["methods"]
-        if "tailedcore" not in methods or "patchcore" not in methods:
-            continue
-        ours, theirs = methods["tailedcore"]["classes"], methods["patchcore"]["classes"]
-        roles = result["dataset"]["classes"]
-        gaps = {name: ours[name]["image_auroc"] - theirs[name]["image_auroc"] for name in classes
-                if name in ours and name in theirs}
-        rows.append([seed, *(f"{roles[name]['role'][0]} {100 * gaps[name]:+.1f}" if name in gaps else "-"
-                             for name in classes)])
+        if gaps := class_gaps(result["methods"]):
+            roles = result["dataset"]["classes"]
+            rows.append([seed, *(f"{roles[name]['role'][0]} {100 * gaps[name]:+.1f}" if name in gaps else "-"
+                                 for name in classes)])
     return rows
 
 
