@@ -157,3 +157,14 @@ def test_tailedcore_over_its_tail_limit_runs_two_round_and_counts_only_the_image
     assert entry["diagnostics"]["memory_size"] > 0 and entry["mean"]["all"]["image_auroc"] is not None
     sizes = entry["diagnostics"]["class_sizes"]
     assert {name: item["true"] for name, item in sizes.items()} == {"stripes": 9, "dots": 3}
+
+
+def test_a_damaged_json_file_of_a_run_is_named_in_the_error(tmp_path):
+    from tailedcore.bench.benchmark import _finished, dataset_info
+
+    (tmp_path / "nlt.json").write_text("{", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"nlt.json: not valid JSON"):
+        dataset_info(tmp_path)
+    (tmp_path / "results.json").write_text("", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"results.json: not valid JSON"):
+        _finished(tmp_path / "results.json", ["patchcore"])

@@ -129,3 +129,34 @@ def test_batch_prediction_as_tasks_over_image_shards(ray_engine, real_train, tmp
     detector.set_params(search_scope="global")
     with pytest.raises(ImageLoadError, match="broken.png"):
         detector.predict(images, strict=True)
+
+
+def test_a_served_models_stage_times_stay_one_record_per_stage():
+    """A detector that predicts for as long as a server runs keeps totals per stage, not a record per call."""
+    from tailedcore.timing import StageTimer
+
+    timer = StageTimer(interval=0.001)
+    for _ in range(200):
+        with timer.stage("test scoring"):
+            pass
+        with timer.stage("products"):
+            pass
+    assert [record.name for record in timer.records] == ["test scoring", "products"]
+    (name, seconds, peak_mib), _ = timer.table()
+    assert name == "test scoring" and seconds >= 0 and peak_mib > 0
+
+
+@pytest.mark.parametrize("platform, scale", [("linux", 1024), ("darwin", 1)])
+def test_rss_without_proc_reads_the_platforms_unit(monkeypatch, platform, scale):
+    """Where /proc is missing the lifetime peak stands in: kilobytes on Linux, bytes on macOS."""
+    import types
+
+    from tailedcore import timing
+
+    def no_proc(*args, **kwargs):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(timing, "open", no_proc, raising=False)
+    monkeypatch.setattr(timing.sys, "platform", platform)
+    monkeypatch.setattr(timing.resource, "getrusage", lambda who: types.SimpleNamespace(ru_maxrss=5000))
+    assert timing.current_rss_bytes() == 5000 * scale

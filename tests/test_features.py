@@ -143,3 +143,32 @@ def test_bfloat16_precision_warns_where_the_cpu_emulates_it(monkeypatch, caplog,
         _ = PatchCore(resize=64, crop=64, progress=False).extractor
     warned = [r for r in caplog.records if "bfloat16 features are emulated" in r.getMessage()]
     assert len(warned) == (0 if hardware else 1)
+
+
+def test_a_cached_rerun_reads_one_entry_at_a_time(synthetic_root, tmp_path):
+    """Cached batches are read as they are used, not all before the first (a large folder's cache does not fit
+    in memory), and a damaged entry is recomputed."""
+    from tailedcore import PatchCore
+    from tailedcore.store import FeatureCache
+
+    class CountingCache(FeatureCache):
+        loads = 0
+
+        def load(self, key):
+            CountingCache.loads += 1
+            return super().load(key)
+
+    paths = sorted((synthetic_root / "stripes" / "train" / "good").glob("*.png"))[:10]
+    extractor = PatchCore(resize=80, crop=64, batch_size=2, progress=False).extractor
+    cache = CountingCache(tmp_path / "cache")
+    first = [batch.patches for _, batch in extractor.iter_batches(paths, cache=cache)]
+    next(iter(sorted(cache.folder.glob("*.npz")))).write_bytes(b"damaged")
+    CountingCache.loads = 0
+    loads_at_each_batch = []
+    again = []
+    for _, batch in extractor.iter_batches(paths, cache=cache):
+        loads_at_each_batch.append(CountingCache.loads)
+        again.append(batch.patches)
+    assert loads_at_each_batch == [1, 2, 3, 4, 5]
+    for a, b in zip(first, again):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -42,3 +42,14 @@ def test_class_results_and_means():
     means = mean_metrics({"a": {"image_auroc": 1.0, "pixel_auroc": None, "aupro": None, "image_f1_max": 1.0},
                           "b": {"image_auroc": 0.5, "pixel_auroc": 0.8, "aupro": 0.6, "image_f1_max": 0.5}})
     assert means == {"image_auroc": 0.75, "pixel_auroc": 0.8, "aupro": 0.6, "image_f1_max": 0.75}
+
+
+def test_a_numpy_float_metric_prints_as_a_percentage_in_markdown_and_html():
+    from tailedcore._io import markdown_table
+    from tailedcore.report.html import table
+
+    rows = [["bottle", np.float32(0.875), 0.5, float("nan"), np.float32("nan"), "<b>"]]
+    assert markdown_table(["class", "a", "b", "c", "d", "e"], rows).splitlines()[-1] == \
+        "| bottle | 87.5 | 50.0 | n/a | n/a | <b> |"
+    html = table(["class", "a", "b", "c", "d", "e"], rows)
+    assert html.count(">87.5<") == 1 and html.count(">n/a<") == 2 and "&lt;b&gt;" in html

@@ -163,6 +163,16 @@ def test_search_options_that_the_search_does_not_take_are_refused_before_the_fit
     PatchCore(search="ivf-batched", search_options={"nprobe": 16, "rerank": 2}).check_params()
 
 
+@pytest.mark.parametrize("kind, option, accepted", [("flat", "nprobe", "nothing"),
+                                                    ("ivf", "ef_search", "nlist, nprobe, seed"),
+                                                    ("hnsw", "nprobe", "hnsw_m, ef_search")])
+def test_each_faiss_index_takes_only_its_own_options(kind, option, accepted):
+    with pytest.raises(ValueError, match=f"'{option}' does not apply to search '{kind}' \\(it takes {accepted}\\)"):
+        PatchCore(search=kind, search_options={option: 8}).check_params()
+    PatchCore(search="hnsw", search_options={"hnsw_m": 8, "ef_search": 16}).check_params()
+    PatchCore(search="ivf", search_options={"nlist": 64, "nprobe": 16, "seed": 1}).check_params()
+
+
 def test_none_for_a_settings_object_is_its_default_in_set_params_as_in_the_constructor():
     detector = PatchCore(crop=192, search="ivf").set_params(search=None, features=None)
     assert detector.search == Search() and detector.features == Features()

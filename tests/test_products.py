@@ -161,3 +161,15 @@ def test_cli_lists_the_products_and_writes_a_page(fitted, tmp_path, capsys):
     assert "| 2 | 1 | tail |" in out and "| none |" in out
     html = (tmp_path / "page" / "products.html").read_text()
     assert html.count("<h2>Product") == 3 and html.count("data:image/png;base64") == 4 + 4 + 1
+
+
+def test_the_calibration_hold_out_does_not_turn_a_head_product_into_tail():
+    """The memory's tail is the products' tail: a product counted as head before its images are set aside for
+    thresholds (4 of bottle, above the largest tail size of 3) stays head after (3 kept images)."""
+    train, _ = real_subset({"screw": 40, "bottle": 4, "pcb": 1}, 0)
+    detector = TailedCore(**{**PARAMS, "calibration_share": 0.25, "calibration_min_class": 4},
+                          policy__tail__max_tail_class=3).fit(train)
+    products = detector.products_
+    assert products.sizes.tolist() == [40, 4, 1] and products.tail.tolist() == [False, False, True]
+    assert len(detector.calibration_paths_) == 11  # 10 of screw, 1 of bottle
+    assert detector.memory_.info["tail_images"] == 1 and detector.memory_.info["max_k"] == 3

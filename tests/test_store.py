@@ -128,3 +128,11 @@ def test_indices_of_a_small_integer_type_read_like_int64_ones(tmp_path):
         for dtype in (np.uint8, np.int8, np.int16):
             picks = np.array([120, 3, 3, 0, 127], dtype=dtype)
             np.testing.assert_array_equal(stored[picks], rows[picks.astype(np.int64)])
+
+
+def test_a_cut_short_entry_is_dropped_and_recomputed(tmp_path):
+    cache = FeatureCache(tmp_path / "cache")
+    cache.save("k", {"patches": np.ones((64, 64), np.float32)})
+    entry = tmp_path / "cache" / "k.npz"
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])  # a zip whose end is missing
+    assert cache.load("k") is None and not entry.exists()

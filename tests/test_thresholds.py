@@ -97,6 +97,25 @@ def test_cli_calibrate_takes_a_false_alarm_rate(tmp_path):
     assert info.value.code == 2
 
 
+def test_calibrate_says_which_normal_images_it_could_not_read(tmp_path, caplog):
+    root = make_dataset(tmp_path / "data", {"stripes": 8}, test_good=3, test_defect=3, size=64, seed=4)
+    detector = PatchCore(**SMALL, calibration_share=0.0).fit(root)
+    normal = tmp_path / "normal"
+    normal.mkdir()
+    for image in sorted((root / "stripes" / "train" / "good").iterdir())[:4]:
+        (normal / image.name).write_bytes(image.read_bytes())
+    (normal / "broken.png").write_bytes(b"not a picture")
+    thresholds = detector.calibrate(normal)
+    assert thresholds.source.endswith("on 4 normal calibration images")
+    assert any("1 unreadable calibration image(s) of 5 left out" in r.getMessage() and "broken.png" in r.getMessage()
+               for r in caplog.records)
+    for image in normal.iterdir():
+        if image.name != "broken.png":
+            image.unlink()
+    with pytest.raises(ValueError, match="no calibration image could be read.*broken.png"):
+        detector.calibrate(normal)
+
+
 def test_validation_root_needs_no_training_images(tmp_path):
     import shutil
 

@@ -8,13 +8,14 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -112,6 +113,25 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     atomic_write_file(path, write)
 
 
+def read_json(path: Path):
+    """The JSON document in ``path``; ValueError naming the file when it is not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+
+
+def outside_root(value: str, root: str) -> str | None:
+    """Why the relative path ``value`` (POSIX, from a manifest) does not name a file below ``root`` (the root's
+    name for the message), or None: absolute (or a drive letter), or '..' or a backslash in it."""
+    path = PurePosixPath(value)
+    if path.is_absolute() or value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value):
+        return f"absolute path not allowed: {value}"
+    if ".." in path.parts or "\\" in value:
+        return f"path leaves the {root}: {value}"
+    return None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -156,9 +176,11 @@ def work_folder(parent: str | os.PathLike | None = None) -> Iterator[Path]:
     the end. The run holds a lock on it while it lives, so a later run can tell it from the folder of
     a killed run (``remove_stale_work_folders``), in any process namespace."""
     folder = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=parent))
-    lock = open(folder / LOCK_NAME, "w")  # noqa: SIM115 - held for the folder's lifetime
+    # Locked under another name first: a cleanup that finds LOCK_NAME always finds it taken.
+    lock = open(folder / (LOCK_NAME + ".new"), "w")  # noqa: SIM115 - held for the folder's lifetime
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        os.replace(folder / (LOCK_NAME + ".new"), folder / LOCK_NAME)
         yield folder
     finally:
         lock.close()
@@ -236,9 +258,11 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def format_cell(value, percent: bool = True) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """A table cell: a float (numpy's too) as a percentage with one decimal (``percent``) or 4 significant
+    digits, None or NaN as "n/a", anything else as its text."""
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
         return "n/a"
-    if isinstance(value, float):
+    if isinstance(value, (float, np.floating)):
         return f"{100 * value:.1f}" if percent else f"{value:.4g}"
     return str(value)
 

@@ -97,7 +97,7 @@ class Detector(Configurable):
         for option in self.search.options or {}:
             if option not in accepted:
                 raise ValueError(f"{name}.search.options: '{option}' does not apply to search '{self.search.kind}' "
-                                 f"(it takes {', '.join(accepted)})")
+                                 f"(it takes {', '.join(accepted) or 'nothing'})")
         if runtime != "torch" and precision not in GRAPH_PRECISIONS[runtime]:
             raise ValueError(f"{name}.features.precision='{precision}': runtime {runtime} offers "
                              f"{' or '.join(GRAPH_PRECISIONS[runtime])}")
@@ -177,6 +177,12 @@ class Detector(Configurable):
         of them; with calibration scope "product", each product's from the images assigned to it (unknown
         products left out). Returns the global thresholds."""
         predictions = self.predict(normal_images)
+        if predictions.failures:
+            count, first = len(predictions.failures), predictions.failures[0][1]
+            if not len(predictions.paths):
+                raise ValueError(f"no calibration image could be read: {count} unreadable, e.g. {first}")
+            log.warning("%d unreadable calibration image(s) of %d left out, e.g. %s", count,
+                        count + len(predictions.paths), first)
         products = predictions.products
         if products is not None and predictions.unknown is not None:
             products = np.where(predictions.unknown, -1, products)

@@ -148,6 +148,13 @@ class RayEngine:
         return self._ray.get([self._task.remote(function, index, counts, *args) for index, args in enumerate(tasks)])
 
 
+def shard_starts(count: int, batch_size: int, workers: int) -> tuple[list[int], int]:
+    """Shards of whole batches for engine tasks, about two per worker: ``count`` items -> (the first item of each
+    shard, items per shard)."""
+    per_shard = -(-count // (batch_size * 2 * workers)) * batch_size
+    return list(range(0, count, per_shard)), per_shard
+
+
 def make_engine(name: str, address: str | None = None) -> LocalEngine | RayEngine:
     if name == "local":
         return LocalEngine()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -260,21 +261,23 @@ class FeatureExtractor:
         """
         chunks = [list(paths[i : i + self.batch_size]) for i in range(0, len(paths), self.batch_size)]
         keys = [cache.key(chunk, self.settings(), with_embeddings) if cache else None for chunk in chunks]
-        stored = [self._cached(cache, key) for key in keys]
+        # Only whether an entry exists is known ahead; it is read when its batch comes (a large folder's features
+        # do not fit in memory at once).
+        stored = [cache is not None and cache.contains(key) for key in keys]
         bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not self.progress, leave=False)
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        with ThreadPoolExecutor(max_workers=1) as pool, closing(bar):
             pending: dict[int, Future] = {}
 
             def prefetch(start: int) -> None:
-                following = next((i for i in range(start, len(chunks)) if stored[i] is None), None)
+                following = next((i for i in range(start, len(chunks)) if not stored[i]), None)
                 if following is not None and following not in pending:
                     pending[following] = pool.submit(self.load, chunks[following])
 
             prefetch(0)
             for index, chunk in enumerate(chunks):
-                result = stored[index]
+                result = self._cached(cache, keys[index]) if stored[index] else None
                 if result is None:
-                    loaded = pending.pop(index).result()
+                    loaded = pending.pop(index).result() if index in pending else self.load(chunk)
                     prefetch(index + 1)
                     result = self._compute(loaded, with_embeddings)
                     if cache:
@@ -287,4 +290,3 @@ class FeatureExtractor:
                     offset = index * self.batch_size
                     yield [offset + i for i in result.positions], result.batch
                 bar.update(len(chunk))
-        bar.close()

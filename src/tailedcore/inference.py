@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .data import ImageLoadError, collect_images, image_size, preprocess, upscale_problem
+from .engine import shard_starts
 from .features import FeatureBatch, FeatureExtractor
 from .predictions import Predictions
 from .routing import make_scorer
@@ -133,9 +134,8 @@ def predict_batches(detector, batches: Iterator[FeatureBatch], paths: list[Path]
 def predict_shards(detector, paths: list[Path], strict: bool) -> Predictions:
     """``predict`` as engine tasks over shards of whole batches (batch prediction of large folders):
     each task computes features and patch scores of its images; anomaly maps are made here."""
-    engine, batch_size = detector.engine_, detector.features.batch_size
-    per_shard = -(-len(paths) // (batch_size * 2 * engine.workers)) * batch_size
-    starts = list(range(0, len(paths), per_shard))
+    engine = detector.engine_
+    starts, per_shard = shard_starts(len(paths), detector.features.batch_size, engine.workers)
     runtime = detector.run.runtime
     graph = (detector.export_folder_, runtime, detector.features.precision) if runtime != "torch" else None
     memory = engine.put(detector.memory_.features)

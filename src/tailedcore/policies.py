@@ -21,7 +21,7 @@ from .engine import LocalEngine, RayEngine
 from .memory import MemoryBank
 from .params import Params, registered, setting
 from .store import ArrayFile, ImageSubset, StoreChain
-from .tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler, TailInputs
+from .tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler, TailEstimate, TailInputs
 from .timing import StageTimer
 
 
@@ -48,7 +48,9 @@ class TrainingFeatures(FeatureSet):
     ``views(indices)`` returns the FeatureSet of all rotated/flipped views of
     the given training images, ``views_per_image`` of each; ``timer`` times the policy's stages;
     ``engine`` runs their parallel parts (LOF blocks, coreset shards);
-    ``products``: (n_images,) int64 product of each image (products.py), or None.
+    ``products``: (n_images,) int64 product of each image (products.py), or None;
+    ``tail``: the tail among these images as already found (the products' tail, counted before the
+    calibration hold-out), or None: the policy's estimator finds it.
     """
 
     embeddings: np.ndarray
@@ -58,6 +60,7 @@ class TrainingFeatures(FeatureSet):
     timer: StageTimer = field(default_factory=StageTimer)
     engine: LocalEngine | RayEngine = field(default_factory=LocalEngine)
     products: np.ndarray | None = None
+    tail: TailEstimate | None = None
 
 
 @dataclass
@@ -181,7 +184,9 @@ class TailedCorePolicy(Policy):
 
     def build(self, train, rng, progress=False):
         with train.timer.stage("tail sampler"):
-            estimate = self.tail.estimate(TailInputs(train.embeddings, train.mean_patches))
+            estimate = train.tail
+            if estimate is None:
+                estimate = self.tail.estimate(TailInputs(train.embeddings, train.mean_patches))
         tail = estimate.tail_indices
         patches_per_image = train.projected.shape[1]
         tail_rows_count = len(tail) * (1 + train.views_per_image) * patches_per_image

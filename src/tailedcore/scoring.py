@@ -120,11 +120,13 @@ def trained_ivf(memory: np.ndarray, nlist: int | None = None, seed: int = 0) -> 
 
 
 class FaissSearch:
-    """A faiss index over the memory; ``kind`` is flat, ivf or hnsw.
+    """A faiss index over the memory; ``kind`` is flat, ivf or hnsw, each with its own options (``OPTIONS``).
 
     An approximate index can come back empty-handed for a query (IVF lists
     probed are empty): those queries are answered by exact search.
     """
+
+    OPTIONS = {"flat": (), "ivf": ("nlist", "nprobe", "seed"), "hnsw": ("hnsw_m", "ef_search")}
 
     def __init__(self, memory: np.ndarray, kind: str = "flat", nlist: int | None = None, nprobe: int = 8,
                  hnsw_m: int = 32, ef_search: int = 64, seed: int = 0):
@@ -288,9 +290,11 @@ SEARCHES: dict[str, Callable[..., ExactSearch | FaissSearch | BatchedIVFSearch]]
 
 
 def search_option_names(search: str) -> tuple[str, ...]:
-    """The options a search takes (its class's keyword parameters besides the memory and the faiss kind)."""
-    cls = {"exact": ExactSearch, "ivf-batched": BatchedIVFSearch}.get(search, FaissSearch)
-    return tuple(name for name in inspect.signature(cls).parameters if name not in ("memory", "kind"))
+    """The options a search takes (its class's keyword parameters besides the memory; a faiss index's own)."""
+    if search in FaissSearch.OPTIONS:
+        return FaissSearch.OPTIONS[search]
+    cls = {"exact": ExactSearch, "ivf-batched": BatchedIVFSearch}[search]
+    return tuple(name for name in inspect.signature(cls).parameters if name != "memory")
 
 
 def build_search(memory: np.ndarray, search: str = "exact", **options) -> ExactSearch | FaissSearch | BatchedIVFSearch:

@@ -44,7 +44,7 @@ class Features(Params):
     stages: tuple[int, ...] = setting(DEFAULT_STAGES, "strides of the backbone maps that feed the patch "
                                       "feature, from 4 8 16 32; the patch grid stays at stride 8")
     resize: int = setting(256, "shorter side before cropping")
-    crop: int = setting(224, "center crop size, a multiple of 16")
+    crop: int = setting(224, "center crop size, a multiple of 16 (of 32 with stage 32)")
     patch_size: int = setting(3, "neighbourhood aggregated per location (3 = 3x3)", option=None)
     layer_dim: int = setting(1024, "per-layer pooled feature size", option=None)
     feature_dim: int = setting(1024, "final pooled feature size", option=None)

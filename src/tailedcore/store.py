@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ._io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 # Indexed reads: wanted items closer than this are read with what lies between them in one call
@@ -269,6 +273,10 @@ class FeatureCache:
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.npz"
 
+    def contains(self, key: str) -> bool:
+        """Whether an entry is stored under ``key`` (it may still turn out damaged when loaded)."""
+        return self._path(key).is_file()
+
     def load(self, key: str) -> dict[str, np.ndarray] | None:
         """The arrays stored under ``key``, or None (missing, or damaged: then removed, to be recomputed)."""
         path = self._path(key)
@@ -277,7 +285,8 @@ class FeatureCache:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {name: data[name] for name in data.files}
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            log.warning("%s: damaged cache entry (%s), recomputed", path, error)
             path.unlink(missing_ok=True)
             return None
 

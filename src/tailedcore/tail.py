@@ -176,6 +176,12 @@ class TailEstimate:
     max_k: int
     tail_indices: np.ndarray
 
+    def of_images(self, images: np.ndarray) -> TailEstimate:
+        """The estimate of some of the images, ``images`` (m,) int64 in ascending order: their class sizes and
+        the tail as counted over all images."""
+        return TailEstimate(self.class_sizes[images], self.groups, self.max_k,
+                            np.flatnonzero(np.isin(images, self.tail_indices)))
+
 
 def tail_sampler(embeddings: np.ndarray, keep: float = 0.85, share: float = 0.15,
                  quantize: bool = True) -> TailEstimate:
@@ -206,7 +212,7 @@ class PaperTailSampler(Params):
 
     keep: float = setting(0.85, "TailSampler trim share")
     share: float = setting(0.15, "15% rule of max K")
-    quantize: bool = setting(True, "class sizes rounded to powers of two", option=None)
+    quantize: bool = setting(True, "similarities truncated to multiples of 1/n (the reference code)", option=None)
 
     name: ClassVar[str] = "paper"
     constraints: ClassVar[dict] = {"keep": Interval(float, 0.0, 1.0, "right"),

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import os
 import resource
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -38,7 +39,8 @@ def current_rss_bytes() -> int:
         with open("/proc/self/statm") as handle:
             return int(handle.read().split()[1]) * _PAGE
     except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kilobytes elsewhere
 
 
 @dataclass
@@ -50,10 +52,17 @@ class StageRecord:
 
 @dataclass
 class StageTimer:
-    """Collects StageRecords; ``interval`` is the RSS sampling period in seconds."""
+    """Per stage name the total time and the highest RSS of every block run under it (a detector that predicts
+    for as long as a server runs keeps one record per stage); ``interval`` is the RSS sampling period in
+    seconds."""
 
     interval: float = 0.02
-    records: list[StageRecord] = field(default_factory=list)
+    totals: dict[str, StageRecord] = field(default_factory=dict)
+
+    @property
+    def records(self) -> list[StageRecord]:
+        """One StageRecord per stage name, in the order the stages first ran."""
+        return list(self.totals.values())
 
     @contextmanager
     def stage(self, name: str):
@@ -74,13 +83,10 @@ class StageTimer:
             done.set()
             sampler.join()
             peak[0] = max(peak[0], current_rss_bytes())
-            self.records.append(StageRecord(name, elapsed, peak[0]))
+            total = self.totals.setdefault(name, StageRecord(name, 0.0, 0))
+            total.seconds += elapsed
+            total.peak_rss_bytes = max(total.peak_rss_bytes, peak[0])
 
     def table(self) -> list[list]:
-        """Rows [stage, seconds, peak RSS in MiB], stages with the same name summed/maxed."""
-        merged: dict[str, list] = {}
-        for record in self.records:
-            row = merged.setdefault(record.name, [record.name, 0.0, 0.0])
-            row[1] += record.seconds
-            row[2] = max(row[2], record.peak_rss_bytes / 2**20)
-        return list(merged.values())
+        """Rows [stage, seconds, peak RSS in MiB]."""
+        return [[record.name, record.seconds, record.peak_rss_bytes / 2**20] for record in self.totals.values()]

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ._io import remove_stale_work_folders, work_folder
 from .data import ImageLoadError, load_image
-from .engine import LocalEngine, RayEngine
+from .engine import LocalEngine, RayEngine, shard_starts
 from .features import FeatureExtractor
 from .memory import MemoryBank
 from .policies import FeatureSet, Policy, TrainingFeatures
@@ -168,9 +168,7 @@ class TrainingRun(ExitStack):
     def _extract_shards(self, paths: list[Path], on_error, cache: FeatureCache | None) -> ExtractedFeatures:
         """``extract`` as engine tasks over shards of whole batches; the same arrays, the patches in one
         file per shard (read as one store), the projections copied into one file in shard order."""
-        batch = self.extractor.batch_size
-        per_shard = -(-len(paths) // (batch * 2 * self.engine.workers)) * batch
-        starts = list(range(0, len(paths), per_shard))
+        starts, per_shard = shard_starts(len(paths), self.extractor.batch_size, self.engine.workers)
         tasks = [(self.extractor.init_args, paths[start : start + per_shard], self.folder / f"patches-{n}.f32",
                   self.store_dtype, self.folder / f"projections-{n}.f32", self.projection,
                   cache.folder if cache else None)
@@ -256,17 +254,20 @@ def build_memory(run: TrainingRun, paths: list[Path], on_error, cache: FeatureCa
                  calibration_share: float, calibration_min_class: int, seed: int, progress: bool,
                  timer: StageTimer) -> FittedMemory:
     """The fit's pipeline: features of ``paths`` -> products (the linkage estimator's clusters: the policy's
-    own linkage estimator, or the default one) -> calibration hold-out per product -> the policy's memory."""
+    own linkage estimator, or the default one) -> calibration hold-out per product -> the policy's memory (with
+    the policy's own estimator, the products' tail is its tail: the hold-out does not shrink a head product into
+    the tail)."""
     rng = np.random.default_rng(seed)
     with timer.stage("features"):
         extracted = run.extract(paths, on_error, cache)
     paths = [paths[i] for i in extracted.readable]
     with timer.stage("products"):
-        estimator = policy.tail if isinstance(getattr(policy, "tail", None), LinkageTailSampler) \
-            else LinkageTailSampler()
+        own_estimator = isinstance(getattr(policy, "tail", None), LinkageTailSampler)
+        estimator = policy.tail if own_estimator else LinkageTailSampler()
         products = find_products(TailInputs(extracted.embeddings, extracted.mean_patches), paths, estimator)
     held_out = held_out_images(products.labels, calibration_share, calibration_min_class, seed)
     kept = np.setdiff1d(np.arange(len(paths)), held_out)
+    tail = estimator.estimate_from_clusters(products.labels).of_images(kept) if own_estimator else None
     kept_paths = [paths[i] for i in kept]
     features = extracted.features
     projected = run.take_images(features.projected, kept) if len(held_out) else features.projected
@@ -274,7 +275,7 @@ def build_memory(run: TrainingRun, paths: list[Path], on_error, cache: FeatureCa
     train = TrainingFeatures(
         ImageSubset(features.patches, kept, run.locations), projected, extracted.embeddings[kept],
         extracted.mean_patches[kept], run.view_maker(kept_paths, transforms, run.extractor.batch_size, progress),
-        len(transforms), timer, run.engine, products.labels[kept],
+        len(transforms), timer, run.engine, products.labels[kept], tail,
     )
     result = policy.build(train, rng, progress)
     products.memory_products = products.labels[kept][result.row_images]

@@ -149,3 +149,24 @@ def test_idle_openmp_threads_sleep_unless_the_user_says_otherwise():
     environment["OMP_WAIT_POLICY"] = "ACTIVE"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,
                           check=True).stdout.strip() == "ACTIVE"
+
+
+def test_a_starting_run_keeps_its_folder_while_another_cleans_up(tmp_path, monkeypatch):
+    """A run that cleans up at the moment another has just made its work folder leaves that folder alone."""
+    import fcntl
+
+    from tailedcore import _io
+
+    lock_now = fcntl.flock
+    raced = []
+
+    def flock_after_a_cleanup(handle, operation):
+        if operation == fcntl.LOCK_EX and not raced:  # the starting run's lock, just before it is taken
+            raced.append(_io.remove_stale_work_folders(tmp_path))
+        return lock_now(handle, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_cleanup)
+    with _io.work_folder(tmp_path) as folder:
+        assert raced == [(0, 0)] and folder.is_dir()
+        (folder / "patches.f32").write_bytes(bytes(8))
+    assert not folder.exists()

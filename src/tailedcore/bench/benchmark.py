@@ -9,7 +9,6 @@ ground truth (which images are tail, which were injected defects).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from .._io import atomic_write_text, write_json
+from .._io import atomic_write_text, read_json, write_json
 from ..data import load_mvtec
 from ..evaluation import ClassResult, evaluate_samples
 from ..methods import METHODS
@@ -37,7 +36,7 @@ def dataset_info(data: Path) -> dict:
     """``nlt.json`` of an NLT destination, or a description of a plain root (every class 'head')."""
     info_path = data / "nlt.json"
     if info_path.is_file():
-        return json.loads(info_path.read_text(encoding="utf-8"))
+        return read_json(info_path)
     classes = load_mvtec(data)
     return {"profile": None, "protocol": None, "classes": {c.name: {"kept": len(c.train), "injected": 0,
                                                                   "role": "head"} for c in classes},
@@ -180,7 +179,7 @@ def _finished(path: Path, methods: list[str]) -> dict | None:
     """The results in ``path`` restricted to ``methods``, or None when the file is missing or lacks one."""
     if not path.is_file():
         return None
-    results = json.loads(path.read_text())
+    results = read_json(path)
     if not set(methods) <= set(results.get("methods", {})):
         return None
     return {**results, "methods": {m: results["methods"][m] for m in methods}}

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from scipy.stats import pareto
 
-from .._io import destination_problem, link_or_copy, staged_directory, write_json
+from .._io import destination_problem, link_or_copy, outside_root, staged_directory, write_json
 from ..data import GOOD, load_mvtec
 
 PRUNE_MANIFEST = "prune_good.txt"
@@ -129,11 +129,10 @@ def plan_profile(source: str | os.PathLike, profile: str, noise: float = 0.1, se
 
 
 def _check_entry(entry: str, manifest: Path) -> PurePosixPath:
+    problem = outside_root(entry, "dataset root")
+    if problem:
+        raise NLTError(f"{manifest}: {problem}")
     path = PurePosixPath(entry)
-    if path.is_absolute() or entry.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", entry):
-        raise NLTError(f"{manifest}: absolute path not allowed: {entry}")
-    if ".." in path.parts or "\\" in entry:
-        raise NLTError(f"{manifest}: path leaves the dataset root: {entry}")
     if len(path.parts) != 4 or path.parts[1:3] != ("train", GOOD):
         raise NLTError(f"{manifest}: expected <class>/train/good/<file>: {entry}")
     return path

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .._io import destination_problem, link_or_copy, staged_directory, write_png
+from .._io import destination_problem, link_or_copy, outside_root, staged_directory, write_png
 from ..data import GOOD
 
 DEFECT_TYPE = "bad"
@@ -44,12 +43,10 @@ class Entry:
 
 
 def _release_path(root: Path, value: str, where: str) -> Path:
-    path = PurePosixPath(value)
-    if path.is_absolute() or value.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", value):
-        raise VisAError(f"{where}: absolute path not allowed: {value}")
-    if ".." in path.parts or "\\" in value:
-        raise VisAError(f"{where}: path leaves the release root: {value}")
-    full = root / path
+    problem = outside_root(value, "release root")
+    if problem:
+        raise VisAError(f"{where}: {problem}")
+    full = root / PurePosixPath(value)
     if not full.is_file():
         raise VisAError(f"{where}: file not found: {full}")
     if not full.resolve().is_relative_to(root):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 
 import numpy as np
 
-from .._io import png_bytes
+from .._io import format_cell, png_bytes
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -31,11 +30,7 @@ def escape(text) -> str:
 
 
 def cell(value, percent: bool = True) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if isinstance(value, (float, np.floating)):
-        return f"{100 * value:.1f}" if percent else f"{value:.4g}"
-    return escape(value)
+    return escape(format_cell(value, percent))
 
 
 def table(header: list[str], rows: list[list], percent: bool = True) -> str:
