@@ -204,3 +204,18 @@ def test_load_takes_run_time_settings_by_name_not_whole_objects(tmp_path):
         crop=192, batch_size=4, precision="bfloat16")
     with pytest.raises(ValueError, match="load: give the parameters of features by name"):
         load(path, features=Features(batch_size=4))
+
+
+def test_a_settings_group_given_as_text_is_refused_with_what_to_give():
+    with pytest.raises(ValueError, match=r"policy='softpatch': give a settings object, or its fields as policy__"):
+        TailedCore().set_params(policy="softpatch")
+
+
+def test_bad_mean_patch_features_are_named_as_such():
+    from tailedcore.tail import LinkageTailSampler, TailInputs
+
+    embeddings = np.ones((3, 4))
+    mean_patches = np.ones((3, 5))
+    mean_patches[1, 2] = np.nan
+    with pytest.raises(ValueError, match="mean_patches: contain NaN"):
+        LinkageTailSampler().estimate(TailInputs(embeddings, mean_patches))

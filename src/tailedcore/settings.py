@@ -221,6 +221,8 @@ class Configurable:
                 nested.setdefault(group, {})[rest] = value
             elif key in FLAT_NAMES:
                 nested.setdefault(FLAT_NAMES[key][0], {})[FLAT_NAMES[key][1]] = value
+            elif key in self.GROUPS:
+                raise ValueError(f"{key}={value!r}: give a settings object, or its fields as {key}__field=value")
             else:
                 raise ValueError(f"unknown parameter: {key}")
         for name, value in direct.items():

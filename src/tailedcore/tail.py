@@ -37,12 +37,12 @@ def _rows_per_block(n: int) -> int:
     return max(1, _BLOCK_BYTES // (8 * n))
 
 
-def _check_embeddings(embeddings: np.ndarray) -> np.ndarray:
+def _check_embeddings(embeddings: np.ndarray, name: str = "embeddings") -> np.ndarray:
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if embeddings.ndim != 2 or len(embeddings) == 0:
-        raise ValueError(f"embeddings: expected a non-empty (n, dim) array, got shape {embeddings.shape}")
+        raise ValueError(f"{name}: expected a non-empty (n, dim) array, got shape {embeddings.shape}")
     if not np.isfinite(embeddings).all():
-        raise ValueError("embeddings: contain NaN or infinite values")
+        raise ValueError(f"{name}: contain NaN or infinite values")
     return embeddings
 
 
@@ -260,9 +260,9 @@ class LinkageTailSampler(Params):
 
     def _unit_rows(self, inputs: TailInputs) -> list[np.ndarray]:
         """The (n, ·) float64 unit-length rows of each feature used."""
-        parts = {"embedding": inputs.embeddings, "patches": inputs.mean_patches}
+        parts = {"embedding": ("embeddings", inputs.embeddings), "patches": ("mean_patches", inputs.mean_patches)}
         used = ["embedding", "patches"] if self.features == "both" else [self.features]
-        return [_unit_rows(_check_embeddings(parts[name])) for name in used]
+        return [_unit_rows(_check_embeddings(parts[name][1], parts[name][0])) for name in used]
 
     @staticmethod
     def _cross(units_a: list[np.ndarray], units_b: list[np.ndarray]) -> np.ndarray:
