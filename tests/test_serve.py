@@ -262,3 +262,14 @@ def test_model_gives_every_product_the_threshold_its_answers_use(client, synthet
         assert product["threshold_of"] in ("product", "global")
         if product["threshold_of"] == "global":
             assert product["threshold"] == model["thresholds"]["image"]
+
+
+def test_the_scoring_thread_ends_with_the_service(detector, synthetic_root):
+    """A service that shuts down lets its scoring thread (and with it the model) go."""
+    app = create_app(detector)
+    image = synthetic_root / "stripes" / "test" / "good" / "000.png"
+    with TestClient(app) as served:
+        assert served.post("/predict", files={"file": ("x.png", png(image), "image/png")}).status_code == 200
+        assert app.state.batcher.thread.is_alive()
+    app.state.batcher.thread.join(timeout=10)
+    assert not app.state.batcher.thread.is_alive()

@@ -22,6 +22,7 @@ import socket
 import threading
 import warnings
 from concurrent.futures import Future
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, File, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
@@ -74,7 +75,8 @@ class Batcher:
     together into the next one (at most ``max_batch`` images), so the backbone sees batches under load.
 
     ``score(image, name)`` blocks until its image is scored and returns its one-image Predictions.
-    With ``max_batch`` 1 every request is scored alone, in arrival order.
+    With ``max_batch`` 1 every request is scored alone, in arrival order. ``close()`` ends the scoring
+    thread once the requests already queued are answered.
     """
 
     def __init__(self, detector: Detector, max_batch: int = 1):
@@ -82,7 +84,11 @@ class Batcher:
             raise ValueError(f"max_batch={max_batch}: must be at least 1")
         self.detector, self.max_batch = detector, max_batch
         self._queue: queue.Queue = queue.Queue()
-        threading.Thread(target=self._work, daemon=True, name="tailedcore-batcher").start()
+        self.thread = threading.Thread(target=self._work, daemon=True, name="tailedcore-batcher")
+        self.thread.start()
+
+    def close(self) -> None:
+        self._queue.put(None)
 
     def score(self, image: Image.Image, name: str) -> Predictions:
         done: Future = Future()
@@ -90,13 +96,18 @@ class Batcher:
         return done.result()
 
     def _work(self) -> None:
-        while True:
+        closing = False
+        while not closing:
             batch = [self._queue.get()]
             while len(batch) < self.max_batch:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            closing = None in batch
+            batch = [item for item in batch if item is not None]
+            if not batch:
+                break
             try:
                 predictions = self.detector.predict_images([item[0] for item in batch], [item[1] for item in batch])
             except Exception as error:  # noqa: BLE001 - handed to each waiting request, which raises it
@@ -119,8 +130,15 @@ def create_app(detector: Detector, max_bytes: int = DEFAULT_MAX_BYTES, max_pixel
     """
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels
-    app = FastAPI(title="tailedcore", version="1")
     batcher = Batcher(detector, max_batch)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="tailedcore", version="1", lifespan=lifespan)
+    app.state.batcher = batcher
     summary = model_summary(detector)
 
     @app.get("/health")
