@@ -36,17 +36,18 @@ from tailedcore.data import as_paths, load_mvtec
 from tailedcore.evaluation import evaluate_samples
 from tailedcore.methods import METHODS
 from tailedcore.policies import LOFFilter, TailedCorePolicy
-from tailedcore.tail import LinkageTailSampler, TailEstimate, TailInputs
+from tailedcore.tail import LinkageTailSampler, TailEstimate
 
 
 @dataclass(frozen=True)
 class MissedTail(LinkageTailSampler):
-    """The linkage estimator, except that the ``missed`` training images (indices) are never in its tail."""
+    """The linkage estimator, except that the ``missed`` training images (indices) are never in its tail (the
+    fit decides the tail from the products' clusters with ``estimate_from_clusters``)."""
 
     missed: tuple = ()
 
-    def estimate(self, inputs: TailInputs) -> TailEstimate:
-        found = super().estimate(inputs)
+    def estimate_from_clusters(self, clusters: np.ndarray) -> TailEstimate:
+        found = super().estimate_from_clusters(clusters)
         return replace(found, tail_indices=np.setdiff1d(found.tail_indices, np.asarray(self.missed, dtype=np.int64)))
 
 

@@ -3,12 +3,14 @@
 import numpy as np
 import pytest
 
+from tailedcore import TailedCore
 from tailedcore.bench.nlt import build, plan_profile
 from tailedcore.bench.synthetic import make_dataset
 from tailedcore.data import as_paths
+from tailedcore.policies import TailedCorePolicy
 from tailedcore.tail import LinkageTailSampler, TailInputs
 
-from .conftest import benchmark_module
+from .conftest import SMALL, benchmark_module
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,18 @@ def test_a_forced_miss_takes_exactly_the_true_tail_out_of_the_estimate(harness, 
     assert LinkageTailSampler().estimate(inputs).tail_indices.tolist() == [20, 21, 22]
     forced = harness.MissedTail(missed=(21, 5)).estimate(inputs)
     assert forced.tail_indices.tolist() == [20, 22]
+
+
+def test_a_fit_forced_to_miss_the_tail_keeps_it_out_of_the_memorys_tail(harness, nlt_set):
+    """The forced miss reaches the fitted memory: the tail the policy keeps whole is the estimator's minus the
+    true tail (the fit's own estimate, not the products' estimate made without the miss)."""
+    missed = harness.true_tail_indices(nlt_set, harness.dataset_info(nlt_set))
+    options = {**SMALL, "calibration_share": 0.0, "threads": 1}
+    found = TailedCore(**options).fit(nlt_set).diagnostics_["tail_indices"]
+    assert set(missed) & set(found.tolist())  # a true tail image found: the miss has something to take out
+    policy = TailedCorePolicy(tail=harness.MissedTail(missed=missed))
+    forced = TailedCore(**options, policy=policy).fit(nlt_set).diagnostics_["tail_indices"]
+    assert forced.tolist() == np.setdiff1d(found, missed).tolist()
 
 
 def test_the_table_gives_each_variant_against_patchcore(harness):

@@ -329,7 +329,8 @@ class LinkageTailSampler(Params):
         return self.estimate_from_clusters(self.clusters(inputs))
 
     def estimate_from_clusters(self, clusters: np.ndarray) -> TailEstimate:
-        """The estimate of images whose clusters (n,) int64 are known (``clusters``)."""
+        """The estimate of images whose clusters (n,) int64 are known (``clusters``): where the tail is decided,
+        here and in a fit (from the clusters of its products)."""
         _, cluster, counts = np.unique(clusters, return_inverse=True, return_counts=True)
         sizes = counts[cluster].astype(np.int64)
         groups = np.sort(counts).astype(np.int64)[::-1]
