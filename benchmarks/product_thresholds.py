@@ -10,7 +10,8 @@ global one; the share answered "unknown product"; image AUROC of the raw
 scores per class, and pooled over all classes of the normalised scores (one
 ranking across products: per product, and global), and the same pooled over
 scales no model has (each class's own test/good scores: a bound on what any
-per-product normalisation can reach).
+per-product normalisation can reach), and pooled with other thresholds for
+the products too small to have their own.
 
     python benchmarks/product_thresholds.py runs/eight/step-k1/seed-0/data ... --json docs/product_thresholds.json
 
@@ -176,6 +177,25 @@ def pooled_bounds(result: dict) -> dict[str, float]:
             "per product (the model)": auroc(labels, normalise(raw, thresholds)), "raw": auroc(labels, raw)}
 
 
+def fallback_rules(result: dict) -> dict[str, float]:
+    """Pooled image AUROC of the normalised scores (all classes, one ranking) when the products without
+    their own thresholds take the global threshold (what fit does), the median of the products' own
+    thresholds, or the largest of them (the global alone when no product has its own); the products with
+    their own keep them."""
+    images = result["images"]
+    own = {int(product): t["image"] for product, t in result["product_thresholds"].items()}
+    raw = np.array([x["raw"] for x in images], dtype=np.float64)
+    labels = np.array([x["label"] for x in images])
+    products = [x["product"] for x in images]
+    values = np.array(list(own.values()))
+    rules = {"the global threshold (what fit does)": result["global_thresholds"]["image"]}
+    if len(values):
+        rules |= {"the median of the products' own": float(np.median(values)),
+                  "the largest of the products' own": float(values.max())}
+    return {rule: auroc(labels, normalise(raw, np.array([own.get(p, fallback) for p in products])))
+            for rule, fallback in rules.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sets", nargs="+", type=Path, help="NLT sets (make-nlt folders)")
@@ -196,6 +216,8 @@ def main() -> None:
                      "false alarms %", "defects flagged %"], threshold_rules(results[name]))
         print_table(["pooled image AUROC, all classes", "%"],
                     [[rule, f"{100 * value:.1f}"] for rule, value in pooled_bounds(results[name]).items()])
+        print_table(["products without their own threshold take", "pooled image AUROC %"],
+                    [[rule, f"{100 * value:.1f}"] for rule, value in fallback_rules(results[name]).items()])
 
 
 if __name__ == "__main__":

@@ -65,3 +65,23 @@ def test_pooled_bounds_scale_each_class_by_its_own_good_scores(thresholds_bench)
     assert bounds["raw"] == bounds["per product (the model)"] < 0.9  # one threshold for both: no rescaling
     for name in ("good-score CDF", "robust z of logs", "99th percentile"):
         assert bounds[f"oracle: {name}"] == 1.0
+
+
+def test_fallback_rules_rescale_only_the_products_without_their_own_threshold(thresholds_bench):
+    # Products 0, 1 (scale and own threshold 10) and 2 (30) are calibrated; product 3 is not and scores on
+    # the scale of 10. The global threshold (100) and the largest own one (30) compress product 3's defects
+    # below the others' good images; the median of the own thresholds (10) puts them back above.
+    rng = np.random.default_rng(0)
+    images = []
+    for product, scale in ((0, 10.0), (1, 10.0), (2, 30.0), (3, 10.0)):
+        images += [{"class": str(product), "product": product, "label": 0, "raw": float(s)}
+                   for s in scale * rng.uniform(0.5, 1.0, 40)]
+        images += [{"class": str(product), "product": product, "label": 1, "raw": float(s)}
+                   for s in scale * rng.uniform(1.5, 2.0, 10)]
+    result = {"images": images, "global_thresholds": {"image": 100.0},
+              "product_thresholds": {"0": {"image": 10.0}, "1": {"image": 10.0}, "2": {"image": 30.0}}}
+    rules = thresholds_bench.fallback_rules(result)
+    assert list(rules) == ["the global threshold (what fit does)", "the median of the products' own",
+                           "the largest of the products' own"]
+    assert rules["the median of the products' own"] == 1.0
+    assert rules["the global threshold (what fit does)"] < rules["the largest of the products' own"] < 1.0
