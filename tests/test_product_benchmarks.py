@@ -85,3 +85,15 @@ def test_fallback_rules_rescale_only_the_products_without_their_own_threshold(th
                            "the largest of the products' own"]
     assert rules["the median of the products' own"] == 1.0
     assert rules["the global threshold (what fit does)"] < rules["the largest of the products' own"] < 1.0
+
+
+def test_the_summary_row_names_the_judged_classes_outside_the_false_alarm_range(thresholds_bench):
+    images = [{"class": c, "label": label, "raw": raw, "threshold": 1.0}
+              for c in ("a", "b") for label, raw in ((0, 1.0), (0, 2.0), (1, 3.0))]
+    result = {"judged_classes": ["a", "b"], "product_thresholds": {"0": {}},
+              "classes": {"a": {"false_alarms_product": 0.02}, "b": {"false_alarms_product": 0.087}},
+              "mean_flagged_product": 0.4, "mean_flagged_global": 0.1, "mean_class_auroc": 1.0,
+              "pooled_auroc_product": 0.7, "images": images}
+    row = thresholds_bench.summary_row("set", result)
+    assert row[:5] == ["set", 1, "a, b", "b 8.7", "40.0 / 10.0"]
+    assert row[5].startswith("70.0 / ") and row[5].endswith(" / 100.0")
