@@ -67,12 +67,19 @@ SETTINGS = {
     "ivf-batched-16-rerank2-openvino": ("ivf-batched", {"nprobe": 16, "rerank": 2}, "float32", "openvino"),
     "ivf-batched-16-rerank2-openvino-bf16": ("ivf-batched", {"nprobe": 16, "rerank": 2}, "bfloat16", "openvino"),
     "ivf-batched-16-rerank2-onnx-int8": ("ivf-batched", {"nprobe": 16, "rerank": 2}, "int8", "onnx"),
+    # lists and candidates ranked on the memory's leading principal axes, the best candidates rescored in full
+    "ivf-batched-16-rerank4-pca256-onnx": ("ivf-batched", {"nprobe": 16, "rerank": 4, "ranking_dim": 256}, "float32",
+                                           "onnx"),
+    "ivf-batched-16-rerank8-pca128-onnx": ("ivf-batched", {"nprobe": 16, "rerank": 8, "ranking_dim": 128}, "float32",
+                                           "onnx"),
+    "ivf-batched-8-rerank4-pca256-onnx": ("ivf-batched", {"nprobe": 8, "rerank": 4, "ranking_dim": 256}, "float32",
+                                          "onnx"),
 }
 # The same settings with each image searched in its product's memory (Detector search_scope "product").
 PRODUCT_SCOPE = "-product"
 SETTINGS |= {name + PRODUCT_SCOPE: SETTINGS[name] for name in (
     "exact", "exact-onnx", "ivf-batched-16-rerank2-onnx", "ivf-batched-8-rerank2-onnx", "ivf-batched-4-onnx",
-    "ivf-batched-8-onnx")}
+    "ivf-batched-8-onnx", "ivf-batched-16-rerank4-pca256-onnx", "ivf-batched-8-rerank4-pca256-onnx")}
 BOUND = 0.3  # points of image and pixel AUROC from the first setting (exact search)
 
 

@@ -161,6 +161,7 @@ def test_search_options_that_the_search_does_not_take_are_refused_before_the_fit
                                          r"\(it takes memory_block, query_block\)"):
         PatchCore(search="exact", search_options={"nprobe": 16}).fit(tmp_path / "missing")
     PatchCore(search="ivf-batched", search_options={"nprobe": 16, "rerank": 2}).check_params()
+    PatchCore(search="ivf-batched", search_options={"nprobe": 16, "rerank": 4, "ranking_dim": 256}).check_params()
 
 
 @pytest.mark.parametrize("kind, option, accepted", [("flat", "nprobe", "nothing"),

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tailedcore.engine import fast_bfloat16
-from tailedcore.scoring import PatchScorer, anomaly_maps, build_search
+from tailedcore.scoring import PatchScorer, anomaly_maps, build_search, principal_axes
 
 
 def brute(memory, queries, k):
@@ -108,6 +108,37 @@ def test_batched_ivf_ranking_rescores_its_candidates_in_float32(bfloat16):
     exact = ((memory[i] - queries[:, None, :]) ** 2).sum(axis=2)
     np.testing.assert_allclose(d, exact, rtol=1e-5)  # float32 distances to the rows returned
     assert (d[:, 0] <= d[:, 1]).all()
+
+
+def test_principal_axes_are_orthonormal_and_span_the_memorys_variance():
+    rng = np.random.default_rng(6)
+    basis = np.linalg.qr(rng.standard_normal((32, 3)))[0]  # a 3-d subspace of 32 dims
+    memory = (rng.standard_normal((2000, 3)) * [5.0, 3.0, 2.0] @ basis.T
+              + 0.01 * rng.standard_normal((2000, 32)) + 7.0).astype(np.float32)
+    axes = principal_axes(memory, 3, sample=1000)
+    assert axes.shape == (32, 3) and axes.dtype == np.float32
+    np.testing.assert_allclose(axes.T @ axes, np.eye(3), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.svd(basis.T @ axes, compute_uv=False), 1.0, atol=1e-3)  # same subspace
+
+
+def test_batched_ivf_ranking_on_principal_axes_rescores_in_full():
+    """Ranked on the memory's leading axes, rescored on all: on memory of low rank, the neighbours of exact
+    search, with float32 distances over every dimension."""
+    rng = np.random.default_rng(7)
+    memory = (rng.standard_normal((4000, 8)) @ rng.standard_normal((8, 64))
+              + 0.05 * rng.standard_normal((4000, 64))).astype(np.float32)
+    queries = memory[:400] + 0.05 * rng.standard_normal((400, 64)).astype(np.float32)
+    index = build_search(memory, "ivf-batched", nprobe=8, rerank=4, ranking_dim=8, bfloat16=False)
+    assert index.projection.shape == (64, 8) and index.lists[0].shape[1] == 8
+    d, i = index.search(queries, 2)
+    full_d, full_i = build_search(memory, "ivf-batched", nprobe=8, rerank=4, bfloat16=False).search(queries, 2)
+    assert (i == full_i).mean() > 0.99
+    exact = ((memory[i] - queries[:, None, :]) ** 2).sum(axis=2)
+    np.testing.assert_allclose(d, exact, rtol=1e-5)
+    assert build_search(memory, "ivf-batched", nprobe=8, rerank=4, ranking_dim=64).projection is None  # r >= D
+    for options in ({"ranking_dim": 8}, {"rerank": 4, "ranking_dim": 0}):
+        with pytest.raises(ValueError, match="ranking_dim"):
+            build_search(memory, "ivf-batched", **options)
 
 
 def test_batched_ivf_ranks_in_bfloat16_only_where_the_cpu_multiplies_it():

@@ -158,7 +158,7 @@ def calibrate_scoped(image_scores: np.ndarray, maps: np.ndarray, products: np.nd
 
 
 def describe_search(setting: dict) -> str:
-    """A search setting ({"search": ..., "search_options": {...}}) as text, e.g. "ivf-batched (nprobe=16 rerank=2)"."""
+    """A search setting ({"search": ..., "search_options": {...}}) as text, e.g. "ivf-batched (nprobe=16 rerank=4)"."""
     options = " ".join(f"{key}={value}" for key, value in sorted(setting.get("search_options", {}).items()))
     return setting["search"] + (f" ({options})" if options else "")
 
