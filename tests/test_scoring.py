@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 
-from tailedcore import scoring
 from tailedcore.engine import fast_bfloat16
 from tailedcore.scoring import PatchScorer, anomaly_maps, build_search, principal_axes
 
@@ -81,20 +80,6 @@ def test_batched_ivf_finds_what_faiss_ivf_finds(k, nprobe):
     np.testing.assert_array_equal(i, faiss_i)
     np.testing.assert_allclose(d, faiss_d, rtol=1e-4, atol=1e-4)
     assert (i[:, 0] != brute(memory, queries, 1)[1][:, 0]).any()  # approximate: some neighbours are not probed
-
-
-@pytest.mark.parametrize("rerank", [0, 3])
-def test_batched_ivf_selects_the_same_rows_whatever_it_selects_from_at_once(monkeypatch, rerank):
-    """Pairs of lists of one width are selected from together, a bounded number at a time: any bound gives
-    the same neighbours and distances."""
-    rng = np.random.default_rng(8)
-    memory = rng.standard_normal((3000, 16)).astype(np.float32)
-    queries = rng.standard_normal((400, 16)).astype(np.float32)
-    index = build_search(memory, "ivf-batched", nprobe=4, rerank=rerank, bfloat16=False)
-    expected = index.search(queries, 3)
-    monkeypatch.setattr(scoring, "_SELECT_ROWS", 7)  # a flush after every few lists
-    for got, want in zip(index.search(queries, 3), expected):
-        np.testing.assert_array_equal(got, want)
 
 
 def test_batched_ivf_misses_fall_back_to_exact_search():
