@@ -158,7 +158,6 @@ class FaissSearch:
 
 
 _SHAPE_STEP = 32  # ranking products: rows of lists and of queries padded to a multiple of this
-_SELECT_ROWS = 16384  # (query, list) pairs selected from at once: bounds the partial distances held
 
 
 class BatchedIVFSearch:
@@ -244,30 +243,14 @@ class BatchedIVFSearch:
 
     def _scan(self, queries: torch.Tensor, pair_lists: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``keep`` nearest rows of each (query, probed list) pair: pair_lists (Q * nprobe,) list
-        numbers, query-major -> partial distances (|m|^2 - 2 q.m) and memory indices, (Q * nprobe, keep).
-
-        The pairs of lists of one width (rows, padded) are selected from together, up to _SELECT_ROWS
-        pairs at a time: one ``topk`` over many pairs costs a fraction of one per list."""
+        numbers, query-major -> partial distances (|m|^2 - 2 q.m) and memory indices, (Q * nprobe, keep)."""
         pair_order = torch.argsort(pair_lists, stable=True)  # pairs grouped by list
         counts = torch.bincount(pair_lists, minlength=len(self.lists)).tolist()
-        pair_d = torch.empty((len(pair_lists), keep))
-        pair_i = torch.empty((len(pair_lists), keep), dtype=torch.int64)
-        pending: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}  # width -> lists' parts
-        pending_pairs: dict[int, int] = {}
-
-        def select(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
-            partial = torch.cat([part for part, _, _ in parts])
-            d, i = partial.min(dim=1, keepdim=True) if keep == 1 else partial.topk(keep, dim=1, largest=False)
-            start = 0
-            for _, ids, pairs in parts:
-                pair_d[pairs], pair_i[pairs] = d[start : start + len(pairs)], ids[i[start : start + len(pairs)]]
-                start += len(pairs)
-
-        for block, norms, ids, pairs in zip(self.lists, self.list_norms, self.list_ids,
-                                            torch.split(pair_order, counts)):
-            if not len(pairs):
+        found_d, found_i = [], []
+        for block, norms, ids, pair_queries in zip(self.lists, self.list_norms, self.list_ids,
+                                                   torch.split(pair_order // self.nprobe, counts)):
+            if not len(pair_queries):
                 continue
-            pair_queries = pairs // self.nprobe
             if self.rerank:
                 padded = F.pad(pair_queries, (0, -len(pair_queries) % _SHAPE_STEP))
                 partial = norms - 2 * (queries[padded] @ block.T)[: len(pair_queries)].float()
@@ -276,14 +259,12 @@ class BatchedIVFSearch:
             if len(block) < keep:  # too few rows: pad with misses
                 partial = F.pad(partial, (0, keep - len(block)), value=float("inf"))
                 ids = F.pad(ids, (0, keep - len(block)), value=-1)
-            width = partial.shape[1]
-            pending.setdefault(width, []).append((partial, ids, pairs))
-            pending_pairs[width] = pending_pairs.get(width, 0) + len(pairs)
-            if pending_pairs[width] >= _SELECT_ROWS:
-                select(pending.pop(width))
-                pending_pairs[width] = 0
-        for parts in pending.values():
-            select(parts)
+            d, i = partial.min(dim=1, keepdim=True) if keep == 1 else partial.topk(keep, dim=1, largest=False)
+            found_d.append(d)
+            found_i.append(ids[i])
+        pair_d = torch.empty((len(pair_lists), keep))
+        pair_i = torch.empty((len(pair_lists), keep), dtype=torch.int64)
+        pair_d[pair_order], pair_i[pair_order] = torch.cat(found_d), torch.cat(found_i)
         return pair_d, pair_i
 
     @torch.inference_mode()
