@@ -175,8 +175,7 @@ class BatchedIVFSearch:
     and far slower. ``ranking_dim`` r (with ``rerank``): lists and candidates are ranked on the
     memory's first r principal axes (D / r times fewer multiply-adds; the distance along the other
     axes is left out of the ranking, not of the distances returned; r >= D ranks on every dimension,
-    as without it). Queries whose probed lists hold
-    fewer than k rows are answered by exact search.
+    as without it). Queries whose probed lists hold fewer than k rows are answered by exact search.
     """
 
     def __init__(self, memory: np.ndarray, nlist: int | None = None, nprobe: int = 8, rerank: int = 0,
