@@ -31,8 +31,7 @@ RULES = ["fixed:0.25", "fixed:0.3", "log", "lin", "first:1.05", "first:1.1", "fi
 
 def spanning_links(estimator: LinkageTailSampler, inputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The MST of the images' linkage distances: (n - 1,) lengths and the two ends of each link."""
-    units = estimator._unit_rows(inputs)
-    distances = estimator.distances(units, 0, len(units[0]))
+    distances = estimator.distances_between(inputs, inputs)
     tree = minimum_spanning_tree(distances + 1e-9).tocoo()  # + 1e-9: a zero distance is still a link
     return tree.data, tree.row, tree.col
 
