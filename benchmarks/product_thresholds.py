@@ -37,7 +37,7 @@ from sklearn.metrics import roc_auc_score
 from tailedcore import TailedCore
 from tailedcore.data import load_mvtec
 from tailedcore.lof import tukey_fence
-from tailedcore.thresholds import normalise
+from tailedcore.thresholds import MIN_IMAGES, SMALL_PRODUCT_RULES, normalise
 
 MIN_TRAINING = 20  # classes with at least this many training images are judged by the targets
 
@@ -46,18 +46,20 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores)) if len(np.unique(labels)) == 2 else None
 
 
-def run_set(data: Path, exact_rows: int | None, seed: int, threads: int | None) -> dict:
-    """Fit on ``data``'s training images, score its test images -> figures and per-image records."""
+def run_set(data: Path, exact_rows: int | None, seed: int, threads: int | None, small_products: str) -> dict:
+    """Fit on ``data``'s training images, score its test images -> figures and per-image records.
+    ``small_products``: the fit's rule for products of too few held-out images (thresholds.SMALL_PRODUCT_RULES)."""
     items = load_mvtec(data)
     train = [sample.path for item in items for sample in item.train]
     test = [(item.name, sample.path, sample.label) for item in items for sample in item.test]
     detector = TailedCore(seed=seed, progress=False, threads=threads, search="ivf-batched",
-                          search_options={"nprobe": 16, "rerank": 2})
+                          search_options={"nprobe": 16, "rerank": 2}, calibration_small_products=small_products)
     if exact_rows is not None:
         detector.set_params(policy__coreset__exact_rows=exact_rows)
     start = time.perf_counter()
     detector.fit(train)
     fit_seconds = time.perf_counter() - start
+    calibration_seconds = detector.stage_times_.totals["calibration"].seconds
     predictions = detector.predict([path for _, path, _ in test], strict=True)
     held_out = detector.predict(detector.calibration_paths_, strict=True)  # the scores the fit calibrated on
     injected = set((data / "inject_defects.txt").read_text().split()) if (data / "inject_defects.txt").is_file() \
@@ -84,10 +86,12 @@ def run_set(data: Path, exact_rows: int | None, seed: int, threads: int | None) 
         }
     judged = [name for name, figures in per_class.items() if figures["training_images"] >= MIN_TRAINING]
     return {
-        "data": str(data), "policy": detector.policy.to_config(), "fit_seconds": fit_seconds,
+        "data": str(data), "policy": detector.policy.to_config(), "small_products": small_products,
+        "fit_seconds": fit_seconds,
         "calibration_images": len(detector.calibration_paths_),
         "products": len(detector.products_),
         "product_thresholds": {str(p): t.to_dict() for p, t in detector.product_thresholds_.items()},
+        "calibration_seconds": calibration_seconds,
         "global_thresholds": detector.thresholds_.to_dict(),
         "classes": per_class,
         "mean_class_auroc": float(np.mean([f["image_auroc"] for f in per_class.values()])),
@@ -120,7 +124,8 @@ def report(name: str, result: dict) -> None:
 
 
 def threshold_rules(result: dict, rate: float = 0.01) -> list[list]:
-    """Per product with its own thresholds, three image thresholds from its held-out training images and
+    """Per product with its own thresholds from at least MIN_IMAGES held-out training images, five image
+    thresholds from them and
     what they give on its test images: the (1 - rate) quantile (what fit does), the same with the images
     make-nlt injected as defects removed (an oracle: a user cannot know them), a log-normal fit to the
     median and MAD of the log scores (robust to a few defective images), and the quantile of the scores
@@ -129,6 +134,8 @@ def threshold_rules(result: dict, rate: float = 0.01) -> list[list]:
     rows = []
     for product in sorted(int(p) for p in result["product_thresholds"]):
         scores = np.array([c["raw"] for c in held_out if c["product"] == product])
+        if len(scores) < MIN_IMAGES:
+            continue
         clean = np.array([c["raw"] for c in held_out if c["product"] == product and not c["injected"]])
         logs = np.log(scores)
         spread = 1.4826 * np.median(np.abs(logs - np.median(logs)))
@@ -218,12 +225,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of the fit and the scoring")
     parser.add_argument("--resume", action="store_true", help="keep the sets already in --json")
+    parser.add_argument("--small-products", choices=SMALL_PRODUCT_RULES, default="global",
+                        help="what the fit gives products of too few held-out images (a set run with another rule "
+                        "than global is kept under its name and the rule)")
     args = parser.parse_args()
     results = json.loads(args.json.read_text()) if args.resume and args.json.is_file() else {}
     for data in args.sets:
-        name = str(data)
+        name = str(data) if args.small_products == "global" else f"{data} [small products: {args.small_products}]"
         if name not in results:
-            results[name] = run_set(data, args.exact_coreset_rows, args.seed, args.threads)
+            results[name] = run_set(data, args.exact_coreset_rows, args.seed, args.threads, args.small_products)
             args.json.write_text(json.dumps(results, indent=1) + "\n")
         report(name, results[name])
         print_table(["product", "classes", "held-out images", "threshold rule", "image threshold",

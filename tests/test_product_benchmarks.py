@@ -36,6 +36,11 @@ def test_threshold_rules_from_held_out_scores(thresholds_bench):
     # The defect lifts the quantile far above the clean images; the log-normal fit stays near them.
     assert float(by_rule["log-normal fit"][4]) < 1.2 * np.quantile(clean, 0.99) < float(by_rule["quantile"][4])
     assert by_rule["quantile"][6] == "0.0" and by_rule["quantile without injected"][6] == "100.0"
+    # A product whose own thresholds rest on fewer held-out images (images left out of the memory besides)
+    # has no rows: the rules compare thresholds of held-out images alone.
+    few = [{"product": 1, "raw": 1.0, "injected": False}] * 3
+    result = {**result, "calibration": held_out + few, "product_thresholds": {"0": {}, "1": {}}}
+    assert {row[0] for row in thresholds_bench.threshold_rules(result)} == {0}
 
 
 def test_the_unknown_factor_is_chosen_on_the_other_classes(unknown_bench):

@@ -126,10 +126,35 @@ def test_per_product_thresholds_from_normal_images(tmp_path):
 
 def test_held_out_images_of_a_large_product_calibrate_its_own_thresholds():
     train, _ = real_subset({"bottle": 40, "pcb": 6}, 0)
-    detector = PatchCore(**{**PARAMS, "calibration_share": 0.5, "calibration_min_class": 4}).fit(train)
+    detector = PatchCore(**{**PARAMS, "calibration_share": 0.5, "calibration_min_class": 4},
+                         calibration_small_products="global").fit(train)
     assert len(detector.calibration_paths_) == 23  # 20 of bottle, 3 of pcb
     assert sorted(detector.product_thresholds_) == [0] and detector.product_thresholds_[0].images == 20
     assert detector.thresholds_.images == 23
+
+
+def test_a_small_product_gets_thresholds_from_its_images_left_out_of_the_memory():
+    """calibration small_products "leave-one-out" (the default): pcb (6 images, 3 held out, fewer than
+    MIN_IMAGES) gets its own thresholds from its 3 held-out images and its 3 kept ones, each scored against the
+    memory without the rows made of it. With the whole memory kept (coreset ratio 1) that is the score of a
+    model fitted without it."""
+    train, _ = real_subset({"bottle": 40, "pcb": 6, "screw": 1}, 0)
+    params = {**PARAMS, "calibration_share": 0.5, "calibration_min_class": 4, "policy__coreset__ratio": 1.0}
+    detector = PatchCore(**params).fit(train)
+    assert sorted(detector.product_thresholds_) == [0, 1]  # the one-image screw product keeps the global ones
+    pcb = detector.product_thresholds_[1]
+    assert pcb.images == 6 and pcb.source.endswith("(3 held out, 3 left out of the memory)")
+    kept = detector.training_paths_
+    held_scores = detector.predict([p for p in detector.calibration_paths_ if "/pcb/" in p.as_posix()]).image_scores
+    left_out = []
+    for path in [p for p in kept if "/pcb/" in p.as_posix()]:
+        without = PatchCore(**{**params, "calibration_share": 0.0}).fit([p for p in kept if p != path])
+        left_out.append(without.predict([path]).image_scores[0])
+    expected = np.quantile(np.concatenate([held_scores, left_out]), 0.99)
+    assert pcb.image == pytest.approx(expected, rel=1e-4)
+    assert pcb.image > detector.thresholds_.image  # pcb's images are farther from the rest than bottle's
+    global_rule = PatchCore(**params, calibration_small_products="global").fit(train)
+    assert sorted(global_rule.product_thresholds_) == [0]
 
 
 def test_patchcore_finds_products_with_the_default_estimator(images):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tailedcore.engine import fast_bfloat16
-from tailedcore.scoring import PatchScorer, anomaly_maps, build_search, principal_axes
+from tailedcore.scoring import ExactSearch, LeftOutScorer, PatchScorer, anomaly_maps, build_search, principal_axes
 
 
 def brute(memory, queries, k):
@@ -23,6 +23,29 @@ def test_exact_searches_match_brute_force(search, k):
     d_ref, i_ref = brute(memory, queries, k)
     np.testing.assert_array_equal(i, i_ref)
     np.testing.assert_allclose(d, d_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_exact_search_without_some_rows_is_the_search_of_the_rest(k):
+    rng = np.random.default_rng(2)
+    memory = rng.standard_normal((500, 16)).astype(np.float32)
+    queries = np.concatenate([memory[:20], rng.standard_normal((30, 16)).astype(np.float32)])
+    excluded = np.arange(0, 500, 3)  # every query's own row among them
+    rest = np.setdiff1d(np.arange(500), excluded)
+    d, i = ExactSearch(memory, memory_block=64, query_block=16).search(queries, k, excluded)
+    d_ref, i_ref = brute(memory[rest], queries, k)
+    np.testing.assert_array_equal(i, rest[i_ref])
+    np.testing.assert_allclose(d, d_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_left_out_scorer_scores_against_the_other_rows_only():
+    memory = np.array([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]], dtype=np.float32)
+    scorer = LeftOutScorer(memory, weights=np.array([1.0, 2.0, 1.0], np.float32))
+    patches = np.array([[0.0, 0.0], [3.0, 0.0]], dtype=np.float32)
+    np.testing.assert_allclose(scorer.score(patches, np.array([0])), [2.0, 0.0])  # 1^2 x weight 2, then 0
+    np.testing.assert_allclose(scorer.score(patches, np.array([0, 2])), [2.0, 8.0])
+    with pytest.raises(ValueError, match="too few memory rows"):
+        scorer.score(patches, np.array([0, 1, 2]))
 
 
 def test_approximate_indexes_find_most_neighbours():

@@ -51,7 +51,7 @@ def test_f1_threshold_and_masks():
 
 def test_fit_sets_images_aside_and_calibrates(tmp_path):
     root = make_dataset(tmp_path / "data", {"stripes": 30, "dots": 3}, test_good=4, test_defect=4, size=64, seed=5)
-    detector = PatchCore(calibration_share=0.2, **SMALL).fit(root)
+    detector = PatchCore(calibration_share=0.2, calibration_small_products="global", **SMALL).fit(root)
     assert len(detector.calibration_paths_) == 6  # 20% of the 30 images of the only large class
     assert all("stripes" in str(p) for p in detector.calibration_paths_)
     assert not set(detector.calibration_paths_) & set(detector.training_paths_)

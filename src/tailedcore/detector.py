@@ -32,10 +32,10 @@ from .products import Products
 from .routing import RoutedScorer, make_scorer
 from .runtimes import GRAPH_PRECISIONS, GraphFeatures
 from .sampling import random_projection
-from .scoring import PatchScorer, search_option_names
+from .scoring import LeftOutScorer, PatchScorer, search_option_names
 from .settings import Calibration, Configurable, Features, Run, Search
 from .store import FeatureCache
-from .thresholds import Thresholds, calibrate_scoped
+from .thresholds import MIN_IMAGES, Thresholds, calibrate_false_alarm, calibrate_scoped
 from .timing import StageTimer
 from .training import build_memory, open_run
 
@@ -164,12 +164,46 @@ class Detector(Configurable):
         return self
 
     def _calibrate_held_out(self, fitted, locations: int) -> None:
-        """Thresholds from the held-out training images, read from the fit's patch store."""
+        """Thresholds from the held-out training images, read from the fit's patch store; with calibration
+        small_products "leave-one-out" and scope "product", besides, those of the products too small for
+        their own (``_calibrate_left_out``)."""
         patches = fitted.features.patches
         scores = np.concatenate([self.scorer.score(patches[i * locations : (i + 1) * locations][None])
                                  for i in fitted.held_out]).reshape(-1, *self.extractor.grid_shape)
-        self._set_thresholds(*image_scores_and_maps(scores, self.features.crop, self.search.blur_sigma),
-                             self.products_.labels[fitted.held_out], "held-out training images")
+        image_scores, maps = image_scores_and_maps(scores, self.features.crop, self.search.blur_sigma)
+        products = self.products_.labels[fitted.held_out]
+        self._set_thresholds(image_scores, maps, products, "held-out training images")
+        if self.calibration.small_products == "leave-one-out" and self.calibration.scope == "product":
+            self._calibrate_left_out(fitted, locations, image_scores, maps, products)
+
+    def _calibrate_left_out(self, fitted, locations: int, image_scores: np.ndarray, maps: np.ndarray,
+                            products: np.ndarray) -> None:
+        """Own thresholds of each product with no thresholds of its own and at least two training images kept:
+        from its held-out images' scores and maps, (h,) and (h, crop, crop) of ``products`` (h,), and those of
+        up to MIN_IMAGES of its kept images (drawn with the seed), each scored against the memory without the
+        rows made of it (exact search)."""
+        scorer = LeftOutScorer(self.memory_.features, self.memory_.weights, self.search.num_neighbors,
+                               self.search.squared_distance)
+        kept_products = self.products_.labels[fitted.kept]
+        rng = np.random.default_rng([self.seed, 2])
+        for product in range(len(self.products_)):
+            members = np.flatnonzero(kept_products == product)
+            if product in self.product_thresholds_ or len(members) < 2:
+                continue
+            held = products == product
+            chosen = rng.permutation(members)[: max(MIN_IMAGES - int(held.sum()), 0)]
+            left_out = np.stack([scorer.score(fitted.features.patches[fitted.kept[j] * locations :
+                                                                       (fitted.kept[j] + 1) * locations],
+                                              np.flatnonzero(fitted.row_images == j)) for j in chosen])
+            left_scores, left_maps = image_scores_and_maps(left_out.reshape(-1, *self.extractor.grid_shape),
+                                                           self.features.crop, self.search.blur_sigma)
+            thresholds = calibrate_false_alarm(
+                np.concatenate([image_scores[held], left_scores]), np.concatenate([maps[held], left_maps]),
+                self.calibration.false_alarm_rate,
+                f"training images of product {product} ({int(held.sum())} held out, {len(chosen)} left out of "
+                "the memory)",
+                warn=False)
+            self.product_thresholds_[product] = self.stamped(thresholds)
 
     # -- thresholds -----------------------------------------------------------
     def calibrate(self, normal_images) -> Thresholds:

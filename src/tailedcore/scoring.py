@@ -42,12 +42,12 @@ class ExactSearch:
         self.norms = (self.memory * self.memory).sum(dim=1)
         self.memory_block, self.query_block = memory_block, query_block
 
-    def _search_block(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _search_block(self, queries: torch.Tensor, k: int, norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         best_d = torch.full((len(queries), k), float("inf"))
         best_i = torch.zeros((len(queries), k), dtype=torch.int64)
         for start in range(0, len(self.memory), self.memory_block):
             block = self.memory[start : start + self.memory_block]
-            partial = torch.addmm(self.norms[start : start + len(block)], queries, block.T, alpha=-2.0)
+            partial = torch.addmm(norms[start : start + len(block)], queries, block.T, alpha=-2.0)
             if k == 1:
                 d, i = partial.min(dim=1, keepdim=True)
             else:
@@ -59,18 +59,23 @@ class ExactSearch:
         return best_d, best_i
 
     @torch.inference_mode()
-    def search_partial(self, queries: np.ndarray, k: int = 1) -> SearchResult:
-        """k smallest |m|^2 - 2 q.m per query (the search before |q|^2 is added) and their indices."""
+    def search_partial(self, queries: np.ndarray, k: int = 1, excluded: np.ndarray | None = None) -> SearchResult:
+        """k smallest |m|^2 - 2 q.m per query (the search before |q|^2 is added) and their indices; rows
+        ``excluded`` ((r,) int64) are never returned (infinite distance if fewer than k rows are left)."""
         queries_t = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        norms = self.norms
+        if excluded is not None and len(excluded):
+            norms = norms.clone()
+            norms[torch.from_numpy(np.asarray(excluded, dtype=np.int64))] = float("inf")
         dists, indices = [], []
         for start in range(0, len(queries_t), self.query_block):
-            d, i = self._search_block(queries_t[start : start + self.query_block], k)
+            d, i = self._search_block(queries_t[start : start + self.query_block], k, norms)
             dists.append(d)
             indices.append(i)
         return torch.cat(dists).numpy(), torch.cat(indices).numpy()
 
-    def search(self, queries: np.ndarray, k: int = 1) -> SearchResult:
-        partial, indices = self.search_partial(queries, k)
+    def search(self, queries: np.ndarray, k: int = 1, excluded: np.ndarray | None = None) -> SearchResult:
+        partial, indices = self.search_partial(queries, k, excluded)
         return finish_distances(queries, partial), indices
 
 
@@ -352,6 +357,24 @@ class PatchScorer:
         with self._lock:
             distances, indices = self.index.search(flat, self.num_neighbors)
         return finish_scores(distances, indices, self.weights, self.squared).reshape(patches.shape[:-1])
+
+
+class LeftOutScorer:
+    """Patch scores of a training image against the memory without the rows made of it (its own patches and
+    views), by exact search: about what a new image of its product scores. memory (M, D) float32, weights
+    (M,) or None, as ``PatchScorer``'s."""
+
+    def __init__(self, memory: np.ndarray, weights: np.ndarray | None = None, num_neighbors: int = 1,
+                 squared: bool = True):
+        self.index, self.weights, self.squared = ExactSearch(memory), weights, squared
+        self.num_neighbors = min(num_neighbors, len(memory))
+
+    def score(self, patches: np.ndarray, own_rows: np.ndarray) -> np.ndarray:
+        """(P, D) patch features of one training image, (r,) int64 memory rows made of it -> (P,) float32."""
+        if len(own_rows) > len(self.index.memory) - self.num_neighbors:
+            raise ValueError("an image's own rows leave too few memory rows to score it against")
+        distances, indices = self.index.search(patches, self.num_neighbors, own_rows)
+        return finish_scores(distances, indices, self.weights, self.squared)
 
 
 def finish_scores(distances: np.ndarray, indices: np.ndarray, weights: np.ndarray | None,

@@ -26,7 +26,7 @@ from .routing import SEARCH_SCOPES
 from .runtimes import RUNTIMES
 from .scoring import SEARCHES
 from .store import STORE_DTYPES
-from .thresholds import CALIBRATION_SCOPES
+from .thresholds import CALIBRATION_SCOPES, SMALL_PRODUCT_RULES
 
 # Every distinct increasing choice of strides (one to four stages).
 STAGE_CHOICES = tuple(tuple(s for bit, s in enumerate(STAGE_STRIDES) if mask >> bit & 1)
@@ -115,7 +115,8 @@ class Calibration(Params):
     aside (never put in memory) to calibrate thresholds; 0 = train on
     everything (the paper). scope "product": besides the global thresholds,
     each product with at least thresholds.MIN_IMAGES calibration images gets
-    its own; "global": one threshold for every image.
+    its own; "global": one threshold for every image. small_products: what
+    the fit gives a product of fewer held-out images (thresholds.SMALL_PRODUCT_RULES).
     """
 
     share: float = setting(0.1, "share of training images set aside for thresholds (none with --calibration; "
@@ -126,6 +127,10 @@ class Calibration(Params):
     scope: str = setting("product", "product: each product with enough calibration images gets its own "
                          "thresholds, the others the global ones; global: one threshold for all",
                          flat="calibration_scope")
+    small_products: str = setting("leave-one-out", "products with too few held-out images for their own "
+                                  "thresholds at the fit: leave-one-out = their own, also from up to 20 of their "
+                                  "training images each scored without its own memory rows; global = the global ones",
+                                  flat="calibration_small_products")
     unknown_factor: float | None = setting(UNKNOWN_FACTOR, "an image farther from its product than this many "
                                            "times the product's spread is an unknown product; none = never",
                                            at="run")
@@ -133,6 +138,7 @@ class Calibration(Params):
     constraints: ClassVar[dict] = {
         "share": Interval(float, 0.0, 1.0, "left"), "min_class": Interval(int, 1),
         "false_alarm_rate": Interval(float, 0.0, 1.0, "neither"), "scope": OneOf(CALIBRATION_SCOPES),
+        "small_products": OneOf(SMALL_PRODUCT_RULES),
         "unknown_factor": Interval(float, 0.0, closed="neither", none_ok=True),
     }
 

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 MIN_IMAGES = 20
 # "product": each product with MIN_IMAGES calibration images has its own thresholds; "global": one for all.
 CALIBRATION_SCOPES = ("product", "global")
+# What the fit gives a product of fewer held-out images: "global", the global thresholds; "leave-one-out", its
+# own, from its held-out images and up to MIN_IMAGES of its training images, each scored against the memory
+# without the rows made of it (scoring.LeftOutScorer).
+SMALL_PRODUCT_RULES = ("global", "leave-one-out")
 
 
 @dataclass

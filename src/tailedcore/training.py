@@ -238,15 +238,18 @@ def open_run(cache_dir: str | os.PathLike | None, extractor: FeatureExtractor, p
 class FittedMemory:
     """What a policy built of a fit's images: the memory bank, the policy's diagnostics, the products found
     (each memory row's product set), and the readable images split into those kept for memory and those
-    held out for thresholds (``held_out``: (h,) int64 indices into the readable images, whose patches
-    ``features`` still holds while the run is open)."""
+    held out for thresholds (``kept`` (k,) and ``held_out`` (h,): int64 indices into the readable images, whose
+    patches ``features`` still holds while the run is open); ``row_images``: (M,) int64 position in ``kept``
+    of the image each memory row was made of."""
 
     memory: MemoryBank
     diagnostics: dict
     products: Products
     kept_paths: list[Path]
     held_out_paths: list[Path]
+    kept: np.ndarray
     held_out: np.ndarray
+    row_images: np.ndarray
     features: FeatureSet
 
 
@@ -280,4 +283,4 @@ def build_memory(run: TrainingRun, paths: list[Path], on_error, cache: FeatureCa
     result = policy.build(train, rng, progress)
     products.memory_products = products.labels[kept][result.row_images]
     return FittedMemory(result.memory, result.diagnostics, products, kept_paths, [paths[i] for i in held_out],
-                        held_out, features)
+                        kept, held_out, result.row_images, features)

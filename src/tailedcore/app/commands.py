@@ -15,7 +15,7 @@ from ..evaluation import calibrate_on_validation, evaluate
 from ..methods import METHODS, load
 from ..report.writers import stage_table, write_evaluation, write_predictions
 from ..scoring import SERVING_SEARCH
-from ..thresholds import MIN_IMAGES, describe_search, search_mismatch
+from ..thresholds import describe_search, search_mismatch
 from .options import SETTING_OPTIONS, given, policy_params
 
 log = logging.getLogger("tailedcore")
@@ -125,7 +125,7 @@ def product_threshold_lines(detector) -> list[str]:
     others = len(products) - len(own)
     return [f"product thresholds: own for {len(own)} of {len(products)} products"
             + (f": {listed}" if own else "")
-            + (f"; {others} use the global ones (fewer than {MIN_IMAGES} calibration images)" if others else "")]
+            + (f"; {others} use the global ones (too few images to calibrate their own on)" if others else "")]
 
 
 SERVING_MAX_BATCH = 8
