@@ -102,3 +102,23 @@ def test_the_summary_row_names_the_judged_classes_outside_the_false_alarm_range(
     row = thresholds_bench.summary_row("set", result)
     assert row[:5] == ["set", 1, "a, b", "b 8.7", "40.0 / 10.0"]
     assert row[5].startswith("70.0 / ") and row[5].endswith(" / 100.0")
+
+
+def test_small_products_take_their_median_times_the_shared_shape(thresholds_bench):
+    # Product 0 (class a, judged): 31 held-out scores around 1; product 1 (class b): 4 images left out of the
+    # memory, all at 10. The shared shape is the 99% quantile of every score over its product's median.
+    head = np.linspace(0.5, 1.5, 31)
+    shape = np.quantile(np.concatenate([head, np.ones(4)]), 0.99)
+    images = [{"class": "a", "label": 0, "raw": 1.0, "product": 0}] * 3 + \
+        [{"class": "a", "label": 1, "raw": 2.0, "product": 0}] + \
+        [{"class": "b", "label": 0, "raw": 10 * shape * 0.99, "product": 1},
+         {"class": "b", "label": 1, "raw": 10 * shape * 1.01, "product": 1}]
+    result = {"calibration": [{"product": 0, "raw": float(v), "injected": False} for v in head],
+              "left_out": {"1": [10.0] * 4}, "product_thresholds": {"0": {"image": 1.49}, "1": {"image": 10.0}},
+              "global_thresholds": {"image": 5.0}, "judged_classes": ["a"], "images": images}
+    rows = thresholds_bench.small_product_rules(result)
+    # own quantile: b's good image is above 10; shared shape: 10 x shape separates b's two images
+    assert rows["own quantile (what fit does)"][3:] == ["100.0", "100.0"]
+    assert rows["shared shape"][3:] == ["0.0", "100.0"]
+    assert rows["shared shape"][1:3] == ["none", "100.0"]  # a keeps its own threshold of 1.49
+    assert rows["shared shape, every product"][1:3] == ["none", "100.0"]  # a: 1.0 < shape <= 2.0

@@ -152,6 +152,7 @@ def test_a_small_product_gets_thresholds_from_its_images_left_out_of_the_memory(
         left_out.append(without.predict([path]).image_scores[0])
     expected = np.quantile(np.concatenate([held_scores, left_out]), 0.99)
     assert pcb.image == pytest.approx(expected, rel=1e-4)
+    np.testing.assert_allclose(np.sort(detector.left_out_scores_[1]), np.sort(left_out), rtol=1e-4)
     assert pcb.image > detector.thresholds_.image  # pcb's images are farther from the rest than bottle's
     global_rule = PatchCore(**params, calibration_small_products="global").fit(train)
     assert sorted(global_rule.product_thresholds_) == [0]

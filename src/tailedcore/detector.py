@@ -67,6 +67,7 @@ class Detector(Configurable):
         self.stage_times_ = StageTimer()
         self.products_: Products | None = None
         self.product_thresholds_: dict[int, Thresholds] = {}
+        self.left_out_scores_: dict[int, np.ndarray] = {}
         self._engine: LocalEngine | RayEngine | None = None
         self._extractor: FeatureExtractor | None = None
         self._scorer: PatchScorer | RoutedScorer | None = None
@@ -152,7 +153,7 @@ class Detector(Configurable):
                 log.warning("skipped %d unreadable training image(s) of %d", len(self.skipped_), len(paths))
             self.memory_, self.diagnostics_, self.products_ = fitted.memory, fitted.diagnostics, fitted.products
             self.training_paths_, self.calibration_paths_ = fitted.kept_paths, fitted.held_out_paths
-            self._scorer, self.thresholds_, self.product_thresholds_ = None, None, {}
+            self._scorer, self.thresholds_, self.product_thresholds_, self.left_out_scores_ = None, None, {}, {}
             if len(fitted.held_out):
                 with self.stage_times_.stage("calibration"):
                     self._calibrate_held_out(fitted, run.locations)
@@ -181,7 +182,8 @@ class Detector(Configurable):
         """Own thresholds of each product with no thresholds of its own and at least two training images kept:
         from its held-out images' scores and maps, (h,) and (h, crop, crop) of ``products`` (h,), and those of
         up to MIN_IMAGES of its kept images (drawn with the seed), each scored against the memory without the
-        rows made of it (exact search)."""
+        rows made of it (exact search). ``left_out_scores_``: per such product, the image scores (n,) of its
+        images left out."""
         scorer = LeftOutScorer(self.memory_.features, self.memory_.weights, self.search.num_neighbors,
                                self.search.squared_distance)
         kept_products = self.products_.labels[fitted.kept]
@@ -204,6 +206,7 @@ class Detector(Configurable):
                 "the memory)",
                 warn=False)
             self.product_thresholds_[product] = self.stamped(thresholds)
+            self.left_out_scores_[product] = left_scores.astype(np.float64)
 
     # -- thresholds -----------------------------------------------------------
     def calibrate(self, normal_images) -> Thresholds:
