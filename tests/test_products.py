@@ -156,6 +156,17 @@ def test_a_small_product_gets_thresholds_from_its_images_left_out_of_the_memory(
     assert pcb.image > detector.thresholds_.image  # pcb's images are farther from the rest than bottle's
     global_rule = PatchCore(**params, calibration_small_products="global").fit(train)
     assert sorted(global_rule.product_thresholds_) == [0]
+    # "leave-one-out-median": pcb's 6 images give its median; the shape is that of all 26 calibration images
+    median_rule = PatchCore(**params, calibration_small_products="leave-one-out-median").fit(train)
+    held_out = median_rule.predict(median_rule.calibration_paths_)
+    scores = np.concatenate([held_out.image_scores, median_rule.left_out_scores_[1]])
+    products = np.concatenate([held_out.products, [1] * 3])
+    medians = np.array([np.median(scores[products == p]) for p in products])
+    expected = np.median(scores[products == 1]) * np.quantile(scores / medians, 0.99)
+    pcb = median_rule.product_thresholds_[1]
+    assert pcb.image == pytest.approx(expected, rel=1e-4) and pcb.images == 6 and "their median" in pcb.source
+    bottle = held_out.image_scores[held_out.products == 0]  # 20 held-out images: its own quantile
+    assert median_rule.product_thresholds_[0].image == pytest.approx(np.quantile(bottle, 0.99), rel=1e-4)
 
 
 def test_patchcore_finds_products_with_the_default_estimator(images):

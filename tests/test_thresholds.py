@@ -7,6 +7,7 @@ from tailedcore.thresholds import (
     Thresholds,
     calibrate_f1,
     calibrate_false_alarm,
+    calibrate_shared_shape,
     defect_masks,
     held_out_images,
     normalise,
@@ -195,3 +196,15 @@ def test_the_hold_out_is_drawn_from_each_large_product():
     np.testing.assert_array_equal(held, held_out_images(products, 0.1, 20, seed=3))
     assert len(held_out_images(products, 0.0, 20, seed=3)) == 0
     assert held_out_images(np.zeros(20, dtype=int), 0.99, 1, seed=0).size == 19  # one image stays for training
+
+
+def test_small_products_take_their_median_times_the_shape_of_all():
+    head, small = np.linspace(0.5, 1.5, 31), np.full(4, 10.0)  # product 0's median 1, product 1's 10
+    scores = np.concatenate([head, small])
+    products = np.array([0] * 31 + [1] * 4)
+    maps = scores[:, None, None].astype(np.float32)  # one pixel per map, its value the image score
+    shape = np.quantile(np.concatenate([head, np.ones(4)]), 0.99)
+    thresholds = calibrate_shared_shape(scores, maps, products, {1: "images of product 1"}, 0.01)
+    assert list(thresholds) == [1]
+    assert thresholds[1].image == pytest.approx(10 * shape) and thresholds[1].pixel == pytest.approx(10 * shape)
+    assert thresholds[1].images == 4 and thresholds[1].source.startswith("false-alarm rate 0.01 on 4 images")

@@ -35,7 +35,7 @@ from .sampling import random_projection
 from .scoring import LeftOutScorer, PatchScorer, search_option_names
 from .settings import Calibration, Configurable, Features, Run, Search
 from .store import FeatureCache
-from .thresholds import MIN_IMAGES, Thresholds, calibrate_false_alarm, calibrate_scoped
+from .thresholds import MIN_IMAGES, Thresholds, calibrate_false_alarm, calibrate_scoped, calibrate_shared_shape
 from .timing import StageTimer
 from .training import build_memory, open_run
 
@@ -174,39 +174,49 @@ class Detector(Configurable):
         image_scores, maps = image_scores_and_maps(scores, self.features.crop, self.search.blur_sigma)
         products = self.products_.labels[fitted.held_out]
         self._set_thresholds(image_scores, maps, products, "held-out training images")
-        if self.calibration.small_products == "leave-one-out" and self.calibration.scope == "product":
+        if self.calibration.small_products != "global" and self.calibration.scope == "product":
             self._calibrate_left_out(fitted, locations, image_scores, maps, products)
 
     def _calibrate_left_out(self, fitted, locations: int, image_scores: np.ndarray, maps: np.ndarray,
                             products: np.ndarray) -> None:
-        """Own thresholds of each product with no thresholds of its own and at least two training images kept:
-        from its held-out images' scores and maps, (h,) and (h, crop, crop) of ``products`` (h,), and those of
-        up to MIN_IMAGES of its kept images (drawn with the seed), each scored against the memory without the
-        rows made of it (exact search). ``left_out_scores_``: per such product, the image scores (n,) of its
-        images left out."""
+        """Own thresholds of each product with no thresholds of its own and at least two training images kept,
+        from its held-out images (scores (h,) and maps (h, crop, crop) of ``products`` (h,)) and up to
+        MIN_IMAGES of its kept images in all (drawn with the seed), each scored against the memory without the
+        rows made of it (exact search): their quantile at the false-alarm rate, or with small_products
+        "leave-one-out-median", for a product of fewer than MIN_IMAGES such images, their median times the
+        shape shared by all products (thresholds.calibrate_shared_shape). ``left_out_scores_``: per such
+        product, the image scores (n,) of its images left out."""
         scorer = LeftOutScorer(self.memory_.features, self.memory_.weights, self.search.num_neighbors,
                                self.search.squared_distance)
         kept_products = self.products_.labels[fitted.kept]
         rng = np.random.default_rng([self.seed, 2])
+        left_maps = {}
         for product in range(len(self.products_)):
             members = np.flatnonzero(kept_products == product)
             if product in self.product_thresholds_ or len(members) < 2:
                 continue
-            held = products == product
-            chosen = rng.permutation(members)[: max(MIN_IMAGES - int(held.sum()), 0)]
+            chosen = rng.permutation(members)[: max(MIN_IMAGES - int((products == product).sum()), 0)]
             left_out = np.stack([scorer.score(fitted.features.patches[fitted.kept[j] * locations :
                                                                        (fitted.kept[j] + 1) * locations],
                                               np.flatnonzero(fitted.row_images == j)) for j in chosen])
-            left_scores, left_maps = image_scores_and_maps(left_out.reshape(-1, *self.extractor.grid_shape),
-                                                           self.features.crop, self.search.blur_sigma)
-            thresholds = calibrate_false_alarm(
-                np.concatenate([image_scores[held], left_scores]), np.concatenate([maps[held], left_maps]),
-                self.calibration.false_alarm_rate,
-                f"training images of product {product} ({int(held.sum())} held out, {len(chosen)} left out of "
-                "the memory)",
-                warn=False)
+            scores, left_maps[product] = image_scores_and_maps(left_out.reshape(-1, *self.extractor.grid_shape),
+                                                               self.features.crop, self.search.blur_sigma)
+            self.left_out_scores_[product] = scores.astype(np.float64)
+        calibrated = list(self.left_out_scores_)
+        all_scores = np.concatenate([image_scores, *(self.left_out_scores_[p] for p in calibrated)])
+        all_maps = np.concatenate([maps, *(left_maps[p] for p in calibrated)])
+        all_products = np.concatenate([products, *(np.full(len(left_maps[p]), p) for p in calibrated)])
+        what = {p: f"training images of product {p} ({int((products == p).sum())} held out, "
+                   f"{len(self.left_out_scores_[p])} left out of the memory)" for p in calibrated}
+        rate = self.calibration.false_alarm_rate
+        small = {p: what[p] for p in calibrated if (all_products == p).sum() < MIN_IMAGES}
+        shared = (calibrate_shared_shape(all_scores, all_maps, all_products, small, rate)
+                  if self.calibration.small_products == "leave-one-out-median" else {})
+        for product in calibrated:
+            mine = all_products == product
+            thresholds = shared.get(product) or calibrate_false_alarm(all_scores[mine], all_maps[mine], rate,
+                                                                      what[product], warn=False)
             self.product_thresholds_[product] = self.stamped(thresholds)
-            self.left_out_scores_[product] = left_scores.astype(np.float64)
 
     # -- thresholds -----------------------------------------------------------
     def calibrate(self, normal_images) -> Thresholds:

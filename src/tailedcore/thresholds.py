@@ -34,8 +34,9 @@ MIN_IMAGES = 20
 CALIBRATION_SCOPES = ("product", "global")
 # What the fit gives a product of fewer held-out images: "global", the global thresholds; "leave-one-out", its
 # own, from its held-out images and up to MIN_IMAGES of its training images, each scored against the memory
-# without the rows made of it (scoring.LeftOutScorer).
-SMALL_PRODUCT_RULES = ("global", "leave-one-out")
+# without the rows made of it (scoring.LeftOutScorer); "leave-one-out-median": the same, but a product of fewer
+# than MIN_IMAGES such images takes its median times the shape shared by all products (calibrate_shared_shape).
+SMALL_PRODUCT_RULES = ("global", "leave-one-out", "leave-one-out-median")
 
 
 @dataclass
@@ -138,6 +139,30 @@ def calibrate_per_product(image_scores: np.ndarray, maps: np.ndarray, products: 
                                                 np.asarray(maps)[products == product], false_alarm_rate,
                                                 f"{what} of product {product}", warn=False)
             for product, count in zip(*np.unique(products, return_counts=True)) if count >= MIN_IMAGES}
+
+
+def calibrate_shared_shape(image_scores: np.ndarray, maps: np.ndarray, products: np.ndarray, small: dict[int, str],
+                           false_alarm_rate: float) -> dict[int, Thresholds]:
+    """Thresholds of the ``small`` products ({product: what its images are}), each from its median alone: its
+    median image score times the (1 - rate) quantile of every calibration image's score over its product's
+    median (the shape all products share), and the same for map values. Scores (m,), maps (m, h, w) and
+    products (m,) int of all the calibration images, of every product; a few images give a median, not a tail
+    quantile."""
+    image_scores, maps, products = np.asarray(image_scores, np.float64), np.asarray(maps), np.asarray(products)
+    labels, of_image = np.unique(products, return_inverse=True)
+    image_medians = np.array([np.median(image_scores[products == p]) for p in labels])
+    pixel_medians = np.array([np.median(maps[products == p]) for p in labels])
+    image_shape = np.quantile(image_scores / np.maximum(image_medians[of_image], 1e-12), 1.0 - false_alarm_rate)
+    pixel_shape = np.quantile(maps / np.maximum(pixel_medians[of_image], 1e-12)[:, None, None], 1.0 - false_alarm_rate)
+    thresholds = {}
+    for product, what in small.items():
+        mine, at = products == product, int(np.searchsorted(labels, product))
+        thresholds[int(product)] = Thresholds(
+            float(image_medians[at] * image_shape), float(pixel_medians[at] * pixel_shape),
+            _range(image_scores[mine]), _range(maps[mine]),
+            f"false-alarm rate {false_alarm_rate:g} on {int(mine.sum())} {what}: their median times the shape of all "
+            f"{products.size} calibration images ({image_shape:.3g})", int(mine.sum()), float(false_alarm_rate))
+    return thresholds
 
 
 def thresholds_of_product(product: int | None, thresholds: Thresholds | None,
