@@ -129,7 +129,9 @@ class Calibration(Params):
                          flat="calibration_scope")
     small_products: str = setting("leave-one-out", "products with too few held-out images for their own "
                                   "thresholds at the fit: leave-one-out = their own, also from up to 20 of their "
-                                  "training images each scored without its own memory rows; global = the global ones",
+                                  "training images each scored without its own memory rows; leave-one-out-median = "
+                                  "the same, but under 20 images their median times the shape shared by all "
+                                  "products; global = the global ones",
                                   flat="calibration_small_products")
     unknown_factor: float | None = setting(UNKNOWN_FACTOR, "an image farther from its product than this many "
                                            "times the product's spread is an unknown product; none = never",
