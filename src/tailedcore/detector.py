@@ -166,7 +166,7 @@ class Detector(Configurable):
 
     def _calibrate_held_out(self, fitted, locations: int) -> None:
         """Thresholds from the held-out training images, read from the fit's patch store; with calibration
-        small_products "leave-one-out" and scope "product", besides, those of the products too small for
+        small_products other than "global" and scope "product", besides, those of the products too small for
         their own (``_calibrate_left_out``)."""
         patches = fitted.features.patches
         scores = np.concatenate([self.scorer.score(patches[i * locations : (i + 1) * locations][None])
