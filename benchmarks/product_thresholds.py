@@ -37,7 +37,7 @@ from sklearn.metrics import roc_auc_score
 from tailedcore import TailedCore
 from tailedcore.data import load_mvtec
 from tailedcore.lof import tukey_fence
-from tailedcore.thresholds import MIN_IMAGES, SMALL_PRODUCT_RULES, normalise
+from tailedcore.thresholds import MIN_IMAGES, SMALL_PRODUCT_RULES, normalise, shared_shape
 
 MIN_TRAINING = 20  # classes with at least this many training images are judged by the targets
 
@@ -126,11 +126,10 @@ def report(name: str, result: dict) -> None:
 
 def threshold_rules(result: dict, rate: float = 0.01) -> list[list]:
     """Per product with its own thresholds from at least MIN_IMAGES held-out training images, five image
-    thresholds from them and
-    what they give on its test images: the (1 - rate) quantile (what fit does), the same with the images
-    make-nlt injected as defects removed (an oracle: a user cannot know them), a log-normal fit to the
-    median and MAD of the log scores (robust to a few defective images), and the quantile of the scores
-    within Tukey's upper fence (Q3 + 1.5 IQR) of the scores and of the log scores."""
+    thresholds from them and what they give on its test images: the (1 - rate) quantile (what fit does),
+    the same with the images make-nlt injected as defects removed (an oracle: a user cannot know them), a
+    log-normal fit to the median and MAD of the log scores (robust to a few defective images), and the
+    quantile of the scores within Tukey's upper fence (Q3 + 1.5 IQR) of the scores and of the log scores."""
     held_out, images = result["calibration"], result["images"]
     rows = []
     for product in sorted(int(p) for p in result["product_thresholds"]):
@@ -208,19 +207,19 @@ def small_product_rules(result: dict, rate: float = 0.01) -> dict[str, list]:
     """The thresholds of the products whose own rest on fewer than MIN_IMAGES calibration images (held-out and
     left-out image scores, as the fit calibrated them), by three rules, and what they give: "own quantile"
     (what fit does: the (1 - rate) quantile of the product's scores), "shared shape" (the product's median
-    score times the (1 - rate) quantile of every calibration image's score over its product's median, so
-    that a small product needs only its median) and "shared shape, every product" (the same for the products
+    score times thresholds.shared_shape of every calibration image's score, so that a small product needs
+    only its median) and "shared shape, every product" (the same for the products
     of MIN_IMAGES or more too). Per rule: pooled AUROC, the judged classes above 3% false alarms, defects
     flagged % on the judged classes, false alarms % and defects flagged % on the others."""
-    scores: dict[int, list[float]] = {}
-    for image in result["calibration"]:
-        scores.setdefault(image["product"], []).append(image["raw"])
-    for product, left_out in result.get("left_out", {}).items():
-        scores.setdefault(int(product), []).extend(left_out)
-    medians = {product: float(np.median(values)) for product, values in scores.items()}
-    shape = np.quantile(np.concatenate([np.asarray(values) / medians[p] for p, values in scores.items()]), 1 - rate)
+    left_out = {int(p): values for p, values in result.get("left_out", {}).items()}
+    calibration = np.array([image["raw"] for image in result["calibration"]]
+                           + [value for values in left_out.values() for value in values])
+    of_image = np.array([image["product"] for image in result["calibration"]]
+                        + [p for p, values in left_out.items() for _ in values])
+    labels, product_medians, shape = shared_shape(calibration, of_image, rate)
+    medians = dict(zip(labels.tolist(), product_medians))
     own = {int(p): t["image"] for p, t in result["product_thresholds"].items()}
-    small = {p for p in own if len(scores.get(p, [])) < MIN_IMAGES}
+    small = {p for p in own if (of_image == p).sum() < MIN_IMAGES}
     rules = {"own quantile (what fit does)": own,
              "shared shape": {p: medians[p] * shape if p in small else t for p, t in own.items()},
              "shared shape, every product": {p: medians[p] * shape for p in own}}

@@ -141,19 +141,27 @@ def calibrate_per_product(image_scores: np.ndarray, maps: np.ndarray, products: 
             for product, count in zip(*np.unique(products, return_counts=True)) if count >= MIN_IMAGES}
 
 
+def shared_shape(values: np.ndarray, products: np.ndarray,
+                 false_alarm_rate: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """(m, ...) values of m calibration images (image scores (m,), or maps (m, h, w)) and their products (m,)
+    int -> the products (p,) sorted, the median of each product's values (p,) float64, and the shape all
+    products share: the (1 - rate) quantile of every value over its product's median."""
+    values, products = np.asarray(values, np.float64), np.asarray(products)
+    labels, of_image = np.unique(products, return_inverse=True)
+    medians = np.array([np.median(values[products == p]) for p in labels])
+    scale = np.maximum(medians[of_image], 1e-12).reshape(-1, *([1] * (values.ndim - 1)))
+    return labels, medians, float(np.quantile(values / scale, 1.0 - false_alarm_rate))
+
+
 def calibrate_shared_shape(image_scores: np.ndarray, maps: np.ndarray, products: np.ndarray, small: dict[int, str],
                            false_alarm_rate: float) -> dict[int, Thresholds]:
     """Thresholds of the ``small`` products ({product: what its images are}), each from its median alone: its
-    median image score times the (1 - rate) quantile of every calibration image's score over its product's
-    median (the shape all products share), and the same for map values. Scores (m,), maps (m, h, w) and
-    products (m,) int of all the calibration images, of every product; a few images give a median, not a tail
-    quantile."""
+    median image score (map value) times the ``shared_shape`` of all the image scores (map values). Scores
+    (m,), maps (m, h, w) and products (m,) int of all the calibration images, of every product; a few images
+    give a median, not a tail quantile."""
     image_scores, maps, products = np.asarray(image_scores, np.float64), np.asarray(maps), np.asarray(products)
-    labels, of_image = np.unique(products, return_inverse=True)
-    image_medians = np.array([np.median(image_scores[products == p]) for p in labels])
-    pixel_medians = np.array([np.median(maps[products == p]) for p in labels])
-    image_shape = np.quantile(image_scores / np.maximum(image_medians[of_image], 1e-12), 1.0 - false_alarm_rate)
-    pixel_shape = np.quantile(maps / np.maximum(pixel_medians[of_image], 1e-12)[:, None, None], 1.0 - false_alarm_rate)
+    labels, image_medians, image_shape = shared_shape(image_scores, products, false_alarm_rate)
+    _, pixel_medians, pixel_shape = shared_shape(maps, products, false_alarm_rate)
     thresholds = {}
     for product, what in small.items():
         mine, at = products == product, int(np.searchsorted(labels, product))
