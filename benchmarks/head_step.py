@@ -5,7 +5,10 @@ make-nlt) and scored on each class's test split: per-class image AUROC, its
 difference to PatchCore, and the share of each class's patches the LOF step
 dropped. Besides the normal runs, "forced miss" runs hand the true tail to the
 head step as if the tail estimator had missed it (the estimator's tail minus the
-true tail images), so the cost of a missed tail image is measured, not guessed.
+true tail images), so the cost of a missed tail image is measured, not guessed;
+"merged miss" runs put each true tail image in the product of its nearest other
+image, where a too-loose cut puts a missed tail (the head step then sees it
+among another product's images).
 
     python benchmarks/head_step.py --data runs/step-k1/seed-1/data --out docs/head_step.json --resume
 
@@ -14,7 +17,10 @@ with LOF scores relative to each image's median ("image") and with the top
 share of each product's patches dropped ("product"), or only those above
 each product's upper Tukey fence ("product-fence"), or those only in each
 product's outlying images and far-out ones anywhere ("product-gated"; "-only"
-without the far-out ones); each TailedCore also forced to miss the tail; and
+without the far-out ones; "-unlike50" / "-unlike90": images with more than half /
+nine tenths of their patches above the fence kept whole; "-tail": and made tail
+images, with views);
+each TailedCore also forced to miss the tail; and
 TailedCore with no head step at all ("no-lof": what the rest of TailedCore
 costs or gains a head class). Feature batches are cached in --cache-dir and
 shared by the variants.
@@ -27,6 +33,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from common import print_table
@@ -36,7 +43,7 @@ from tailedcore.data import as_paths, load_mvtec
 from tailedcore.evaluation import evaluate_samples
 from tailedcore.methods import METHODS
 from tailedcore.policies import LOFFilter, TailedCorePolicy
-from tailedcore.tail import LinkageTailSampler, TailEstimate
+from tailedcore.tail import LinkageTailSampler, TailEstimate, TailInputs
 
 
 @dataclass(frozen=True)
@@ -51,21 +58,65 @@ class MissedTail(LinkageTailSampler):
         return replace(found, tail_indices=np.setdiff1d(found.tail_indices, np.asarray(self.missed, dtype=np.int64)))
 
 
-# name -> (method, the head step's LOFFilter (None: PatchCore), forced miss)
+def _images(inputs: TailInputs, rows: np.ndarray) -> TailInputs:
+    return TailInputs(inputs.embeddings[rows], inputs.mean_patches[rows])
+
+
+@dataclass(frozen=True)
+class MergedTail(LinkageTailSampler):
+    """The linkage estimator, except that each of the ``merged`` training images (indices) joins the cluster of
+    its nearest image outside them: a tail missed the way a too-loose cut misses it, inside a head product."""
+
+    merged: tuple = ()
+
+    def clusters(self, inputs: TailInputs) -> np.ndarray:
+        clusters = super().clusters(inputs)
+        merged = np.asarray(self.merged, dtype=np.int64)
+        if not len(merged):
+            return clusters
+        others = np.setdiff1d(np.arange(len(clusters)), merged)
+        nearest = others[self.distances_between(_images(inputs, merged), _images(inputs, others)).argmin(axis=1)]
+        clusters = clusters.copy()
+        clusters[merged] = clusters[nearest]
+        return clusters
+
+
+class Variant(NamedTuple):
+    """A run: the method, the head step's LOFFilter (None: PatchCore), the true tail as the head step gets it
+    ("found"; "missed": products of their own, outside the tail; "merged": each image in the product of its
+    nearest other image) and whether the images kept whole as unlike their product join the tail."""
+
+    method: str
+    lof: LOFFilter | None
+    true_tail: str = "found"
+    unlike_tail: bool = False
+
+
+GATED = LOFFilter(scale="product", share="gated")
+UNLIKE_HALF = LOFFilter(scale="product", share="gated", unlike_share=0.5)
+UNLIKE_NINE_TENTHS = LOFFilter(scale="product", share="gated", unlike_share=0.9)
 VARIANTS = {
-    "patchcore": ("patchcore", None, False),
-    "tailedcore": ("tailedcore", LOFFilter(), False),
-    "tailedcore-image-lof": ("tailedcore", LOFFilter(scale="image"), False),
-    "forced-miss": ("tailedcore", LOFFilter(), True),
-    "forced-miss-image-lof": ("tailedcore", LOFFilter(scale="image"), True),
-    "tailedcore-product-lof": ("tailedcore", LOFFilter(scale="product"), False),
-    "forced-miss-product-lof": ("tailedcore", LOFFilter(scale="product"), True),
-    "tailedcore-product-fence": ("tailedcore", LOFFilter(scale="product", share="fence"), False),
-    "forced-miss-product-fence": ("tailedcore", LOFFilter(scale="product", share="fence"), True),
-    "tailedcore-product-gated": ("tailedcore", LOFFilter(scale="product", share="gated"), False),
-    "forced-miss-product-gated": ("tailedcore", LOFFilter(scale="product", share="gated"), True),
-    "tailedcore-product-gated-only": ("tailedcore", LOFFilter(scale="product", share="gated-only"), False),
-    "tailedcore-no-lof": ("tailedcore", LOFFilter(drop=0.0), False),
+    "patchcore": Variant("patchcore", None),
+    "tailedcore": Variant("tailedcore", LOFFilter()),
+    "tailedcore-image-lof": Variant("tailedcore", LOFFilter(scale="image")),
+    "forced-miss": Variant("tailedcore", LOFFilter(), "missed"),
+    "forced-miss-image-lof": Variant("tailedcore", LOFFilter(scale="image"), "missed"),
+    "tailedcore-product-lof": Variant("tailedcore", LOFFilter(scale="product")),
+    "forced-miss-product-lof": Variant("tailedcore", LOFFilter(scale="product"), "missed"),
+    "tailedcore-product-fence": Variant("tailedcore", LOFFilter(scale="product", share="fence")),
+    "forced-miss-product-fence": Variant("tailedcore", LOFFilter(scale="product", share="fence"), "missed"),
+    "tailedcore-product-gated": Variant("tailedcore", GATED),
+    "forced-miss-product-gated": Variant("tailedcore", GATED, "missed"),
+    "tailedcore-product-gated-only": Variant("tailedcore", LOFFilter(scale="product", share="gated-only")),
+    "tailedcore-no-lof": Variant("tailedcore", LOFFilter(drop=0.0)),
+    "merged-miss-product-gated": Variant("tailedcore", GATED, "merged"),
+    "tailedcore-product-gated-unlike50": Variant("tailedcore", UNLIKE_HALF),
+    "merged-miss-product-gated-unlike50": Variant("tailedcore", UNLIKE_HALF, "merged"),
+    "tailedcore-product-gated-unlike90": Variant("tailedcore", UNLIKE_NINE_TENTHS),
+    "merged-miss-product-gated-unlike90": Variant("tailedcore", UNLIKE_NINE_TENTHS, "merged"),
+    "tailedcore-product-gated-unlike90-tail": Variant("tailedcore", UNLIKE_NINE_TENTHS, unlike_tail=True),
+    "merged-miss-product-gated-unlike90-tail": Variant("tailedcore", UNLIKE_NINE_TENTHS, "merged",
+                                                       unlike_tail=True),
 }
 
 
@@ -100,14 +151,39 @@ def dropped_injected(diagnostics: dict, paths: list[Path], data: Path, info: dic
     return {"injected": float(dropped[injected].mean()), "clean": float(dropped[noisy_classes & ~injected].mean())}
 
 
+def unlike_by_class(diagnostics: dict, paths: list[Path], data: Path, info: dict) -> dict[str, list[int]]:
+    """Per class with any, [images kept whole as unlike their product, injected images among them]."""
+    if "unlike" not in diagnostics:
+        return {}
+    classes = class_names(paths, data)
+    relative = np.array([path.resolve().relative_to(data.resolve()).as_posix() for path in paths])
+    injected = np.isin(relative, info["injected_files"])
+    unlike = diagnostics["unlike"]
+    return {name: [int(unlike[classes == name].sum()), int((unlike & injected)[classes == name].sum())]
+            for name in sorted(set(classes[unlike]))}
+
+
+def merged_into(products: np.ndarray, paths: list[Path], data: Path, info: dict) -> dict[str, list[str]]:
+    """For each tail class, the class most of each of its images' product-mates belong to (itself when alone)."""
+    classes = class_names(paths, data)
+    joined = {}
+    for name in info["tail"]:
+        for image in np.flatnonzero(classes == name):
+            mates = classes[(products == products[image]) & (classes != name)]
+            names, counts = np.unique(mates, return_counts=True)
+            joined.setdefault(name, []).append(str(names[counts.argmax()]) if len(mates) else name)
+    return joined
+
+
 def run_variant(name: str, data: Path, info: dict, cache_dir: Path, search_options: dict,
                 threads: int | None = None) -> dict:
-    method, lof, forced_miss = VARIANTS[name]
+    method, lof, true_tail, unlike_tail = VARIANTS[name]
     detector = METHODS[method](calibration_share=0.0, search="ivf", search_options=search_options, progress=False,
                                threads=threads)
     if method == "tailedcore":
-        missed = true_tail_indices(data, info) if forced_miss else ()
-        detector.set_params(policy=TailedCorePolicy(lof=lof, tail=MissedTail(missed=missed)))
+        tail = true_tail_indices(data, info) if true_tail != "found" else ()
+        estimator = MergedTail(merged=tail) if true_tail == "merged" else MissedTail(missed=tail)
+        detector.set_params(policy=TailedCorePolicy(lof=lof, tail=estimator, unlike_tail=unlike_tail))
     started = time.perf_counter()
     detector.fit(data, cache_dir=cache_dir)
     fit_seconds = time.perf_counter() - started
@@ -117,6 +193,9 @@ def run_variant(name: str, data: Path, info: dict, cache_dir: Path, search_optio
     return {"image_auroc": image_auroc,
             "lof_dropped_by_class": dropped_by_class(detector.diagnostics_, detector.training_paths_, data),
             "lof_dropped_injected": dropped_injected(detector.diagnostics_, detector.training_paths_, data, info),
+            "unlike_by_class": unlike_by_class(detector.diagnostics_, detector.training_paths_, data, info),
+            "tail_joined": merged_into(detector.products_.labels, [Path(p) for p in detector.products_.paths], data,
+                                       info),
             "tail_images": tail.get("predicted_tail_images"), "tail_recall": tail.get("tail_recall"),
             "memory_size": len(detector.memory_), "fit_seconds": fit_seconds}
 

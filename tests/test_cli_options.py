@@ -122,7 +122,7 @@ def test_every_setting_and_policy_option_comes_from_a_parameter_class():
         constraint = option.owner.constraints.get(option.field.name)
         if value is None:
             value = (list(option.choices)[-1] if option.choices else
-                     constraint.options[-1] if hasattr(constraint, "options") else
+                     str(constraint.options[-1]).lower() if hasattr(constraint, "options") else
                      "1" if getattr(constraint, "kind", None) is int else "0.5" if constraint else "x")
         estimator = ["--tail-estimator", "paper"] if option.owner is PaperTailSampler else []
         args = _parse(*estimator, option.flag, *([value] if isinstance(value, str) else value))

@@ -78,3 +78,29 @@ def test_dropped_injected_separates_the_injected_images_from_the_clean_ones_of_t
     shares = harness.dropped_injected({"dropped_share": dropped}, paths, nlt_set, info)
     assert shares == pytest.approx({"injected": 0.5, "clean": 0.1})
     assert harness.dropped_injected({}, paths, nlt_set, info) == {}
+
+
+def test_a_merged_miss_puts_each_true_tail_image_in_the_product_of_its_nearest_other_image(harness):
+    rng = np.random.default_rng(1)
+    embeddings = np.concatenate([rng.normal(0, 0.01, (20, 8)) + np.eye(8)[0],
+                                 rng.normal(0, 0.01, (20, 8)) + np.eye(8)[1],
+                                 rng.normal(0, 0.01, (2, 8)) + np.eye(8)[2] + 0.3 * np.eye(8)[1]])
+    inputs = TailInputs(embeddings, embeddings)
+    assert LinkageTailSampler().estimate(inputs).tail_indices.tolist() == [40, 41]
+    merged = harness.MergedTail(merged=(40, 41))
+    clusters = merged.clusters(inputs)
+    assert clusters[40] == clusters[41] == clusters[20] != clusters[0]
+    assert merged.estimate(inputs).tail_indices.tolist() == []
+    assert harness.MergedTail().clusters(inputs).tolist() == LinkageTailSampler().clusters(inputs).tolist()
+
+
+def test_merged_into_and_unlike_by_class_name_classes_from_the_training_paths(harness, tmp_path):
+    paths = [tmp_path / name / "train" / "good" / f"{i}.png" for name, count in (("aa", 3), ("bb", 2), ("cc", 1))
+             for i in range(count)]
+    info = {"tail": ["cc"], "injected_files": ["aa/train/good/2.png"]}
+    assert harness.merged_into(np.array([0, 0, 0, 1, 1, 0]), paths, tmp_path, info) == {"cc": ["aa"]}
+    assert harness.merged_into(np.array([0, 0, 0, 1, 1, 2]), paths, tmp_path, info) == {"cc": ["cc"]}
+    unlike = np.array([False, False, True, False, False, True])
+    assert harness.unlike_by_class({"unlike": unlike}, paths, tmp_path, info) == {"aa": [1, 1], "cc": [1, 0]}
+    assert harness.unlike_by_class({}, paths, tmp_path, info) == {}
+

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from tailedcore import lof
-from tailedcore.lof import fence_inlier_mask, gated_inlier_mask, image_relative, inlier_mask, patchwise_lof_scores
+from tailedcore.lof import (
+    fence_inlier_mask,
+    gated_inlier_mask,
+    image_relative,
+    inlier_mask,
+    patchwise_lof_scores,
+    unlike_images,
+)
 from tailedcore.policies import LOFFilter
 from tailedcore.store import ArrayFile
 from tailedcore.timing import StageTimer
@@ -155,3 +162,30 @@ def test_lof_filter_shares_gated_and_gated_only_differ_by_the_far_out_patches_al
     only = LOFFilter(scale="product", share="gated-only").apply(features, StageTimer(), products=products)[1]
     np.testing.assert_array_equal(only, gated_inlier_mask(scores, far_out=False))
     assert not gated[7, 4] and only[7, 4]
+
+
+def test_unlike_images_are_those_with_most_patches_above_the_fence():
+    scores = _scattered_scores()
+    scores[12] = 2.5  # another product merged in: above the fence at every location
+    unlike = unlike_images(scores, drop=0.15, above_share=0.5)
+    assert np.flatnonzero(unlike).tolist() == [12]  # the defect covers 6 of 16 locations: a region, not the image
+    assert unlike_images(scores, drop=0.15, above_share=0.3)[5]
+    with pytest.raises(ValueError, match="above_share=1.5"):
+        unlike_images(scores, drop=0.15, above_share=1.5)
+
+
+def test_lof_filter_with_an_unlike_share_keeps_a_merged_product_whole_and_still_drops_a_defect():
+    rng = np.random.default_rng(7)
+    features = rng.standard_normal((40, 16, 8)).astype(np.float32)
+    features[5, :6] += 12.0  # a defect in one region
+    features[9] += 12.0  # an image unlike the others everywhere
+    products = np.zeros(40, dtype=np.int64)
+    gated = LOFFilter(scale="product", share="gated").apply(features, StageTimer(), products=products)[1]
+    spared = LOFFilter(scale="product", share="gated", unlike_share=0.5).apply(features, StageTimer(),
+                                                                                products=products)[1]
+    assert not gated[9].all()
+    assert spared[9].all()
+    assert not spared[5, :6].any()
+    np.testing.assert_array_equal(np.delete(spared, 9, axis=0), np.delete(gated, 9, axis=0))
+    with pytest.raises(ValueError, match="unlike_share"):
+        LOFFilter(unlike_share=0.0).check()

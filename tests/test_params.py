@@ -32,6 +32,8 @@ def test_nested_parameters_read_and_change_as_in_scikit_learn():
     (TailedCorePolicy(lof=LOFFilter(scale="class")), "LOFFilter.scale='class': choose from global, image"),
     (TailedCorePolicy(tail_coreset=TailCoreset(max_rows=0)), "TailCoreset.max_rows=0: must be in .* or None"),
     (TailedCorePolicy(tail=LinkageTailSampler(distance=float("nan"))), "distance=nan: must be finite"),
+    (TailedCorePolicy(lof=LOFFilter(unlike_share=1.0)), r"LOFFilter.unlike_share=1.0: must be in \(0, 1\) or None"),
+    (TailedCorePolicy(unlike_tail=True), "unlike_tail=True: needs lof.unlike_share"),
 ])
 def test_every_parameter_is_checked_before_any_image_is_read(policy, message, tmp_path):
     with pytest.raises(ValueError, match=message):

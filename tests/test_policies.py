@@ -7,6 +7,7 @@ from tailedcore import policies
 from tailedcore.policies import Coreset, TailCoreset
 from tailedcore.sampling import greedy_coreset, two_round_coreset
 from tailedcore.store import ArrayFile
+from tailedcore.tail import TailEstimate
 from tailedcore.timing import StageTimer
 
 
@@ -88,3 +89,44 @@ def test_memory_gathered_in_blocks_of_sorted_rows_keeps_the_pick_order(tmp_path,
         picks_a, picks_b = np.array([17, 2, 39, 2, 8, 30, 0]), np.array([5, 1])
         memory = policies._gather([(first, picks_a), (second, picks_b)], StageTimer())
     np.testing.assert_array_equal(memory, np.concatenate([rows[picks_a], rows[::-1][picks_b]]))
+
+
+def _one_product_with_a_defect_and_another_products_image(folder, n=30, locations=16, dim=8, views_per_image=2):
+    """TrainingFeatures of one product of n images (patches in ArrayFiles in ``folder``): image 5 with a defect
+    over 6 of its locations, image 9 unlike the others everywhere (another product among them); no tail found."""
+    rng = np.random.default_rng(8)
+    projected = rng.standard_normal((n, locations, dim)).astype(np.float32)
+    projected[5, :6] += 12.0
+    projected[9] += 12.0
+
+    def stored(name, rows):
+        store = ArrayFile(folder / f"{name}.f32", (dim,))
+        store.append(rows)
+        return store
+
+    def views(indices):
+        made = np.repeat(projected[indices], views_per_image, axis=0)
+        return policies.FeatureSet(stored(f"views-{len(indices)}", made.reshape(-1, dim)), made)
+
+    no_tail = TailEstimate(np.full(n, n), np.array([n]), 1, np.array([], dtype=np.int64))
+    return policies.TrainingFeatures(stored("patches", projected.reshape(-1, dim)), projected,
+                                     embeddings=np.zeros((n, 4)), mean_patches=projected.mean(axis=1), views=views,
+                                     views_per_image=views_per_image, products=np.zeros(n, dtype=np.int64),
+                                     tail=no_tail)
+
+
+def test_tailedcore_keeps_an_unlike_image_whole_and_with_unlike_tail_adds_it_to_the_tail(tmp_path):
+    train = _one_product_with_a_defect_and_another_products_image(tmp_path)
+    gated = policies.LOFFilter(scale="product", share="gated")
+    unlike = policies.LOFFilter(scale="product", share="gated", unlike_share=0.5)
+    dropped = policies.TailedCorePolicy(lof=gated).build(train, np.random.default_rng(0)).diagnostics
+    spared = policies.TailedCorePolicy(lof=unlike).build(train, np.random.default_rng(0))
+    promoted = policies.TailedCorePolicy(lof=unlike, unlike_tail=True).build(train, np.random.default_rng(0))
+    assert dropped["dropped_share"][9] > 0.5 and not dropped["unlike"].any()
+    assert np.flatnonzero(spared.diagnostics["unlike"]).tolist() == [9]
+    assert spared.diagnostics["dropped_share"][9] == 0 and spared.diagnostics["dropped_share"][5] >= 6 / 16
+    assert spared.diagnostics["tail_indices"].tolist() == [] and "tail_memory" not in spared.memory.info
+    assert promoted.diagnostics["tail_indices"].tolist() == [9]
+    tail_rows = promoted.memory.info["tail_memory"]
+    assert tail_rows > 0 and set(promoted.row_images[:tail_rows].tolist()) == {9}
+    np.testing.assert_array_equal(promoted.diagnostics["dropped_share"], spared.diagnostics["dropped_share"])

@@ -14,7 +14,14 @@ from typing import ClassVar
 
 import numpy as np
 
-from .lof import fence_inlier_mask, gated_inlier_mask, image_relative, inlier_mask, patchwise_lof_scores
+from .lof import (
+    fence_inlier_mask,
+    gated_inlier_mask,
+    image_relative,
+    inlier_mask,
+    patchwise_lof_scores,
+    unlike_images,
+)
 from .params import Interval, OneOf, Params, registered, setting
 from .sampling import greedy_coreset, two_round_coreset
 from .store import ArrayFile
@@ -92,6 +99,11 @@ class LOFFilter(Params):
     (lof.gated_inlier_mask), so a clean image keeps its rare normal patches;
     "gated-only": the same without the far-out scores, so only outlying images
     lose patches.
+
+    unlike_share: an image with more than this share of its patches above its
+    scope's fence keeps every patch (lof.unlike_images): it is unlike the others
+    almost everywhere, another product that a missed tail put among them, not a
+    defect, which covers a region. None (the paper): no image is spared.
     """
 
     k: int = setting(6, "LOF neighbours")
@@ -103,9 +115,13 @@ class LOFFilter(Params):
                          "(scores above the upper Tukey fence, at most the drop share), gated (those only in "
                          "images with many of them, and far-out scores anywhere) or gated-only (without the "
                          "far-out ones)")
+    unlike_share: float | None = setting(None, "an image with more than this share of its patches above the LOF "
+                                         "fence keeps them all: another product among the images, not a defect "
+                                         "(None: none spared, the paper)")
 
     constraints: ClassVar[dict] = {"k": Interval(int, 1), "drop": Interval(float, 0.0, 1.0, "left"),
-                                   "scale": OneOf(LOF_SCALES), "share": OneOf(LOF_SHARES)}
+                                   "scale": OneOf(LOF_SCALES), "share": OneOf(LOF_SHARES),
+                                   "unlike_share": Interval(float, 0.0, 1.0, "neither", none_ok=True)}
 
     def apply(self, projected: np.ndarray, timer: StageTimer, progress: bool = False, engine=None,
               products: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -117,12 +133,28 @@ class LOFFilter(Params):
                 "gated-only": functools.partial(gated_inlier_mask, far_out=False)}[self.share]
         with timer.stage("lof"):
             scores = patchwise_lof_scores(projected, self.k, progress, engine)
-            if self.scale != "product":
-                return scores, mask(image_relative(scores) if self.scale == "image" else scores, self.drop)
             keep = np.empty(scores.shape, dtype=bool)
-            for product in np.unique(products):
-                keep[products == product] = mask(scores[products == product], self.drop)
+            for scope, scope_scores in self._scopes(scores, products):
+                keep[scope] = mask(scope_scores, self.drop)
+            keep[self.unlike(scores, products)] = True
             return scores, keep
+
+    def unlike(self, scores: np.ndarray, products: np.ndarray | None = None) -> np.ndarray:
+        """(n,) bool: the images kept whole as unlike the others of their scope almost everywhere (none without
+        ``unlike_share``); scores (n, P) as ``apply`` returns them."""
+        unlike = np.zeros(len(scores), dtype=bool)
+        if self.unlike_share is not None:
+            for scope, scope_scores in self._scopes(scores, products):
+                unlike[scope] = unlike_images(scope_scores, self.drop, self.unlike_share)
+        return unlike
+
+    def _scopes(self, scores: np.ndarray, products: np.ndarray | None):
+        """(rows of the scope, the scores the drop is decided on (rows, P)) of every scope."""
+        if self.scale != "product":
+            yield slice(None), image_relative(scores) if self.scale == "image" else scores
+            return
+        for product in np.unique(products):
+            yield products == product, scores[products == product]
 
 
 @registered

@@ -19,7 +19,7 @@ import numpy as np
 from .blocks import Coreset, LOFFilter, TailCoreset, Views
 from .engine import LocalEngine, RayEngine
 from .memory import MemoryBank
-from .params import Params, registered, setting
+from .params import OneOf, Params, registered, setting
 from .store import ArrayFile, ImageSubset, StoreChain
 from .tail import TAIL_ESTIMATORS, LinkageTailSampler, PaperTailSampler, TailEstimate, TailInputs
 from .timing import StageTimer
@@ -110,13 +110,11 @@ class Policy(Params):
         raise NotImplementedError
 
 
-def _denoised_coreset(train: TrainingFeatures, coreset: Coreset, lof: LOFFilter, rng: np.random.Generator,
-                      progress: bool):
-    """LOF-filter all patches, then coreset the inliers -> (row indices, LOF scores (n, P), inlier mask)."""
-    scores, keep = lof.apply(train.projected, train.timer, progress, train.engine, train.products)
+def _inlier_coreset(train: TrainingFeatures, coreset: Coreset, keep: np.ndarray, rng: np.random.Generator,
+                    progress: bool) -> np.ndarray:
+    """The coreset of the patches ``keep`` (n, P) bool marks (the LOF inliers) -> (m,) int64 patch rows."""
     rows = train.projected.reshape(-1, train.projected.shape[-1])
-    picks = coreset.select(rows, rng, train.timer, progress, train.engine, subset=np.flatnonzero(keep.ravel()))
-    return picks, scores, keep
+    return coreset.select(rows, rng, train.timer, progress, train.engine, subset=np.flatnonzero(keep.ravel()))
 
 
 @registered
@@ -147,7 +145,8 @@ class SoftPatchPolicy(Policy):
     method: ClassVar[str] = "softpatch"
 
     def build(self, train, rng, progress=False):
-        picks, scores, keep = _denoised_coreset(train, self.coreset, self.lof, rng, progress)
+        scores, keep = self.lof.apply(train.projected, train.timer, progress, train.engine, train.products)
+        picks = _inlier_coreset(train, self.coreset, keep, rng, progress)
         memory = MemoryBank(
             _gather([(train.patches, picks)], train.timer),
             weights=scores.ravel()[picks],
@@ -176,8 +175,16 @@ class TailedCorePolicy(Policy):
         option="--tail-estimator", choices=TAIL_ESTIMATORS)
     views: Views = Views()
     tail_coreset: TailCoreset = TailCoreset()
+    unlike_tail: bool = setting(False, "the images the head step keeps whole as unlike their product (with "
+                                "--lof-unlike-share) join the tail, with their views", option="--unlike-tail")
 
     method: ClassVar[str] = "tailedcore"
+    constraints: ClassVar[dict] = {"unlike_tail": OneOf((True, False))}
+
+    def check(self) -> None:
+        super().check()
+        if self.unlike_tail and self.lof.unlike_share is None:
+            raise ValueError("TailedCorePolicy.unlike_tail=True: needs lof.unlike_share (--lof-unlike-share)")
 
     def view_transforms(self):
         return self.views.transforms()
@@ -187,7 +194,10 @@ class TailedCorePolicy(Policy):
             estimate = train.tail
             if estimate is None:
                 estimate = self.tail.estimate(TailInputs(train.embeddings, train.mean_patches))
-        tail = estimate.tail_indices
+        # The head step's LOF comes first (it draws nothing from rng): its unlike images may join the tail.
+        scores, keep = self.lof.apply(train.projected, train.timer, progress, train.engine, train.products)
+        unlike = self.lof.unlike(scores, train.products)
+        tail = np.union1d(estimate.tail_indices, np.flatnonzero(unlike)) if self.unlike_tail else estimate.tail_indices
         patches_per_image = train.projected.shape[1]
         tail_rows_count = len(tail) * (1 + train.views_per_image) * patches_per_image
         sources = []  # (patch store, row indices) of the memory rows, in memory order
@@ -209,7 +219,7 @@ class TailedCorePolicy(Policy):
             row_images += [own_rows // patches_per_image,
                            tail[view_rows // (train.views_per_image * patches_per_image)]]
             info["tail_memory"] = len(picks)
-        denoised_picks, scores, keep = _denoised_coreset(train, self.coreset, self.lof, rng, progress)
+        denoised_picks = _inlier_coreset(train, self.coreset, keep, rng, progress)
         sources.append((train.patches, denoised_picks))
         row_images.append(denoised_picks // patches_per_image)
         info.update(denoised_memory=len(denoised_picks), inliers=int(keep.sum()), patches=keep.size)
@@ -219,6 +229,7 @@ class TailedCorePolicy(Policy):
             "max_k": estimate.max_k,
             "tail_indices": tail,
             "dropped_share": 1.0 - keep.mean(axis=1),
+            "unlike": unlike,
         }
         return PolicyResult(MemoryBank(_gather(sources, train.timer), info=info), diagnostics,
                             np.concatenate(row_images).astype(np.int64))
@@ -253,4 +264,5 @@ def policy_from_flat_params(method: str, params: dict) -> Policy:
         return blocks[block](**{k: v for k, v in values.get(block, {}).items() if k in accepted})
 
     policy_class = POLICIES[method]
-    return policy_class(**{block: build(block) for block in inspect.signature(policy_class).parameters})
+    return policy_class(**{block: build(block) for block in inspect.signature(policy_class).parameters
+                           if block in blocks})

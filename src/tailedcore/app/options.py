@@ -138,8 +138,9 @@ def setting_options() -> list[Option]:
 
 def policy_options() -> list[Option]:
     """The options of the policies' building blocks: a block that may be one of several classes (the tail
-    estimator) has an option that picks the class, then the fields of each class. The help says which
-    methods, and which classes when not all, have each."""
+    estimator) has an option that picks the class, then the fields of each class; a policy's own plain
+    parameter has an option of its own. The help says which methods, and which classes when not all, have
+    each."""
     blocks: dict[str, tuple[type[Params], dataclasses.Field, list[str]]] = {}
     block_defaults: dict[str, dict[str, Params]] = {}  # block -> method -> the policy's default block
     for method, policy in POLICIES.items():
@@ -148,7 +149,8 @@ def policy_options() -> list[Option]:
             block_defaults.setdefault(field.name, {})[method] = field.default
     options: dict[str, Option] = {}
     for block, (policy, block_field, methods) in blocks.items():
-        classes = block_field.metadata.get("choices") or {"": type(block_field.default)}
+        classes = block_field.metadata.get("choices") or (
+            {"": type(block_field.default)} if isinstance(block_field.default, Params) else {})  # else a plain value
         picker = _flag(block_field, block) if _has_option(block_field) else ""
         if picker:
             options[picker] = Option(picker, f"policy__{block}", policy, block_field, f" ({', '.join(methods)})")
