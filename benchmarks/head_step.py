@@ -8,7 +8,9 @@ head step as if the tail estimator had missed it (the estimator's tail minus the
 true tail images), so the cost of a missed tail image is measured, not guessed;
 "merged miss" runs put each true tail image in the product of its nearest other
 image, where a too-loose cut puts a missed tail (the head step then sees it
-among another product's images).
+among another product's images). With --shares, each image's share of patches
+above its product's LOF fence is recorded for both (the images an unlike share
+would keep whole).
 
     python benchmarks/head_step.py --data runs/step-k1/seed-1/data --out docs/head_step.json --resume
 
@@ -41,8 +43,10 @@ from common import print_table
 from tailedcore.bench.benchmark import dataset_info, run_environment, tail_diagnostics
 from tailedcore.data import as_paths, load_mvtec
 from tailedcore.evaluation import evaluate_samples
+from tailedcore.lof import fence_shares
+from tailedcore.memory import MemoryBank
 from tailedcore.methods import METHODS
-from tailedcore.policies import LOFFilter, TailedCorePolicy
+from tailedcore.policies import LOFFilter, PolicyResult, TailedCorePolicy
 from tailedcore.tail import LinkageTailSampler, TailEstimate, TailInputs
 
 
@@ -120,6 +124,21 @@ VARIANTS = {
 }
 
 
+@dataclass(frozen=True)
+class FenceSharesOnly(TailedCorePolicy):
+    """Not a memory: the head step's LOF scores only, and each image's share of patches above its product's fence
+    (diagnostics "fence_shares", (n,) float64); the memory is one patch."""
+
+    def build(self, train, rng, progress=False):
+        scores, _ = self.lof.apply(train.projected, train.timer, progress, train.engine, train.products)
+        shares = np.empty(len(scores))
+        for product in np.unique(train.products):
+            members = train.products == product
+            shares[members] = fence_shares(scores[members], self.lof.drop)
+        return PolicyResult(MemoryBank(train.patches[np.zeros(1, dtype=np.int64)]), {"fence_shares": shares},
+                            np.zeros(1, dtype=np.int64))
+
+
 def class_names(paths: list[Path], data: Path) -> np.ndarray:
     """The class (first folder under ``data``) of each image."""
     return np.array([path.resolve().relative_to(data.resolve()).parts[0] for path in paths])
@@ -175,6 +194,43 @@ def merged_into(products: np.ndarray, paths: list[Path], data: Path, info: dict)
     return joined
 
 
+def shares_by_class(data: Path, info: dict, cache_dir: Path, true_tail: str, threads: int | None) -> dict:
+    """Per class, its role and the share of patches above its product's fence (lof.fence_shares) of each clean
+    and each injected training image, largest first: the tail found ("found") or merged into the product of
+    its nearest other image ("merged")."""
+    tail = true_tail_indices(data, info) if true_tail == "merged" else ()
+    detector = METHODS["tailedcore"](calibration_share=0.0, progress=False, threads=threads)
+    detector.set_params(policy=FenceSharesOnly(lof=GATED, tail=MergedTail(merged=tail)))
+    detector.fit(data, cache_dir=cache_dir)
+    paths = [Path(path) for path in detector.products_.paths]
+    classes = class_names(paths, data)
+    relative = np.array([path.resolve().relative_to(data.resolve()).as_posix() for path in paths])
+    injected = np.isin(relative, info["injected_files"])
+    shares = detector.diagnostics_["fence_shares"]
+    return {name: {"role": info["classes"][name]["role"],
+                   "clean": sorted((round(float(v), 4) for v in shares[(classes == name) & ~injected]), reverse=True),
+                   "injected": sorted((round(float(v), 4) for v in shares[(classes == name) & injected]),
+                                      reverse=True)}
+            for name in sorted(set(classes))}
+
+
+def shares_table(shares: dict) -> tuple[list[str], list[list[str]]]:
+    """Per class: role, its clean images' largest share, its injected images' median and largest share and
+    how many are above one half and nine tenths (tail found), and the shares of its images merged into another
+    product (a tail class's, merged miss)."""
+    header = ["class", "role", "clean: largest", "injected: median / largest", "injected > 0.5 / > 0.9",
+              "tail merged: smallest / largest"]
+    rows = []
+    for name, found in shares["found"].items():
+        injected, merged = found["injected"], shares["merged"][name]["clean"]
+        rows.append([name, found["role"], f"{found['clean'][0]:.2f}",
+                     f"{np.median(injected):.2f} / {injected[0]:.2f}" if injected else "-",
+                     f"{sum(v > 0.5 for v in injected)} / {sum(v > 0.9 for v in injected)} of {len(injected)}"
+                     if injected else "-",
+                     f"{merged[-1]:.2f} / {merged[0]:.2f}" if found["role"] == "tail" else "-"])
+    return header, rows
+
+
 def run_variant(name: str, data: Path, info: dict, cache_dir: Path, search_options: dict,
                 threads: int | None = None) -> dict:
     method, lof, true_tail, unlike_tail = VARIANTS[name]
@@ -228,11 +284,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="an NLT set (make-nlt)")
     parser.add_argument("--out", type=Path, required=True, help="JSON of the results, written after each variant")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="the variants to run (default: all; none with --shares alone)")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache/head_step"))
     parser.add_argument("--nprobe", type=int, default=16, help="IVF probes of the test-time search")
     parser.add_argument("--resume", action="store_true", help="keep the variants already in --out")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of each fit")
+    parser.add_argument("--shares", action="store_true",
+                        help="also each image's share of patches above its product's LOF fence, with the tail found "
+                             "and merged (no memory is built for them)")
     args = parser.parse_args()
     info = dataset_info(args.data)
     results = json.loads(args.out.read_text()) if args.resume and args.out.is_file() else {}
@@ -246,6 +306,13 @@ def main() -> None:
                                             args.threads)
         args.out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{name}: fitted in {results['runs'][name]['fit_seconds']:.0f} s", flush=True)
+    if args.shares:
+        for true_tail in ("found", "merged"):
+            if true_tail not in results.setdefault("fence_shares", {}):
+                results["fence_shares"][true_tail] = shares_by_class(args.data, info, args.cache_dir, true_tail,
+                                                                     args.threads)
+                args.out.write_text(json.dumps(results, indent=1) + "\n")
+        print_table(*shares_table(results["fence_shares"]))
     if "patchcore" in results["runs"]:
         print_table(*table(results["runs"], info))
 

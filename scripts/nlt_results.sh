@@ -18,7 +18,7 @@ PROFILES=${PROFILES-step-k1 step-k4 pareto}
 SEEDS=${SEEDS:-0 1 2}
 common=(--threads 1 benchmark ../shared/data/real-ad --seeds $SEEDS --noise 0.1 --resume --search ivf
         --search-option nprobe=16)
-paper_head=(--lof-scale global --lof-share fixed)
+paper_head=(--lof-scale global --lof-share fixed --lof-unlike-share none)
 baselines() {
     for profile in $PROFILES; do
         .venv/bin/tailedcore --quiet "${common[@]}" --profile "$profile" --methods patchcore softpatch \

@@ -35,9 +35,10 @@ def test_help_shows_the_defaults_of_the_signatures(capsys, monkeypatch):
 
 
 def test_tailedcore_heads_with_the_gated_drop_and_keeps_the_papers_step_by_name():
-    assert TailedCorePolicy().lof == LOFFilter(scale="product", share="gated")
+    assert TailedCorePolicy().lof == LOFFilter(scale="product", share="gated", unlike_share=0.9)
+    assert TailedCorePolicy().unlike_tail
     assert SoftPatchPolicy().lof == LOFFilter()  # SoftPatch's own step is the paper's
-    _, policy = detector_params(_parse("--lof-scale", "global", "--lof-share", "fixed"))
+    _, policy = detector_params(_parse("--lof-scale", "global", "--lof-share", "fixed", "--lof-unlike-share", "none"))
     assert TailedCore().set_params(**policy).policy.lof == LOFFilter()
 
 

@@ -104,3 +104,29 @@ def test_merged_into_and_unlike_by_class_name_classes_from_the_training_paths(ha
     assert harness.unlike_by_class({"unlike": unlike}, paths, tmp_path, info) == {"aa": [1, 1], "cc": [1, 0]}
     assert harness.unlike_by_class({}, paths, tmp_path, info) == {}
 
+
+
+def test_shares_by_class_gives_every_training_image_its_share_above_the_fence_found_and_merged(harness, nlt_set,
+                                                                                               tmp_path):
+    info = harness.dataset_info(nlt_set)
+    classes = harness.class_names(as_paths(nlt_set), nlt_set)
+    shares = {tail: harness.shares_by_class(nlt_set, info, tmp_path / "cache", tail, threads=1)
+              for tail in ("found", "merged")}
+    for found in shares.values():
+        assert sorted(found) == sorted(set(classes))
+        for name, entry in found.items():
+            values = entry["clean"] + entry["injected"]
+            assert entry["role"] == info["classes"][name]["role"] and len(values) == (classes == name).sum()
+            assert all(0.0 <= v <= 1.0 for v in values) and entry["clean"] == sorted(entry["clean"], reverse=True)
+    assert sum(len(entry["injected"]) for entry in shares["found"].values()) == len(info["injected_files"])
+
+
+def test_the_shares_table_names_the_injected_images_above_each_share_and_the_merged_tails_range(harness):
+    shares = {"found": {"aa": {"role": "head", "clean": [0.3, 0.1], "injected": [0.95, 0.6, 0.2]},
+                        "bb": {"role": "tail", "clean": [0.0], "injected": []}},
+              "merged": {"aa": {"role": "head", "clean": [0.3, 0.1], "injected": [0.95, 0.6, 0.2]},
+                         "bb": {"role": "tail", "clean": [0.98, 0.7], "injected": []}}}
+    header, rows = harness.shares_table(shares)
+    assert len(header) == 6
+    assert rows[0] == ["aa", "head", "0.30", "0.60 / 0.95", "2 / 1 of 3", "-"]
+    assert rows[1] == ["bb", "tail", "0.00", "-", "-", "0.70 / 0.98"]

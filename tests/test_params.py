@@ -16,7 +16,7 @@ def test_nested_parameters_read_and_change_as_in_scikit_learn():
     params = policy.get_params(deep=True)
     assert params["lof__k"] == 6 and params["tail__distance"] == 0.3 and params["coreset__ratio"] == 0.1
     changed = policy.with_params(lof__k=3, tail=PaperTailSampler(), tail__share=0.2)
-    assert changed.lof == LOFFilter(3, 0.15, "product", "gated") and changed.tail == PaperTailSampler(share=0.2)
+    assert changed.lof == LOFFilter(3, 0.15, "product", "gated", 0.9) and changed.tail == PaperTailSampler(share=0.2)
     assert policy.lof.k == 6  # parameter objects are values: the original is untouched
     with pytest.raises(ValueError, match="TailedCorePolicy has no parameter 'lof_k'"):
         policy.with_params(lof_k=3)
@@ -33,7 +33,6 @@ def test_nested_parameters_read_and_change_as_in_scikit_learn():
     (TailedCorePolicy(tail_coreset=TailCoreset(max_rows=0)), "TailCoreset.max_rows=0: must be in .* or None"),
     (TailedCorePolicy(tail=LinkageTailSampler(distance=float("nan"))), "distance=nan: must be finite"),
     (TailedCorePolicy(lof=LOFFilter(unlike_share=1.0)), r"LOFFilter.unlike_share=1.0: must be in \(0, 1\) or None"),
-    (TailedCorePolicy(unlike_tail=True), "unlike_tail=True: needs lof.unlike_share"),
 ])
 def test_every_parameter_is_checked_before_any_image_is_read(policy, message, tmp_path):
     with pytest.raises(ValueError, match=message):

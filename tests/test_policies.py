@@ -115,13 +115,13 @@ def _one_product_with_a_defect_and_another_products_image(folder, n=30, location
                                      tail=no_tail)
 
 
-def test_tailedcore_keeps_an_unlike_image_whole_and_with_unlike_tail_adds_it_to_the_tail(tmp_path):
+def test_tailedcore_keeps_an_unlike_image_whole_and_by_default_adds_it_to_the_tail(tmp_path):
     train = _one_product_with_a_defect_and_another_products_image(tmp_path)
     gated = policies.LOFFilter(scale="product", share="gated")
     unlike = policies.LOFFilter(scale="product", share="gated", unlike_share=0.5)
     dropped = policies.TailedCorePolicy(lof=gated).build(train, np.random.default_rng(0)).diagnostics
-    spared = policies.TailedCorePolicy(lof=unlike).build(train, np.random.default_rng(0))
-    promoted = policies.TailedCorePolicy(lof=unlike, unlike_tail=True).build(train, np.random.default_rng(0))
+    spared = policies.TailedCorePolicy(lof=unlike, unlike_tail=False).build(train, np.random.default_rng(0))
+    promoted = policies.TailedCorePolicy(lof=unlike).build(train, np.random.default_rng(0))  # unlike_tail: default
     assert dropped["dropped_share"][9] > 0.5 and not dropped["unlike"].any()
     assert np.flatnonzero(spared.diagnostics["unlike"]).tolist() == [9]
     assert spared.diagnostics["dropped_share"][9] == 0 and spared.diagnostics["dropped_share"][5] >= 6 / 16

@@ -149,18 +149,24 @@ def gated_inlier_mask(scores: np.ndarray, drop: float = 0.15, far_out: bool = Tr
     return ~dropped
 
 
+def fence_shares(scores: np.ndarray, drop: float) -> np.ndarray:
+    """Each image's share of patches above the upper Tukey fence of all the scores (never below their
+    (1 - ``drop``) quantile), (n_images, P) -> (n_images,) float64 in [0, 1]."""
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores: expected (n_images, n_locations), got shape {scores.shape}")
+    return (scores > _inner_fence(scores, drop)).mean(axis=1)
+
+
 def unlike_images(scores: np.ndarray, drop: float, above_share: float) -> np.ndarray:
-    """Images unlike the others almost everywhere: more than ``above_share`` of their patches above the upper
-    Tukey fence (at least the top ``drop`` share of the scores), (n_images, P) -> (n_images,) bool.
+    """Images unlike the others almost everywhere: more than ``above_share`` of their patches above the fence
+    (``fence_shares``), (n_images, P) -> (n_images,) bool.
 
     A defect covers a region of its image; an image of another product, which a
     missed tail puts among a product's images, differs at almost every location.
     """
-    scores = np.asarray(scores)
-    if scores.ndim != 2:
-        raise ValueError(f"scores: expected (n_images, n_locations), got shape {scores.shape}")
     if not 0.0 < above_share < 1.0:
         raise ValueError(f"above_share={above_share}: must be in (0, 1)")
     if _drops_nothing(drop):
         return np.zeros(len(scores), dtype=bool)
-    return (scores > _inner_fence(scores, drop)).mean(axis=1) > above_share
+    return fence_shares(scores, drop) > above_share

@@ -163,28 +163,26 @@ class TailedCorePolicy(Policy):
     ``tail`` picks the tail images: LinkageTailSampler (default) or
     PaperTailSampler (the published TailSampler); ``lof``: the head step,
     by default the gated drop within each product (LOFFilter scale "product",
-    share "gated"; the paper's step is ``LOFFilter()``, as SoftPatch's);
-    ``views``: what is made of each tail image; ``tail_coreset``: how the
-    tail rows are coreset.
+    share "gated"), which keeps whole an image with more than nine tenths of
+    its patches above its product's fence (unlike_share 0.9: another product
+    that the tail estimator put in this one); the paper's step is
+    ``LOFFilter()``, as SoftPatch's. With ``unlike_tail`` (default) those
+    unlike images join the tail, views and all. ``views``: what is made of
+    each tail image; ``tail_coreset``: how the tail rows are coreset.
     """
 
     coreset: Coreset = Coreset()
-    lof: LOFFilter = LOFFilter(scale="product", share="gated")
+    lof: LOFFilter = LOFFilter(scale="product", share="gated", unlike_share=0.9)
     tail: PaperTailSampler | LinkageTailSampler = setting(
         LinkageTailSampler(), "how tail images are found: linkage or paper (the published TailSampler)",
         option="--tail-estimator", choices=TAIL_ESTIMATORS)
     views: Views = Views()
     tail_coreset: TailCoreset = TailCoreset()
-    unlike_tail: bool = setting(False, "the images the head step keeps whole as unlike their product (with "
-                                "--lof-unlike-share) join the tail, with their views", option="--unlike-tail")
+    unlike_tail: bool = setting(True, "the images the head step keeps whole as unlike their product (none "
+                                "without --lof-unlike-share) join the tail, with their views", option="--unlike-tail")
 
     method: ClassVar[str] = "tailedcore"
     constraints: ClassVar[dict] = {"unlike_tail": OneOf((True, False))}
-
-    def check(self) -> None:
-        super().check()
-        if self.unlike_tail and self.lof.unlike_share is None:
-            raise ValueError("TailedCorePolicy.unlike_tail=True: needs lof.unlike_share (--lof-unlike-share)")
 
     def view_transforms(self):
         return self.views.transforms()
