@@ -43,7 +43,6 @@ from common import print_table
 from tailedcore.bench.benchmark import dataset_info, run_environment, tail_diagnostics
 from tailedcore.data import as_paths, load_mvtec
 from tailedcore.evaluation import evaluate_samples
-from tailedcore.lof import fence_shares
 from tailedcore.memory import MemoryBank
 from tailedcore.methods import METHODS
 from tailedcore.policies import LOFFilter, PolicyResult, TailedCorePolicy
@@ -131,10 +130,7 @@ class FenceSharesOnly(TailedCorePolicy):
 
     def build(self, train, rng, progress=False):
         scores, _ = self.lof.apply(train.projected, train.timer, progress, train.engine, train.products)
-        shares = np.empty(len(scores))
-        for product in np.unique(train.products):
-            members = train.products == product
-            shares[members] = fence_shares(scores[members], self.lof.drop)
+        shares = self.lof.fence_shares(scores, train.products)
         return PolicyResult(MemoryBank(train.patches[np.zeros(1, dtype=np.int64)]), {"fence_shares": shares},
                             np.zeros(1, dtype=np.int64))
 

@@ -4,11 +4,11 @@ import pytest
 from tailedcore import lof
 from tailedcore.lof import (
     fence_inlier_mask,
+    fence_shares,
     gated_inlier_mask,
     image_relative,
     inlier_mask,
     patchwise_lof_scores,
-    unlike_images,
 )
 from tailedcore.policies import LOFFilter
 from tailedcore.store import ArrayFile
@@ -164,14 +164,18 @@ def test_lof_filter_shares_gated_and_gated_only_differ_by_the_far_out_patches_al
     assert not gated[7, 4] and only[7, 4]
 
 
-def test_unlike_images_are_those_with_most_patches_above_the_fence():
+def test_fence_shares_and_unlike_images_are_those_with_most_patches_above_the_fence():
     scores = _scattered_scores()
     scores[12] = 2.5  # another product merged in: above the fence at every location
-    unlike = unlike_images(scores, drop=0.15, above_share=0.5)
-    assert np.flatnonzero(unlike).tolist() == [12]  # the defect covers 6 of 16 locations: a region, not the image
-    assert unlike_images(scores, drop=0.15, above_share=0.3)[5]
-    with pytest.raises(ValueError, match="above_share=1.5"):
-        unlike_images(scores, drop=0.15, above_share=1.5)
+    shares = fence_shares(scores, drop=0.15)
+    assert shares[12] == 1.0 and shares[5] == 6 / 16  # the defect covers 6 of 16 locations: a region
+    unlike = LOFFilter(drop=0.15, unlike_share=0.5).unlike(scores)
+    assert np.flatnonzero(unlike).tolist() == [12]
+    assert LOFFilter(drop=0.15, unlike_share=0.3).unlike(scores)[5]
+    assert not LOFFilter(drop=0.15).unlike(scores).any()  # no unlike share: none
+    assert not fence_shares(scores, drop=0.0).any()  # nothing is dropped, so nothing is above
+    with pytest.raises(ValueError, match="n_images, n_locations"):
+        fence_shares(scores.ravel(), drop=0.15)
 
 
 def test_lof_filter_with_an_unlike_share_keeps_a_merged_product_whole_and_still_drops_a_defect():

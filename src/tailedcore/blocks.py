@@ -16,11 +16,11 @@ import numpy as np
 
 from .lof import (
     fence_inlier_mask,
+    fence_shares,
     gated_inlier_mask,
     image_relative,
     inlier_mask,
     patchwise_lof_scores,
-    unlike_images,
 )
 from .params import Interval, OneOf, Params, registered, setting
 from .sampling import greedy_coreset, two_round_coreset
@@ -101,7 +101,7 @@ class LOFFilter(Params):
     lose patches.
 
     unlike_share: an image with more than this share of its patches above its
-    scope's fence keeps every patch (lof.unlike_images): it is unlike the others
+    scope's fence keeps every patch (``unlike``): it is unlike the others
     almost everywhere, another product that a missed tail put among them, not a
     defect, which covers a region. None (the paper): no image is spared.
     """
@@ -140,13 +140,20 @@ class LOFFilter(Params):
             return scores, keep
 
     def unlike(self, scores: np.ndarray, products: np.ndarray | None = None) -> np.ndarray:
-        """(n,) bool: the images kept whole as unlike the others of their scope almost everywhere (none without
-        ``unlike_share``); scores (n, P) as ``apply`` returns them."""
-        unlike = np.zeros(len(scores), dtype=bool)
-        if self.unlike_share is not None:
-            for scope, scope_scores in self._scopes(scores, products):
-                unlike[scope] = unlike_images(scope_scores, self.drop, self.unlike_share)
-        return unlike
+        """(n,) bool: the images kept whole as unlike the others of their scope almost everywhere, more than
+        ``unlike_share`` of their patches above its fence (none without ``unlike_share``); scores (n, P) as
+        ``apply`` returns them. A defect covers a region of its image; an image of another product, which a
+        missed tail puts among a product's images, differs at almost every location."""
+        if self.unlike_share is None:
+            return np.zeros(len(scores), dtype=bool)
+        return self.fence_shares(scores, products) > self.unlike_share
+
+    def fence_shares(self, scores: np.ndarray, products: np.ndarray | None = None) -> np.ndarray:
+        """(n,) float64: each image's share of patches above its scope's fence (lof.fence_shares)."""
+        shares = np.empty(len(scores))
+        for scope, scope_scores in self._scopes(scores, products):
+            shares[scope] = fence_shares(scope_scores, self.drop)
+        return shares
 
     def _scopes(self, scores: np.ndarray, products: np.ndarray | None):
         """(rows of the scope, the scores the drop is decided on (rows, P)) of every scope."""

@@ -157,16 +157,3 @@ def fence_shares(scores: np.ndarray, drop: float) -> np.ndarray:
         raise ValueError(f"scores: expected (n_images, n_locations), got shape {scores.shape}")
     return (scores > _inner_fence(scores, drop)).mean(axis=1)
 
-
-def unlike_images(scores: np.ndarray, drop: float, above_share: float) -> np.ndarray:
-    """Images unlike the others almost everywhere: more than ``above_share`` of their patches above the fence
-    (``fence_shares``), (n_images, P) -> (n_images,) bool.
-
-    A defect covers a region of its image; an image of another product, which a
-    missed tail puts among a product's images, differs at almost every location.
-    """
-    if not 0.0 < above_share < 1.0:
-        raise ValueError(f"above_share={above_share}: must be in (0, 1)")
-    if _drops_nothing(drop):
-        return np.zeros(len(scores), dtype=bool)
-    return fence_shares(scores, drop) > above_share
