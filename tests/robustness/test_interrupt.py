@@ -19,7 +19,10 @@ def test_sigint_then_resume_from_cache(tmp_path):
     command = [sys.executable, "-m", "tailedcore", "--quiet", "fit", str(root), "--method", "patchcore",
                "--out", str(tmp_path / "m.safetensors"), "--resize", "80", "--crop", "64", "--batch-size", "2",
                "--cache", str(cache)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background jobs with SIGINT ignored, and a child inherits that;
+    # the fit must see SIGINT as a user at a terminal would, however the suite was started.
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(list((cache / "features").glob("*.npz"))) < 2:
         time.sleep(0.05)
