@@ -151,7 +151,8 @@ def test_cli_fit_says_what_it_did(synthetic_root, tmp_path, capsys):
             f"{info['denoised_memory']} from the LOF-denoised images)") in printed
     assert "thresholds: not set (no product of 20 or more training images to set images aside from; " \
            "use --calibration DIR)" in printed
-    assert "search: ivf-batched (nprobe=16 ranking_dim=256 rerank=4), kept in the model for every command" in printed
+    assert ("search: ivf-batched (nlist_factor=2 nprobe=12 ranking_dim=256 rerank=4), kept in the model for every "
+            "command") in printed
     assert f"model file: {model} ({model.stat().st_size / 2**20:.1f} MiB)" in printed
     calibrated = tmp_path / "calibrated.safetensors"
     assert main(["--quiet", "fit", str(synthetic_root), "--method", "patchcore", "--out", str(calibrated),

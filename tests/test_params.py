@@ -166,7 +166,7 @@ def test_search_options_that_the_search_does_not_take_are_refused_before_the_fit
 
 
 @pytest.mark.parametrize("kind, option, accepted", [("flat", "nprobe", "nothing"),
-                                                    ("ivf", "ef_search", "nlist, nprobe, seed"),
+                                                    ("ivf", "ef_search", "nlist, nlist_factor, nprobe, seed"),
                                                     ("hnsw", "nprobe", "hnsw_m, ef_search")])
 def test_each_faiss_index_takes_only_its_own_options(kind, option, accepted):
     with pytest.raises(ValueError, match=f"'{option}' does not apply to search '{kind}' \\(it takes {accepted}\\)"):

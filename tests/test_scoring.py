@@ -105,6 +105,22 @@ def test_batched_ivf_finds_what_faiss_ivf_finds(k, nprobe):
     assert (i[:, 0] != brute(memory, queries, 1)[1][:, 0]).any()  # approximate: some neighbours are not probed
 
 
+def test_nlist_factor_sets_the_number_of_lists_for_both_ivf_searches():
+    rng = np.random.default_rng(8)
+    memory = rng.standard_normal((10000, 8)).astype(np.float32)  # sqrt(M) = 100; at most M // 39 = 256 lists
+    queries = rng.standard_normal((300, 8)).astype(np.float32)
+    assert build_search(memory, "ivf-batched").quantizer.ntotal == 256  # 4 sqrt(M), capped by faiss's minimum
+    for factor, lists in ((2, 200), (0.5, 50)):
+        assert build_search(memory, "ivf", nlist_factor=factor).index.nlist == lists
+        assert build_search(memory, "ivf-batched", nlist_factor=factor).quantizer.ntotal == lists
+    assert build_search(memory, "ivf-batched", nlist=30, nlist_factor=2).quantizer.ntotal == 30  # nlist wins
+    faiss_i = build_search(memory, "ivf", nlist_factor=0.5, nprobe=2).search(queries, 3)[1]
+    np.testing.assert_array_equal(build_search(memory, "ivf-batched", nlist_factor=0.5, nprobe=2).search(queries, 3)[1],
+                                  faiss_i)
+    with pytest.raises(ValueError, match="nlist_factor=0"):
+        build_search(memory, "ivf-batched", nlist_factor=0)
+
+
 def test_batched_ivf_misses_fall_back_to_exact_search():
     rng = np.random.default_rng(3)
     memory = rng.standard_normal((40, 8)).astype(np.float32)

@@ -28,10 +28,11 @@ SearchResult = tuple[np.ndarray, np.ndarray]  # squared distances (Q, k) float32
 
 
 # The search a model fitted from the command line keeps, and so predicts, calibrates and serves with:
-# nprobe 16, the fastest within 0.3 points of image and pixel AUROC of exact search on both real noisy
-# long-tail sets measured, ranked on 256 principal axes, which gave the same AUROCs 1.5x faster on two
-# more (docs/performance.md, section 4). ``--search exact`` is the reference.
-SERVING_SEARCH = {"search": "ivf-batched", "search_options": {"nprobe": 16, "rerank": 4, "ranking_dim": 256}}
+# the fastest setting within 0.3 points of image and pixel AUROC of exact search on both real noisy
+# long-tail sets measured (docs/performance.md, section 4): half faiss's number of lists (2 sqrt(M)),
+# nprobe 12, ranked on 256 principal axes with 4 candidates rescored. ``--search exact`` is the reference.
+SERVING_SEARCH = {"search": "ivf-batched",
+                  "search_options": {"nlist_factor": 2, "nprobe": 12, "rerank": 4, "ranking_dim": 256}}
 
 
 class ExactSearch:
@@ -115,10 +116,14 @@ class ShardedSearch:
                 np.take_along_axis(indices, order, axis=1))
 
 
-def trained_ivf(memory: np.ndarray, nlist: int | None = None, seed: int = 0) -> faiss.IndexIVFFlat:
-    """An empty faiss IVF-Flat index with its lists trained on memory (M, D) float32: by default about
-    4 sqrt(M) lists, each trained on at least 39 points (faiss's minimum)."""
-    nlist = nlist or max(1, min(4096, int(4 * np.sqrt(len(memory))), len(memory) // 39))
+def trained_ivf(memory: np.ndarray, nlist: int | None = None, seed: int = 0,
+                nlist_factor: float = 4.0) -> faiss.IndexIVFFlat:
+    """An empty faiss IVF-Flat index with its lists trained on memory (M, D) float32: ``nlist`` lists, by
+    default about ``nlist_factor`` sqrt(M) (faiss's guideline: 4), each trained on at least 39 points
+    (faiss's minimum)."""
+    if nlist_factor <= 0:
+        raise ValueError(f"nlist_factor={nlist_factor}: must be > 0")
+    nlist = nlist or max(1, min(4096, int(nlist_factor * np.sqrt(len(memory))), len(memory) // 39))
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(memory.shape[1]), memory.shape[1], nlist)
     index.cp.seed = seed
     index.train(memory)
@@ -132,16 +137,16 @@ class FaissSearch:
     probed are empty): those queries are answered by exact search.
     """
 
-    OPTIONS = {"flat": (), "ivf": ("nlist", "nprobe", "seed"), "hnsw": ("hnsw_m", "ef_search")}
+    OPTIONS = {"flat": (), "ivf": ("nlist", "nlist_factor", "nprobe", "seed"), "hnsw": ("hnsw_m", "ef_search")}
 
     def __init__(self, memory: np.ndarray, kind: str = "flat", nlist: int | None = None, nprobe: int = 8,
-                 hnsw_m: int = 32, ef_search: int = 64, seed: int = 0):
+                 hnsw_m: int = 32, ef_search: int = 64, seed: int = 0, nlist_factor: float = 4.0):
         memory = np.ascontiguousarray(memory, dtype=np.float32)
         dim = memory.shape[1]
         if kind == "flat":
             index = faiss.IndexFlatL2(dim)
         elif kind == "ivf":
-            index = trained_ivf(memory, nlist, seed)
+            index = trained_ivf(memory, nlist, seed, nlist_factor)
             index.nprobe = nprobe
         elif kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, hnsw_m)
@@ -181,16 +186,20 @@ class BatchedIVFSearch:
     memory's first r principal axes (D / r times fewer multiply-adds; the distance along the other
     axes is left out of the ranking, not of the distances returned; r >= D ranks on every dimension,
     as without it). Queries whose probed lists hold fewer than k rows are answered by exact search.
+    ``nlist_factor`` (without ``nlist``): about nlist_factor sqrt(M) lists. The scan costs a few small
+    operations per list besides its products, so fewer, longer lists (2 with nprobe 8 scans as many
+    rows as 4 with nprobe 16) are faster for the same rows scanned.
     """
 
     def __init__(self, memory: np.ndarray, nlist: int | None = None, nprobe: int = 8, rerank: int = 0,
-                 seed: int = 0, bfloat16: bool | None = None, ranking_dim: int | None = None):
+                 seed: int = 0, bfloat16: bool | None = None, ranking_dim: int | None = None,
+                 nlist_factor: float = 4.0):
         memory = np.ascontiguousarray(memory, dtype=np.float32)
         if rerank < 0:
             raise ValueError(f"rerank={rerank}: must be 0 (float32) or a number of candidates")
         if ranking_dim is not None and not (rerank and ranking_dim > 0):
             raise ValueError(f"ranking_dim={ranking_dim}: needs rerank > 0 and ranking_dim > 0")
-        self.trained = trained_ivf(memory, nlist, seed)  # owns the quantizer
+        self.trained = trained_ivf(memory, nlist, seed, nlist_factor)  # owns the quantizer
         self.quantizer, self.rerank = self.trained.quantizer, rerank
         self.ranking = torch.bfloat16 if (fast_bfloat16() if bfloat16 is None else bfloat16) else torch.float32
         nlist = self.quantizer.ntotal

@@ -80,8 +80,9 @@ class Search(Params):
 
     kind: str = setting("exact", "nearest-neighbour search: exact (the reference), flat, ivf, ivf-batched (ivf's "
                         "lists scanned by matrix products, faster for batches) or hnsw", flat="search", at="run")
-    options: dict | None = setting(None, "search setting KEY=VALUE, e.g. nprobe=16 (ivf), rerank=4 and "
-                                   "ranking_dim=256 (ivf-batched) or ef_search=64 (hnsw); repeatable",
+    options: dict | None = setting(None, "search setting KEY=VALUE, e.g. nprobe=16 and nlist_factor=2 (ivf, "
+                                   "ivf-batched), rerank=4 and ranking_dim=256 (ivf-batched) or ef_search=64 "
+                                   "(hnsw); repeatable",
                                    flat="search_options", option="--search-option", at="run")
     scope: str = setting("global", "global: every patch against the whole memory (the paper); product: against the "
                          "memory of its image's product (and the products about as near)", flat="search_scope",

@@ -38,8 +38,8 @@ def test_a_model_keeps_its_search_and_every_command_uses_it(cli_model, synthetic
     with caplog.at_level(logging.WARNING, logger="tailedcore"):
         assert main(["--quiet", "predict", str(cli_model), str(images), "--out", str(tmp_path / "e"),
                      "--search", "exact"]) == 0
-    assert any("thresholds were calibrated with search ivf-batched (nprobe=16 ranking_dim=256 rerank=4), scores now "
-               "come from exact" in record.getMessage() for record in caplog.records)
+    assert any("thresholds were calibrated with search ivf-batched (nlist_factor=2 nprobe=12 ranking_dim=256 "
+               "rerank=4), scores now come from exact" in record.getMessage() for record in caplog.records)
     assert main(["--quiet", "calibrate", str(cli_model), "--normal", str(images / "good"), "--search", "exact",
                  "--out", str(tmp_path / "exact.safetensors")]) == 0
     exact = load(tmp_path / "exact.safetensors")
