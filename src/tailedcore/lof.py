@@ -156,4 +156,3 @@ def fence_shares(scores: np.ndarray, drop: float) -> np.ndarray:
     if scores.ndim != 2:
         raise ValueError(f"scores: expected (n_images, n_locations), got shape {scores.shape}")
     return (scores > _inner_fence(scores, drop)).mean(axis=1)
-
