@@ -104,3 +104,20 @@ def test_small_products_are_searched_exactly_whatever_the_search(fitted):
     rows = np.bincount(detector.products_.memory_products)
     for product, index in scorer._indexes.items():
         assert (type(index).__name__ == "ExactSearch") == (rows[product] < routing.EXACT_BELOW_ROWS)
+
+
+def test_a_batch_searches_each_product_once_however_many_routes_share_it(fitted):
+    detector, _, test = fitted
+    patches = np.concatenate([batch.patches for _, batch in detector.extractor.iter_batches(test)])
+    rows = np.bincount(detector.products_.memory_products)
+    scorer = routed(detector, min_rows=int(rows[2]) + 1, unknown_factor=None)
+    routes = scorer.routes(patches.mean(axis=1))
+    shared = {p for route in routes for p in route if sum(p in r for r in set(routes)) > 1}
+    assert shared, "the test wants two routes sharing a product"
+    expected = scorer.score(patches)
+    calls = []
+    for product in range(len(detector.products_)):
+        index = scorer._index(product)
+        index.search = lambda queries, k, _search=index.search, _p=product: calls.append(_p) or _search(queries, k)
+    np.testing.assert_array_equal(scorer.score(patches), expected)
+    assert sorted(calls) == sorted({p for route in routes for p in route})

@@ -96,33 +96,38 @@ class RoutedScorer:
             routes.append(tuple(chosen))
         return routes
 
-    def _nearest(self, queries: np.ndarray, route: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """(Q, D) queries -> the num_neighbors nearest rows among the route's products: (Q, k) distances and
-        memory rows."""
-        found_d, found_i = [], []
-        for product in route:
-            k = min(self.num_neighbors, len(self.rows[product]))
-            d, i = self._index(product).search(queries, k)
-            found_d.append(d)
-            found_i.append(self.rows[product][i])
-        distances, indices = np.concatenate(found_d, axis=1), np.concatenate(found_i, axis=1)
-        k = min(self.num_neighbors, distances.shape[1])
-        order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    def _nearest(self, queries: np.ndarray, product: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, D) queries -> the num_neighbors nearest rows of one product: (Q, k) distances and memory rows."""
+        distances, rows = self._index(product).search(queries, min(self.num_neighbors, len(self.rows[product])))
+        return distances, self.rows[product][rows]
+
+    def _merged(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, k_i) distances and memory rows found in several products -> the (Q, k) nearest of them all."""
+        distances = np.concatenate([d for d, _ in parts], axis=1)
+        indices = np.concatenate([i for _, i in parts], axis=1)
+        order = np.argsort(distances, axis=1, kind="stable")[:, : self.num_neighbors]
         return np.take_along_axis(distances, order, axis=1), np.take_along_axis(indices, order, axis=1)
 
     def score(self, patches: np.ndarray) -> np.ndarray:
-        """(B, P, D) patch features of B images -> (B, P) float32 patch scores."""
+        """(B, P, D) patch features of B images -> (B, P) float32 patch scores.
+
+        Each product is searched once per batch, with the patches of every image whose route holds it."""
         routes = self.routes(patches.mean(axis=1))
         scores = np.empty(patches.shape[:2], dtype=np.float32)
-        for route in dict.fromkeys(routes):
-            images = [i for i, r in enumerate(routes) if r == route]
-            if not route:
-                scores[images] = self._global().score(patches[images])
-                continue
-            queries = patches[images].reshape(-1, patches.shape[-1])
-            with self._lock:
-                distances, indices = self._nearest(queries, route)
-            scores[images] = finish_scores(distances, indices, self.weights, self.squared).reshape(len(images), -1)
+        unknown = [image for image, route in enumerate(routes) if not route]
+        if unknown:
+            scores[unknown] = self._global().score(patches[unknown])
+        found: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}  # image -> product -> (P, k) each
+        with self._lock:
+            for product in sorted({p for route in routes for p in route}):
+                images = [image for image, route in enumerate(routes) if product in route]
+                queries = patches[images].reshape(-1, patches.shape[-1])
+                distances, rows = self._nearest(queries, product)
+                for image, d, i in zip(images, np.split(distances, len(images)), np.split(rows, len(images))):
+                    found.setdefault(image, {})[product] = d, i
+        for image, by_product in found.items():
+            distances, indices = self._merged([by_product[p] for p in routes[image]])
+            scores[image] = finish_scores(distances, indices, self.weights, self.squared)
         return scores
 
 

@@ -266,7 +266,7 @@ class BatchedIVFSearch:
                 continue
             if self.rerank:
                 padded = F.pad(pair_queries, (0, -len(pair_queries) % _SHAPE_STEP))
-                partial = norms - 2 * (queries[padded] @ block.T)[: len(pair_queries)].float()
+                partial = torch.add(norms, (queries[padded] @ block.T)[: len(pair_queries)].float(), alpha=-2.0)
             else:
                 partial = torch.addmm(norms, queries[pair_queries], block.T, alpha=-2.0)
             if len(block) < keep:  # too few rows: pad with misses
