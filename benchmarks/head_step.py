@@ -129,7 +129,7 @@ class FenceSharesOnly(TailedCorePolicy):
     (diagnostics "fence_shares", (n,) float64); the memory is one patch."""
 
     def build(self, train, rng, progress=False):
-        scores, _ = self.lof.apply(train.projected, train.timer, progress, train.engine, train.products)
+        scores = self.lof.apply(train.projected, train.timer, progress, train.engine, train.products).scores
         shares = self.lof.fence_shares(scores, train.products)
         return PolicyResult(MemoryBank(train.patches[np.zeros(1, dtype=np.int64)]), {"fence_shares": shares},
                             np.zeros(1, dtype=np.int64))

@@ -57,8 +57,8 @@ def test_image_scale_spares_another_product_and_still_drops_a_defect():
     features[40] += 6.0  # another product: unlike the others at every location
     features[5, [3, 9]] += 12.0  # a defect in one region of image 5
     scores = patchwise_lof_scores(features, k=6)
-    paper = LOFFilter(drop=0.15).apply(features, StageTimer())[1]
-    spared = LOFFilter(drop=0.15, scale="image").apply(features, StageTimer())[1]
+    paper = LOFFilter(drop=0.15).apply(features, StageTimer()).keep
+    spared = LOFFilter(drop=0.15, scale="image").apply(features, StageTimer()).keep
     assert paper[40].mean() < 0.2
     assert spared[40].mean() > 0.7
     assert not spared[5, [3, 9]].any()
@@ -80,8 +80,8 @@ def test_product_scale_drops_the_share_of_each_product_and_still_drops_a_defect(
     features[40] += 6.0  # a product of one image
     features[5, [3, 9]] += 12.0
     products = np.array([0] * 30 + [1] * 10 + [2])
-    paper = LOFFilter(drop=0.15).apply(features, StageTimer())[1]
-    by_product = LOFFilter(drop=0.15, scale="product").apply(features, StageTimer(), products=products)[1]
+    paper = LOFFilter(drop=0.15).apply(features, StageTimer()).keep
+    by_product = LOFFilter(drop=0.15, scale="product").apply(features, StageTimer(), products=products).keep
     assert paper[40].mean() < 0.2 and paper[30:40].mean() < 0.85 - 0.05
     for product in range(3):
         assert abs(by_product[products == product].mean() - 0.85) <= 1 / 16  # one patch of 16
@@ -97,7 +97,7 @@ def test_fence_share_drops_only_the_outliers_of_a_plain_product_and_at_most_the_
     features = rng.standard_normal((40, 16, 8)).astype(np.float32)
     features[5, [3, 9]] += 12.0
     products = np.zeros(40, dtype=np.int64)
-    fence = LOFFilter(drop=0.15, scale="product", share="fence").apply(features, StageTimer(), products=products)[1]
+    fence = LOFFilter(drop=0.15, scale="product", share="fence").apply(features, StageTimer(), products=products).keep
     assert 1.0 - fence.mean() < 0.1  # about 6% here, against 15% at the fixed share
     assert not fence[5, [3, 9]].any()
     heavy_tail = np.concatenate([np.linspace(1.0, 1.1, 80), np.linspace(5.0, 50.0, 20)])  # 20% far above the rest
@@ -148,7 +148,7 @@ def test_lof_filter_with_the_gated_share_drops_a_planted_defect_per_product():
     features = rng.standard_normal((40, 16, 8)).astype(np.float32)
     features[5, :6] += 12.0
     products = np.repeat([0, 1], 20)
-    keep = LOFFilter(drop=0.15, scale="product", share="gated").apply(features, StageTimer(), products=products)[1]
+    keep = LOFFilter(drop=0.15, scale="product", share="gated").apply(features, StageTimer(), products=products).keep
     assert not keep[5, :6].any()
     assert 1.0 - keep[products == 1].mean() < 0.05
 
@@ -158,8 +158,8 @@ def test_lof_filter_shares_gated_and_gated_only_differ_by_the_far_out_patches_al
     features = rng.standard_normal((30, 16, 8)).astype(np.float32)
     features[7, 4] += 12.0  # one far-out patch in an otherwise plain image
     products = np.zeros(30, dtype=np.int64)
-    scores, gated = LOFFilter(scale="product", share="gated").apply(features, StageTimer(), products=products)
-    only = LOFFilter(scale="product", share="gated-only").apply(features, StageTimer(), products=products)[1]
+    scores, gated, _ = LOFFilter(scale="product", share="gated").apply(features, StageTimer(), products=products)
+    only = LOFFilter(scale="product", share="gated-only").apply(features, StageTimer(), products=products).keep
     np.testing.assert_array_equal(only, gated_inlier_mask(scores, far_out=False))
     assert not gated[7, 4] and only[7, 4]
 
@@ -184,9 +184,11 @@ def test_lof_filter_with_an_unlike_share_keeps_a_merged_product_whole_and_still_
     features[5, :6] += 12.0  # a defect in one region
     features[9] += 12.0  # an image unlike the others everywhere
     products = np.zeros(40, dtype=np.int64)
-    gated = LOFFilter(scale="product", share="gated").apply(features, StageTimer(), products=products)[1]
-    spared = LOFFilter(scale="product", share="gated", unlike_share=0.5).apply(features, StageTimer(),
-                                                                                products=products)[1]
+    gated = LOFFilter(scale="product", share="gated").apply(features, StageTimer(), products=products).keep
+    unlike = LOFFilter(scale="product", share="gated", unlike_share=0.5)
+    result = unlike.apply(features, StageTimer(), products=products)
+    assert np.flatnonzero(result.unlike).tolist() == [9]
+    spared = result.keep
     assert not gated[9].all()
     assert spared[9].all()
     assert not spared[5, :6].any()

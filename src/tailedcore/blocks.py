@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -78,6 +78,15 @@ LOF_SCALES = ("global", "image", "product")
 LOF_SHARES = ("fixed", "fence", "gated", "gated-only")
 
 
+class LOFResult(NamedTuple):
+    """What the head step's LOF decides. scores: (n, P) float32 LOF scores; keep: (n, P) bool inlier mask;
+    unlike: (n,) bool images kept whole as unlike the others of their scope (``LOFFilter.unlike``)."""
+
+    scores: np.ndarray
+    keep: np.ndarray
+    unlike: np.ndarray
+
+
 @registered
 @dataclass(frozen=True)
 class LOFFilter(Params):
@@ -124,9 +133,9 @@ class LOFFilter(Params):
                                    "unlike_share": Interval(float, 0.0, 1.0, "neither", none_ok=True)}
 
     def apply(self, projected: np.ndarray, timer: StageTimer, progress: bool = False, engine=None,
-              products: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """projected (n, P, d) -> LOF scores (n, P) and inlier mask (n, P) bool; products: (n,) int64 product
-        of each image (needed by scale "product")."""
+              products: np.ndarray | None = None) -> LOFResult:
+        """projected (n, P, d) -> LOF scores, inlier mask and the images kept whole as unlike their scope
+        (``unlike``); products: (n,) int64 product of each image (needed by scale "product")."""
         if self.scale == "product" and (products is None or len(products) != len(projected)):
             raise ValueError("LOFFilter.scale='product' needs the product of every image")
         mask = {"fixed": inlier_mask, "fence": fence_inlier_mask, "gated": gated_inlier_mask,
@@ -136,8 +145,9 @@ class LOFFilter(Params):
             keep = np.empty(scores.shape, dtype=bool)
             for scope, scope_scores in self._scopes(scores, products):
                 keep[scope] = mask(scope_scores, self.drop)
-            keep[self.unlike(scores, products)] = True
-            return scores, keep
+            unlike = self.unlike(scores, products)
+            keep[unlike] = True
+            return LOFResult(scores, keep, unlike)
 
     def unlike(self, scores: np.ndarray, products: np.ndarray | None = None) -> np.ndarray:
         """(n,) bool: the images kept whole as unlike the others of their scope almost everywhere, more than

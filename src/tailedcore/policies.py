@@ -145,7 +145,7 @@ class SoftPatchPolicy(Policy):
     method: ClassVar[str] = "softpatch"
 
     def build(self, train, rng, progress=False):
-        scores, keep = self.lof.apply(train.projected, train.timer, progress, train.engine, train.products)
+        scores, keep, _ = self.lof.apply(train.projected, train.timer, progress, train.engine, train.products)
         picks = _inlier_coreset(train, self.coreset, keep, rng, progress)
         memory = MemoryBank(
             _gather([(train.patches, picks)], train.timer),
@@ -193,8 +193,7 @@ class TailedCorePolicy(Policy):
             if estimate is None:
                 estimate = self.tail.estimate(TailInputs(train.embeddings, train.mean_patches))
         # The head step's LOF comes first (it draws nothing from rng): its unlike images may join the tail.
-        scores, keep = self.lof.apply(train.projected, train.timer, progress, train.engine, train.products)
-        unlike = self.lof.unlike(scores, train.products)
+        scores, keep, unlike = self.lof.apply(train.projected, train.timer, progress, train.engine, train.products)
         tail = np.union1d(estimate.tail_indices, np.flatnonzero(unlike)) if self.unlike_tail else estimate.tail_indices
         patches_per_image = train.projected.shape[1]
         tail_rows_count = len(tail) * (1 + train.views_per_image) * patches_per_image
