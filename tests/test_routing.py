@@ -35,6 +35,10 @@ def test_each_image_is_routed_to_its_product_and_small_products_borrow_the_neare
     screw = products.mean_patches[products.labels == 2]
     route = small.routes(screw)[0]
     assert route[0] == 2 and len(route) == 2
+    # A route is its product's, whatever the image: the images of one product share one memory.
+    other = products.mean_patches[products.labels == 1]
+    assert set(small.routes(np.concatenate([screw, other, 0.9 * screw + 0.1 * other[:1]]))) == {route, (1,)}
+    assert small.product_routes[2] == route
     # An unknown product searches the whole memory.
     far = -products.mean_patches[:1]
     assert routed(detector, unknown_factor=2.5).routes(far) == [()]

@@ -2,12 +2,13 @@
 
 A model that kept its products (products.py) knows the product of every memory
 row. With ``search_scope`` "product" an image is assigned to a product
-(``Products.assign``) and its patches are searched among that product's rows
-only, each product with its own index of the detector's search kind; the
-nearest rows of the products searched are merged. Searched besides its own:
-every product about as near (its nearest member within ``margin`` times the
-distance to the own product's nearest member), and the next nearest product
-when the products chosen hold fewer than ``min_rows`` memory rows together. An image of an
+(``Products.assign``) and its patches are searched along that product's route:
+its own rows, and, for a product of fewer than ``min_rows`` memory rows, the rows
+of the products nearest to it (nearest members first) until the route holds that
+many. Each product has its own index of the detector's search kind; the nearest
+rows of the products searched are merged. A route is the product's, fixed when
+the scorer is made, not the image's: every image of a product is scored against
+the same memory, so its scores stay comparable within the product. An image of an
 unknown product is searched in the whole memory. Products of fewer than
 EXACT_BELOW_ROWS rows are searched exactly.
 """
@@ -26,10 +27,8 @@ from .scoring import PatchScorer, build_search, finish_scores
 # A product with fewer memory rows is searched exactly: an approximate index over so few rows saves
 # nothing, and faiss cannot train IVF lists on them.
 EXACT_BELOW_ROWS = 1024
-# Routing defaults: a product about as near as the image's own (within ROUTE_MARGIN x its distance) is searched
-# too, as is the next nearest product while the products chosen hold fewer than ROUTE_MIN_ROWS rows (a one-image
+# A product of fewer memory rows borrows its nearest products' rows until its route holds this many (a one-image
 # tail product holds tens to hundreds).
-ROUTE_MARGIN = 2.0
 ROUTE_MIN_ROWS = 1024
 SEARCH_SCOPES = ("global", "product")
 
@@ -45,16 +44,17 @@ class RoutedScorer:
 
     def __init__(self, memory: np.ndarray, weights: np.ndarray | None, products: Products,
                  global_scorer: Callable[[], PatchScorer], num_neighbors: int = 1, squared: bool = True,
-                 search: str = "exact", unknown_factor: float | None = None, margin: float = ROUTE_MARGIN,
-                 min_rows: int = ROUTE_MIN_ROWS, **search_options):
+                 search: str = "exact", unknown_factor: float | None = None, min_rows: int = ROUTE_MIN_ROWS,
+                 **search_options):
         if products.memory_products is None or len(products.memory_products) != len(memory):
             raise ValueError("search_scope='product' needs the product of every memory row (a model with products)")
         self.memory, self.weights, self.products = memory, weights, products
         self.make_global_scorer, self._global_scorer = global_scorer, None
         self.num_neighbors, self.squared = num_neighbors, squared
         self.search, self.search_options = search, search_options
-        self.unknown_factor, self.margin, self.min_rows = unknown_factor, margin, min_rows
+        self.unknown_factor, self.min_rows = unknown_factor, min_rows
         self.rows = [np.flatnonzero(products.memory_products == p) for p in range(len(products))]
+        self.product_routes = self._product_routes()
         self._indexes: dict[int, object] = {}
         self._lock = threading.Lock()
 
@@ -78,23 +78,31 @@ class RoutedScorer:
                 self._index(product)
         self._global()
 
-    def routes(self, mean_patches: np.ndarray) -> list[tuple[int, ...]]:
-        """(B, D) mean patch features of images -> per image the products searched, nearest first;
-        () for an image of an unknown product (the whole memory)."""
-        distances = self.products.member_distances(mean_patches)  # (B, p)
-        nearest, own_distances = self.products.nearest(distances)
-        unknown = self.products.is_unknown(nearest, own_distances, self.unknown_factor)
+    def _product_routes(self) -> list[tuple[int, ...]]:
+        """Per product the products searched for its images: itself, then while the route holds fewer than
+        ``min_rows`` rows the next nearest product (the distance from its nearest member to the other
+        product's nearest member, mean patch features); products without memory rows are left out."""
+        products = self.products
+        member_distances = products.member_distances(products.mean_patches)  # (n members, p)
         routes = []
-        for row, product, distance, is_unknown in zip(distances, nearest, own_distances, unknown):
-            if is_unknown:
-                routes.append(())
-                continue
-            order = [int(p) for p in np.argsort(row, kind="stable") if len(self.rows[p])]
-            chosen = [p for p in order if row[p] <= self.margin * distance or p == product]
-            if sum(len(self.rows[p]) for p in chosen) < self.min_rows:
-                chosen += [p for p in order if p not in chosen][:1]
-            routes.append(tuple(chosen))
+        for product in range(len(products)):
+            between = member_distances[products.labels == product].min(axis=0)
+            others = [int(p) for p in np.argsort(between, kind="stable") if p != product and len(self.rows[p])]
+            route, held = ([product] if len(self.rows[product]) else []), len(self.rows[product])
+            for other in others:
+                if held >= self.min_rows:
+                    break
+                route.append(other)
+                held += len(self.rows[other])
+            routes.append(tuple(route))
         return routes
+
+    def routes(self, mean_patches: np.ndarray) -> list[tuple[int, ...]]:
+        """(B, D) mean patch features of images -> per image the products searched (its product's route);
+        () for an image of an unknown product (the whole memory)."""
+        nearest, own_distances = self.products.assign(mean_patches)
+        unknown = self.products.is_unknown(nearest, own_distances, self.unknown_factor)
+        return [() if is_unknown else self.product_routes[product] for product, is_unknown in zip(nearest, unknown)]
 
     def _nearest(self, queries: np.ndarray, product: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, D) queries -> the num_neighbors nearest rows of one product: (Q, k) distances and memory rows."""

@@ -85,8 +85,8 @@ class Search(Params):
                                    "(hnsw); repeatable",
                                    flat="search_options", option="--search-option", at="run")
     scope: str = setting("global", "global: every patch against the whole memory (the paper); product: against the "
-                         "memory of its image's product (and the products about as near)", flat="search_scope",
-                         at="run")
+                         "memory of its image's product (a small product's with its nearest products')",
+                         flat="search_scope", at="run")
     num_neighbors: int = setting(1, "nearest memory features averaged into a patch score", option=None)
     squared_distance: bool = setting(True, "score with squared L2 (as the reference code) or L2", option=None)
     blur_sigma: float = setting(4.0, "Gaussian blur of the anomaly map, in pixels", option=None)
