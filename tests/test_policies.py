@@ -1,5 +1,7 @@
 """Memory-bank policy building blocks on generated arrays."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -130,3 +132,33 @@ def test_tailedcore_keeps_an_unlike_image_whole_and_by_default_adds_it_to_the_ta
     tail_rows = promoted.memory.info["tail_memory"]
     assert tail_rows > 0 and set(promoted.row_images[:tail_rows].tolist()) == {9}
     np.testing.assert_array_equal(promoted.diagnostics["dropped_share"], spared.diagnostics["dropped_share"])
+
+
+@pytest.mark.parametrize("scope", ["joint", "per-image", "two-round"])
+def test_tail_coreset_picks_only_kept_rows_and_counts_only_them(scope):
+    n_images, per_image, views = 3, 20, 4
+    rows = tail_rows(n_images, per_image, views)
+    kept = np.ones(len(rows), dtype=bool)
+    kept[n_images * per_image + per_image :] = False  # every view of every image gone but image 0's first
+    picks = TailCoreset(scope).select(rows, n_images, per_image, views, Coreset(0.1), np.random.default_rng(5),
+                                      StageTimer(), False, kept)
+    assert kept[picks].all() and len(set(picks.tolist())) == len(picks)
+    every = TailCoreset(scope).select(rows, n_images, per_image, views, Coreset(0.1), np.random.default_rng(5),
+                                      StageTimer(), False, np.ones(len(rows), dtype=bool))
+    unmasked = TailCoreset(scope).select(rows, n_images, per_image, views, Coreset(0.1), np.random.default_rng(5),
+                                         StageTimer(), False)
+    np.testing.assert_array_equal(every, unmasked)
+    assert len(picks) < len(every)
+
+
+def test_tail_product_whose_images_no_rotation_brings_nearer_keeps_only_its_flipped_copies(tmp_path):
+    train = _one_product_with_a_defect_and_another_products_image(tmp_path, views_per_image=3)
+    two_tail = TailEstimate(np.full(30, 30), np.array([30]), 1, np.array([0, 1]))
+    train = dataclasses.replace(train, tail=two_tail)  # views: copies of their image, as a texture's
+    rule = policies.Views(step_degrees=180.0, rotations="evidence")  # views: flipped, turned, turned and flipped
+    always = policies.TailedCorePolicy(views=policies.Views(step_degrees=180.0), unlike_tail=False)
+    evidence = policies.TailedCorePolicy(views=rule, unlike_tail=False)
+    every_view = always.build(train, np.random.default_rng(0)).memory.info
+    flipped_only = evidence.build(train, np.random.default_rng(0)).memory.info
+    assert every_view["tail_images_without_rotations"] == 0 and flipped_only["tail_images_without_rotations"] == 2
+    assert every_view["tail_memory"] == int(0.1 * 2 * 16 * 4) and flipped_only["tail_memory"] == int(0.1 * 2 * 16 * 2)

@@ -26,7 +26,7 @@ from .params import Interval, OneOf, Params, registered, setting
 from .sampling import greedy_coreset, two_round_coreset
 from .store import ArrayFile
 from .timing import StageTimer
-from .views import view_transforms
+from .views import rotation_evidence, view_transforms
 
 
 @registered
@@ -177,16 +177,48 @@ class LOFFilter(Params):
 @registered
 @dataclass(frozen=True)
 class Views(Params):
-    """Rotations every ``step_degrees`` in [0, 360), each also flipped when ``flip``, the original left out."""
+    """Rotations every ``step_degrees`` in [0, 360), each also flipped when ``flip``, the original left out.
+
+    ``rotations`` "always": every tail image gets every view (the paper). "evidence": a product of two
+    or more tail images keeps its rotated views only when its own images lie in different orientations
+    (``views.rotation_evidence`` below ``evidence_below``); otherwise only its flipped copies (rotated
+    textures cost a little, docs/tail.md). A one-image product has no evidence and keeps every view.
+    """
 
     step_degrees: float = setting(15.0, "rotation step of tail views in degrees", option="--view-step")
     flip: bool = setting(True, "each view also flipped", option=None)
+    rotations: str = setting("always", "rotated views of every tail image (always, the paper) or only of products "
+                             "whose own images lie in different orientations (evidence)", option="--view-rotations")
+    evidence_below: float = setting(0.95, "with --view-rotations evidence: the rotation evidence below which a "
+                                    "product keeps its rotated views", option="--view-evidence-below")
 
     constraints: ClassVar[dict] = {"step_degrees": Interval(float, 0.0, 360.0, "right"),
-                                   "flip": OneOf((True, False))}
+                                   "flip": OneOf((True, False)), "rotations": OneOf(("always", "evidence")),
+                                   "evidence_below": Interval(float, 0.0, None, "neither")}
 
     def transforms(self) -> list[tuple[float, bool]]:
         return view_transforms(self.step_degrees, self.flip)
+
+    def evidence(self, products: np.ndarray, images: np.ndarray, views: np.ndarray) -> dict[int, float]:
+        """Rotation evidence (``views.rotation_evidence``) of each product of two or more of n tail images.
+        products: (n,) int64 product of each; images: (n, d) and views: (n, V, d) mean patch features."""
+        return {int(product): rotation_evidence(images[products == product], views[products == product],
+                                                self.transforms())
+                for product in np.unique(products) if (products == product).sum() > 1}
+
+    def kept(self, products: np.ndarray, evidence: dict[int, float]) -> np.ndarray:
+        """(n, V) bool: the views kept of each of n tail images of ``products`` (n,), given their products'
+        ``evidence``: every view, but with ``rotations`` "evidence" only the unrotated ones of a product whose
+        evidence is not below ``evidence_below``."""
+        transforms = self.transforms()
+        kept = np.ones((len(products), len(transforms)), dtype=bool)
+        if self.rotations == "always":
+            return kept
+        unrotated = np.array([angle % 360 == 0 for angle, _ in transforms])
+        for product, value in evidence.items():
+            if value >= self.evidence_below:
+                kept[products == product] = unrotated
+        return kept
 
 
 TAIL_CORESETS = ("joint", "per-image", "two-round")
@@ -217,20 +249,27 @@ class TailCoreset(Params):
             else self.scope
 
     def select(self, tail_rows: np.ndarray, n_images: int, rows_per_image: int, views_per_image: int,
-               coreset: Coreset, rng: np.random.Generator, timer: StageTimer, progress: bool) -> np.ndarray:
+               coreset: Coreset, rng: np.random.Generator, timer: StageTimer, progress: bool,
+               kept: np.ndarray | None = None) -> np.ndarray:
         """Coreset picks (row indices) of the tail rows: the images' own patches, then all their views.
 
         tail_rows: (n_images * rows_per_image * (1 + views_per_image), d), own
         patches of image j at [j * R, (j + 1) * R), its views at
-        n_images * R + [j * V * R, (j + 1) * V * R).
+        n_images * R + [j * V * R, (j + 1) * V * R); kept: (len(tail_rows),) bool,
+        the rows the coreset may pick and counts (None: every row).
         """
-        scope = self.scope_for(len(tail_rows))
+        subset = None if kept is None or kept.all() else np.flatnonzero(kept)
+        scope = self.scope_for(len(tail_rows) if subset is None else len(subset))
         if scope == "joint":
-            return coreset.select(tail_rows, rng, timer, progress)
+            if subset is None:
+                return coreset.select(tail_rows, rng, timer, progress)
+            return subset[coreset.select(tail_rows[subset], rng, timer, progress)]
         own_start, view_rows = n_images * rows_per_image, views_per_image * rows_per_image
         images = [np.concatenate([np.arange(image * rows_per_image, (image + 1) * rows_per_image),
                                   own_start + np.arange(image * view_rows, (image + 1) * view_rows)])
                   for image in range(n_images)]
+        if subset is not None:
+            images = [rows[kept[rows]] for rows in images]
         if scope == "two-round":
             with timer.stage("coreset"):
                 return two_round_coreset(tail_rows, images, coreset.ratio, rng, progress=progress)

@@ -205,9 +205,19 @@ class TailedCorePolicy(Policy):
             with train.timer.stage("tail views"):
                 views = train.views(tail)
             dim = train.projected.shape[-1]
-            tail_rows = np.concatenate([train.projected[tail].reshape(-1, dim), views.projected.reshape(-1, dim)])
+            own_projected = train.projected[tail]  # (t, P, d)
+            view_projected = views.projected.reshape(len(tail), train.views_per_image, patches_per_image, dim)
+            # Products unknown: each image its own, with no rotation evidence.
+            tail_products = np.arange(len(tail)) if train.products is None else train.products[tail]
+            evidence = self.views.evidence(tail_products, own_projected.mean(axis=1), view_projected.mean(axis=2))
+            kept_views = self.views.kept(tail_products, evidence)
+            kept_rows = np.concatenate([np.ones(len(tail) * patches_per_image, dtype=bool),
+                                        np.repeat(kept_views.ravel(), patches_per_image)])
+            tail_rows = np.concatenate([own_projected.reshape(-1, dim), views.projected.reshape(-1, dim)])
             picks = self.tail_coreset.select(tail_rows, len(tail), patches_per_image, train.views_per_image,
-                                             self.coreset, rng, train.timer, progress)
+                                             self.coreset, rng, train.timer, progress, kept_rows)
+            info["tail_images_without_rotations"] = int((~kept_views.all(axis=1)).sum())
+            info["rotation_evidence"] = {str(product): round(value, 4) for product, value in evidence.items()}
             n_own = len(tail) * patches_per_image
             own = picks[picks < n_own]
             own_rows = tail[own // patches_per_image] * patches_per_image + own % patches_per_image

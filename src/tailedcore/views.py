@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -48,3 +49,30 @@ def rotate_flip(images: torch.Tensor, angle: float, flip: bool) -> torch.Tensor:
 def augmented_views(image: torch.Tensor, transforms: list[tuple[float, bool]]) -> torch.Tensor:
     """Views of one image, (C, H, W) -> (len(transforms), C, H, W), for (angle, flip) transforms."""
     return torch.cat([rotate_flip(image[None], a, f) for a, f in transforms])
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
+
+
+def rotation_evidence(images: np.ndarray, views: np.ndarray, transforms: list[tuple[float, bool]]) -> float:
+    """How much nearer a product's images come to each other when one of them is rotated.
+
+    images: (n, d) mean patch features of n >= 2 images of one product; views: (n, V, d) those of their
+    views, in the order of ``transforms``. Per ordered pair (a, b): the cosine distance from b to the
+    nearest of a and its views, over that to the nearer of a and a's flipped copy (a alone without one).
+    Returns the median over the pairs: 1 when no rotation brings the product's images nearer (a texture,
+    or a part always photographed one way up), well below 1 when they lie in different orientations.
+    """
+    if len(images) < 2:
+        raise ValueError(f"images: {len(images)} given, rotation evidence needs at least two")
+    every = _unit(np.concatenate([images[:, None], views], axis=1).astype(np.float64))  # (n, 1 + V, d)
+    distances = 1.0 - np.einsum("avd,bd->avb", every, _unit(images.astype(np.float64)))  # (a, view, b)
+    unrotated = [0] + [1 + i for i, (angle, flip) in enumerate(transforms) if angle % 360 == 0 and flip]
+    nearest = distances.min(axis=1)
+    plain = distances[:, unrotated].min(axis=1)
+    pairs = ~np.eye(len(images), dtype=bool)
+    nearest, plain = nearest[pairs], plain[pairs]
+    # A copy of b (distance 0 up to rounding) has nothing to bring nearer.
+    ratios = np.where(plain > 1e-9, nearest / np.maximum(plain, 1e-9), 1.0)
+    return float(np.median(ratios))
